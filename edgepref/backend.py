@@ -1,0 +1,111 @@
+"""The seam between stages and wherever a model runs.
+
+Stages build `ChatRequest`s and hand a list to a `Backend`; they get `ChatResult`s back.
+The local llama.cpp engine (`engine.Engine`) implements this protocol; so can a client for
+an OpenAI-compatible server. Nothing here knows about instructions, ratings or pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request sampling. temperature == 0 means greedy (top_*/min_p/seed are ignored)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class ChatRequest:
+    """One chat prompt. `n` samples share the prompt's KV cache; sample i uses seed + i.
+
+    grammar:  GBNF text; the answer is constrained to it.
+    prefill:  text appended after the chat template's assistant header (the answer starts with it;
+              it is not part of the returned text).
+    choices:  candidate strings; the result carries the next-token distribution over their first
+              tokens right after the prompt (and prefill). With max_tokens == 0 nothing is generated.
+    trace_choices: candidate strings; every generated token that is one of their first tokens records
+              the distribution over the candidates at that step (see Generation.choice_trace).
+    """
+
+    messages: list[dict[str, str]]
+    sampling: Sampling = field(default_factory=Sampling)
+    n: int = 1
+    grammar: str | None = None
+    prefill: str = ""
+    choices: Sequence[str] | None = None
+    trace_choices: Sequence[str] | None = None
+    id: object = None
+
+
+@dataclass
+class Generation:
+    text: str
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length" | "error"
+    seed: int | None = None
+    # (char offset in text where the token starts, {candidate: probability}) per traced token
+    choice_trace: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+@dataclass
+class ChatResult:
+    request: ChatRequest
+    generations: list[Generation]
+    prompt_tokens: int
+    error: str | None = None
+    choice_probs: dict[str, float] | None = None
+    seconds: float = 0.0
+    cached_prompt_tokens: int = 0  # prompt tokens reused from the KV cache instead of decoded
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def text(self) -> str:
+        return self.generations[0].text if self.generations else ""
+
+
+@dataclass
+class Progress:
+    """Reported after each finished request."""
+
+    done: int
+    total: int
+    completion_tokens: int
+    prompt_tokens: int
+    elapsed: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+
+ProgressCallback = Callable[[Progress, ChatResult], None]
+
+
+class Backend(Protocol):
+    """Where a model runs. `chat` returns results in request order; failures are per request."""
+
+    name: str
+
+    def chat(
+        self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None
+    ) -> list[ChatResult]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,103 @@
+"""Records that flow between stages. Plain dataclasses; JSON keys are their field names.
+
+One `Record` per instruction. `complete` fills `completions` (source "pool"), `evolve` adds
+completions with source "evol" (with `parent_id` and `criterion`), `judge` fills `ratings`,
+`pair` reads them and writes `Pair` rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+
+def content_key(*parts: object) -> str:
+    """A short stable hash of JSON-serialisable parts (resume keys, record ids)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class Completion:
+    id: str  # unique within its record: "<model>:<k>" for pool, "<parent>>evol<k>" for evolutions
+    text: str
+    model: str
+    source: str = "pool"  # "pool" | "evol"
+    system_prompt: str | None = None
+    sampling: dict = field(default_factory=dict)
+    seed: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    parent_id: str | None = None  # evol: the completion it rewrites
+    criterion: str | None = None  # evol: helpfulness|relevance|deepening|creativity|details
+    regenerated: bool = False  # diversity guard replaced a near-duplicate
+    note: str | None = None
+
+
+@dataclass
+class Rating:
+    completion_id: str
+    judge: str
+    aspect: str
+    score: float  # the judge's integer score (mean over orders when judged twice)
+    expected: float | None = None  # probability-weighted score over 1..5
+    rationale: str = ""
+    positions: list[int] = field(default_factory=list)  # where it was shown (1-based), per pass
+
+
+@dataclass
+class Record:
+    id: str
+    instruction: str
+    completions: list[Completion] = field(default_factory=list)
+    ratings: list[Rating] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)  # {"stage", "reason", ...} per dropped item
+    judge_info: dict = field(default_factory=dict)  # panel agreement, self-preference notes
+    extra: dict = field(default_factory=dict)  # input columns carried through untouched
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Record":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in row.items() if k in known}
+        kwargs["completions"] = [_build(Completion, c) for c in row.get("completions", [])]
+        kwargs["ratings"] = [_build(Rating, r) for r in row.get("ratings", [])]
+        return cls(**kwargs)
+
+    def completion(self, completion_id: str) -> Completion:
+        for c in self.completions:
+            if c.id == completion_id:
+                return c
+        raise KeyError(completion_id)
+
+
+def _build(cls, row: dict):
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in row.items() if k in known})
+
+
+@dataclass
+class Pair:
+    """One DPO row. `prompt`/`chosen`/`rejected` are strings (standard) or message lists
+    (conversational); the rest is provenance."""
+
+    id: str
+    prompt: object
+    chosen: object
+    rejected: object
+    score_chosen: float
+    score_rejected: float
+    margin: float
+    model_chosen: str
+    model_rejected: str
+    rationale_chosen: str = ""
+    rationale_rejected: str = ""
+    completion_chosen: str = ""
+    completion_rejected: str = ""
+
+    def to_row(self) -> dict:
+        return asdict(self)
