@@ -1,0 +1,479 @@
+"""The local engine: continuous batching over llama.cpp's low-level API.
+
+A fixed number of slots (llama.cpp sequence ids) decode together: every step builds one
+llama_batch holding the next token of each generating slot plus prompt chunks of slots that are
+still prefilling, and calls llama_decode once. New requests take a slot as soon as one frees.
+
+Prompt reuse: every slot remembers the tokens its sequence holds in the KV cache. A new prompt
+copies the longest matching prefix from any sequence (llama_memory_seq_cp on a unified KV cache
+costs no extra memory) and decodes only the rest. So n samples of one prompt decode it once, and
+requests that share a long system prompt or judge rubric decode it once per run.
+
+Knows nothing of instructions, ratings or pairs: messages + sampling + grammar in, text out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback
+from ..errors import EngineError
+from .handles import (
+    ChatTemplate,
+    LlamaBatch,
+    LlamaContext,
+    LlamaModel,
+    LlamaSampler,
+    default_use_extra_buffers,
+    gpu_offload_supported,
+)
+
+# A request waits for a slot that is still prefilling a prompt it shares, rather than decoding
+# that prefix itself, when the wait saves at least this many prompt tokens.
+_MIN_SHARED_PREFIX = 16
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    prompt_tokens: int = 0  # prompt tokens of all samples, as if each decoded its own prompt
+    prompt_tokens_cached: int = 0  # of those, reused from the KV cache instead of decoded
+    completion_tokens: int = 0
+    decode_calls: int = 0
+    batch_halvings: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Job:
+    """One sample of one request."""
+
+    req_index: int
+    sample: int
+    prompt: list[int]
+    seed: int
+    trace_tokens: dict[int, str]
+    choice_tokens: dict[int, str]
+    out_bytes: bytearray = field(default_factory=bytearray)
+    out_tokens: int = 0
+    trace: list = field(default_factory=list)
+    choice_probs: dict[str, float] | None = None
+    finish: str | None = None
+    text: str = ""
+    error: str | None = None
+
+
+@dataclass
+class _Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # what this sequence holds in the KV cache
+    job: _Job | None = None
+    sampler: LlamaSampler | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    logit_index: int = -1
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    """A GGUF model loaded in llama.cpp, serving batches of chat requests.
+
+    n_ctx is the context of one slot; the KV cache holds n_slots * n_ctx tokens in all.
+    n_gpu_layers None offloads every layer when llama.cpp was built with a GPU backend (CUDA,
+    Metal), else runs on the CPU. flash_attn None lets llama.cpp decide.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        n_ctx: int = 2048,
+        n_slots: int = 8,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        seed: int = 0,
+        models_file: str | os.PathLike | None = None,
+        check_memory: bool = True,
+        flash_attn: bool | None = None,
+    ):
+        from ..registry import load_registry, resolve_model_path
+
+        self.name = str(model)
+        path = resolve_model_path(model, load_registry(models_file))
+        if n_slots < 1 or n_ctx < 16:
+            raise EngineError(f"n_slots must be >= 1 and n_ctx >= 16 (got {n_slots}, {n_ctx})")
+        if n_gpu_layers is None:
+            n_gpu_layers = 999 if gpu_offload_supported() else 0
+        self.n_gpu_layers = n_gpu_layers
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.seed = seed
+        self.model = LlamaModel(Path(path), n_gpu_layers, default_use_extra_buffers())
+        try:
+            self.n_ctx = min(n_ctx, self.model.n_ctx_train)
+            self.n_slots = n_slots
+            if check_memory:
+                self._check_kv_budget()
+            self.ctx = LlamaContext(
+                self.model, self.n_ctx * n_slots, n_batch, n_slots, self.n_threads, flash_attn
+            )
+            self.batch = LlamaBatch(n_batch)
+        except Exception:
+            self.model.close()
+            raise
+        self.n_batch = n_batch
+        self.template = ChatTemplate(self.model)
+        self.slots = [_Slot(seq=i) for i in range(n_slots)]
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        for slot in getattr(self, "slots", []):
+            if slot.sampler:
+                slot.sampler.close()
+        for name in ("batch", "ctx", "model"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                handle.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _check_kv_budget(self) -> None:
+        need = self.model.kv_bytes_per_token * self.n_ctx * self.n_slots
+        avail = _available_memory()
+        if avail is not None and need > 0.7 * avail:
+            raise EngineError(
+                f"the KV cache for {self.n_slots} slots x {self.n_ctx} tokens needs "
+                f"{need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB of memory is free",
+                f"lower --slots (now {self.n_slots}) or --n-ctx (now {self.n_ctx})",
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self.template.tokens(messages))
+
+    def _candidate_tokens(self, candidates: Sequence[str] | None) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for cand in candidates or ():
+            toks = self.model.tokenize(cand, add_special=False, parse_special=False)
+            if not toks:
+                raise EngineError(f"choice {cand!r} has no tokens")
+            if toks[0] in out:
+                raise EngineError(f"choices {out[toks[0]]!r} and {cand!r} start with the same token")
+            out[toks[0]] = cand
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def chat(
+        self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None
+    ) -> list[ChatResult]:
+        """Run all requests to completion; results come back in request order.
+
+        A request that cannot run (prompt too long, bad grammar) fails alone: its result has
+        `error` set and finish_reason "error"; the others go on.
+        """
+        start = time.perf_counter()
+        results: list[ChatResult | None] = [None] * len(requests)
+        jobs_left = [0] * len(requests)
+        jobs_by_req: list[list[_Job]] = [[] for _ in requests]
+        started: list[float | None] = [None] * len(requests)
+        queue: deque[_Job] = deque()
+        done = 0
+        totals = {"completion": 0, "prompt": 0}
+
+        def finish_request(i: int) -> None:
+            nonlocal done
+            req = requests[i]
+            jobs = sorted(jobs_by_req[i], key=lambda j: j.sample)
+            error = next((j.error for j in jobs if j.error), None)
+            gens = [
+                Generation(j.text, j.out_tokens, j.finish or "error", j.seed, j.trace) for j in jobs
+            ]
+            prompt_len = len(jobs[0].prompt) if jobs else 0
+            result = ChatResult(
+                request=req,
+                generations=gens,
+                prompt_tokens=prompt_len,
+                error=error,
+                choice_probs=jobs[0].choice_probs if jobs else None,
+                seconds=time.perf_counter() - (started[i] or start),
+            )
+            results[i] = result
+            done += 1
+            totals["completion"] += sum(g.completion_tokens for g in gens)
+            totals["prompt"] += prompt_len
+            self.stats.requests += 1
+            if on_result:
+                on_result(
+                    Progress(
+                        done, len(requests), totals["completion"], totals["prompt"],
+                        time.perf_counter() - start,
+                    ),
+                    result,
+                )
+
+        for i, req in enumerate(requests):
+            try:
+                prompt = self.template.tokens(req.messages, req.prefill)
+                trace = self._candidate_tokens(req.trace_choices)
+                choices = self._candidate_tokens(req.choices)
+            except EngineError as exc:
+                jobs_by_req[i] = [_Job(i, 0, [], 0, {}, {}, finish="error", error=exc.message)]
+                finish_request(i)
+                continue
+            if len(prompt) + 1 > self.n_ctx:
+                msg = (
+                    f"prompt is {len(prompt)} tokens; a slot holds {self.n_ctx} "
+                    "(raise --n-ctx, or shorten the input)"
+                )
+                jobs_by_req[i] = [_Job(i, 0, prompt, 0, {}, {}, finish="error", error=msg)]
+                finish_request(i)
+                continue
+            base_seed = req.sampling.seed if req.sampling.seed is not None else self.seed
+            n = max(1, req.n)
+            jobs_left[i] = n
+            for k in range(n):
+                job = _Job(i, k, prompt, base_seed + k, trace, choices)
+                jobs_by_req[i].append(job)
+                queue.append(job)
+
+        def job_done(slot: _Slot) -> None:
+            job = slot.job
+            job.text = bytes(job.out_bytes).decode("utf-8", "replace")
+            stop_at = _find_stop(job.text, requests[job.req_index].sampling.stop)
+            if stop_at is not None:
+                job.text = job.text[:stop_at]
+            if slot.sampler:
+                slot.sampler.close()
+                slot.sampler = None
+            slot.job = None
+            slot.pending = []
+            slot.next_token = None
+            self.stats.completion_tokens += job.out_tokens
+            jobs_left[job.req_index] -= 1
+            if jobs_left[job.req_index] == 0:
+                finish_request(job.req_index)
+
+        while queue or any(s.job for s in self.slots):
+            self._admit(queue, requests, started, job_done)
+            if not any(s.job for s in self.slots):
+                continue
+            self._step(requests, job_done)
+
+        self.stats.seconds += time.perf_counter() - start
+        return results  # type: ignore[return-value]
+
+    def _admit(self, queue, requests, started, job_done) -> None:
+        free = [s for s in self.slots if s.job is None]
+        if not free or not queue:
+            return
+        deferred: list[_Job] = []
+        # Look a bounded way down the queue so that a long queue of jobs waiting for one shared
+        # prefix does not cost a full scan every step.
+        while free and queue and len(deferred) < 2 * self.n_slots:
+            job = queue.popleft()
+            # Would another slot that is still prefilling give us a longer prefix soon?
+            best_src, best_len = None, 0
+            for s in self.slots:
+                n = _common_prefix(s.tokens, job.prompt)
+                if n > best_len or (n == best_len and s in free and best_src not in free):
+                    best_src, best_len = s, n
+            waiting_for = max(
+                (_common_prefix(s.tokens + s.pending, job.prompt) for s in self.slots if s.job and s.pending),
+                default=0,
+            )
+            if waiting_for >= best_len + _MIN_SHARED_PREFIX:
+                deferred.append(job)
+                continue
+            slot = best_src if best_src in free else self._pick_free(free)
+            free.remove(slot)
+            self._assign(slot, job, best_src, best_len, requests[job.req_index], started)
+            if slot.job is None or slot.job.finish:  # failed on admission (bad grammar)
+                if slot.job is not None:
+                    job_done(slot)
+        queue.extendleft(reversed(deferred))
+
+    @staticmethod
+    def _pick_free(free: list[_Slot]) -> _Slot:
+        # Prefer a slot whose cached tokens are worth least (fewest), keeping long prefixes alive.
+        return min(free, key=lambda s: s.n_past)
+
+    def _assign(self, slot, job, src, common, req, started) -> None:
+        slot.job = job
+        if started[job.req_index] is None:
+            started[job.req_index] = time.perf_counter()
+        try:
+            slot.sampler = LlamaSampler(self.model, req.sampling, job.seed, req.grammar)
+        except EngineError as exc:
+            job.error, job.finish = exc.message, "error"
+            return
+        # Keep at least the last prompt token to decode: its logits start the answer.
+        common = min(common, len(job.prompt) - 1)
+        if src is slot:
+            self.ctx.seq_rm(slot.seq, common, -1)
+        else:
+            self.ctx.seq_rm(slot.seq, -1, -1)
+            if src is not None and common > 0:
+                self.ctx.seq_cp(src.seq, slot.seq, 0, common)
+        slot.tokens = job.prompt[:common]
+        slot.pending = job.prompt[common:]
+        self.stats.prompt_tokens += len(job.prompt)
+        self.stats.prompt_tokens_cached += common
+
+    def _build_batch(self, budget: int) -> list[tuple[_Slot, int]]:
+        """Fill the batch; returns (slot, number of prompt tokens added) for prefilling slots."""
+        self.batch.clear()
+        prefill: list[tuple[_Slot, int]] = []
+        for s in self.slots:
+            s.logit_index = -1
+            if s.job and s.next_token is not None and budget > 0:
+                s.logit_index = self.batch.add(s.next_token, s.n_past, s.seq, True)
+                budget -= 1
+        for s in self.slots:
+            if s.job and s.pending and budget > 0:
+                chunk = s.pending[:budget]
+                last = len(chunk) == len(s.pending)
+                for k, tok in enumerate(chunk):
+                    idx = self.batch.add(tok, s.n_past + k, s.seq, last and k == len(chunk) - 1)
+                if last:
+                    s.logit_index = idx
+                prefill.append((s, len(chunk)))
+                budget -= len(chunk)
+        return prefill
+
+    def _step(self, requests, job_done) -> None:
+        budget = self.n_batch
+        while True:
+            prefill = self._build_batch(budget)
+            if self.batch.n == 0:
+                return
+            code = self.ctx.decode(self.batch)
+            self.stats.decode_calls += 1
+            if code == 0:
+                break
+            # No room in the KV cache: drop idle cached sequences, then halve the batch
+            # (as llama.cpp's parallel example does), and only then fail the longest request.
+            if self._evict_idle():
+                continue
+            if budget > 1:
+                budget = max(1, budget // 2)
+                self.stats.batch_halvings += 1
+                continue
+            victim = max((s for s in self.slots if s.job), key=lambda s: s.n_past)
+            victim.job.error = "the KV cache is full (lower --slots or raise --n-ctx)"
+            victim.job.finish = "error"
+            self.ctx.seq_rm(victim.seq, -1, -1)
+            victim.tokens = []
+            job_done(victim)
+            budget = self.n_batch
+        for s, n in prefill:
+            s.tokens.extend(s.pending[:n])
+            s.pending = s.pending[n:]
+        for s in self.slots:
+            if not s.job:
+                continue
+            if s.next_token is not None and s.logit_index >= 0:
+                s.tokens.append(s.next_token)
+                s.next_token = None
+            if s.logit_index >= 0:
+                self._sample(s, requests[s.job.req_index], job_done)
+
+    def _evict_idle(self) -> bool:
+        evicted = False
+        for s in self.slots:
+            if s.job is None and s.tokens:
+                self.ctx.seq_rm(s.seq, -1, -1)
+                s.tokens = []
+                evicted = True
+        return evicted
+
+    def _sample(self, slot: _Slot, req: ChatRequest, job_done) -> None:
+        job = slot.job
+        idx = slot.logit_index
+        if job.choice_tokens and job.choice_probs is None and job.out_tokens == 0:
+            job.choice_probs = self._distribution(idx, job.choice_tokens)
+        if req.sampling.max_tokens <= 0:
+            job.finish = "stop"
+            job_done(slot)
+            return
+        tok = slot.sampler.sample(self.ctx, idx)
+        if self.model.is_eog(tok):
+            job.finish = "stop"
+            job_done(slot)
+            return
+        if tok in job.trace_tokens:
+            offset = len(bytes(job.out_bytes).decode("utf-8", "ignore"))
+            job.trace.append((offset, self._distribution(idx, job.trace_tokens)))
+        job.out_bytes += self.model.piece(tok)
+        job.out_tokens += 1
+        if req.sampling.stop and _find_stop(
+            bytes(job.out_bytes[-256:]).decode("utf-8", "ignore"), req.sampling.stop
+        ) is not None:
+            job.finish = "stop"
+            job_done(slot)
+        elif job.out_tokens >= req.sampling.max_tokens or slot.n_past + 1 >= self.n_ctx:
+            job.finish = "length"
+            job_done(slot)
+        else:
+            slot.next_token = tok
+
+    def _distribution(self, index: int, candidates: dict[int, str]) -> dict[str, float]:
+        logits = self.ctx.logits(index, self.model.n_vocab)
+        ids = list(candidates)
+        vals = np.asarray(logits[ids], dtype=np.float64)
+        vals = np.exp(vals - vals.max())
+        probs = vals / vals.sum()
+        return {candidates[t]: float(p) for t, p in zip(ids, probs)}
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s]
+    hits = [h for h in hits if h >= 0]
+    return min(hits) if hits else None
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+

@@ -1,0 +1,351 @@
+"""Owners of llama.cpp's C handles (model, context, batch, sampler) and the chat template.
+
+Each class frees its handle exactly once (`close()` is idempotent, `__del__` calls it).
+C failures become `EngineError`s. Only the engine package uses this module.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import os
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import llama_cpp as C
+import numpy as np
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import EngineError
+
+# llama.cpp logs to stderr by default; we keep the recent lines so that an error (a grammar
+# that does not parse, a model that does not load) can quote what llama.cpp said.
+_RECENT_LOG: collections.deque[str] = collections.deque(maxlen=40)
+_LOG_LEVEL_WARN = 3
+
+
+@C.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: object) -> None:
+    if level >= _LOG_LEVEL_WARN and text:
+        _RECENT_LOG.append(text.decode("utf-8", "replace").rstrip())
+    if os.environ.get("EDGEPREF_LLAMA_LOG"):
+        sys.stderr.write(text.decode("utf-8", "replace"))
+
+
+_BACKEND_READY = []
+
+
+def init_backend() -> None:
+    if not _BACKEND_READY:
+        C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        C.llama_backend_init()
+        _BACKEND_READY.append(True)
+
+
+def recent_log(n: int = 5) -> str:
+    return " | ".join(list(_RECENT_LOG)[-n:])
+
+
+def cpu_has_amx() -> bool:
+    """AMX tile kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the Sapphire Rapids VMs we
+    tested with llama-cpp-python 0.3.36, for any batch of more than one token; on such CPUs we load
+    weights without llama.cpp's extra (AMX/repack) buffer types."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return " amx_tile" in fh.read()
+    except OSError:
+        return False
+
+
+def default_use_extra_buffers() -> bool:
+    env = os.environ.get("EDGEPREF_EXTRA_BUFFERS")
+    if env is not None:
+        return env.strip() not in {"0", "false", "no", ""}
+    return not cpu_has_amx()
+
+
+def gpu_offload_supported() -> bool:
+    return bool(C.llama_supports_gpu_offload())
+
+
+class LlamaModel:
+    def __init__(self, path: Path, n_gpu_layers: int, use_extra_buffers: bool):
+        init_backend()
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = use_extra_buffers
+        _RECENT_LOG.clear()
+        self.ptr = C.llama_model_load_from_file(str(path).encode("utf-8"), params)
+        if not self.ptr:
+            raise EngineError(
+                f"llama.cpp could not load {path}: {recent_log() or 'no detail'}",
+                "check that the file is a complete GGUF (`edgepref models info PATH`)",
+            )
+        self.path = Path(path)
+        self.vocab = C.llama_model_get_vocab(self.ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
+        self.n_layer = C.llama_model_n_layer(self.ptr)
+        n_embd = C.llama_model_n_embd(self.ptr)
+        n_head = max(1, C.llama_model_n_head(self.ptr))
+        n_head_kv = C.llama_model_n_head_kv(self.ptr)
+        self.kv_bytes_per_token = self.n_layer * 2 * (n_embd // n_head) * n_head_kv * 2  # f16 K+V
+        self.bos_id = C.llama_vocab_bos(self.vocab)
+        self.eos_id = C.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
+        template = C.llama_model_chat_template(self.ptr, None)
+        self.chat_template = template.decode("utf-8") if template else None
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return C.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (C.llama_token * cap)()
+        n = C.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (C.llama_token * cap)()
+            n = C.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            C.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LlamaContext:
+    def __init__(
+        self,
+        model: LlamaModel,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int,
+        n_threads: int,
+        flash_attn: bool | None = None,
+    ):
+        params = C.llama_context_default_params()
+        if flash_attn is not None:
+            params.flash_attn_type = (
+                C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        # One KV pool for all sequences: a shared prompt's cells can be copied to another
+        # sequence (llama_memory_seq_cp) instead of being decoded again.
+        params.kv_unified = True
+        params.no_perf = True
+        _RECENT_LOG.clear()
+        self.ptr = C.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise EngineError(
+                f"llama.cpp could not create a context of {n_ctx} tokens: {recent_log() or 'no detail'}",
+                "lower --slots or --n-ctx",
+            )
+        self.memory = C.llama_get_memory(self.ptr)
+        self.n_ctx = C.llama_n_ctx(self.ptr)
+
+    def decode(self, batch: "LlamaBatch") -> int:
+        code = C.llama_decode(self.ptr, batch.batch)
+        if code < 0 or code > 1:
+            raise EngineError(f"llama_decode failed with code {code}: {recent_log()}")
+        return code
+
+    def logits(self, index: int, n_vocab: int) -> np.ndarray:
+        ptr = C.llama_get_logits_ith(self.ptr, index)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        C.llama_memory_seq_rm(self.memory, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        C.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            C.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LlamaBatch:
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.batch = C.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+        self.batch.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
+        i = self.n
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = want_logits
+        self.n += 1
+        b.n_tokens = self.n
+        return i
+
+    def close(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            C.llama_batch_free(self.batch)
+            self.batch = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LlamaSampler:
+    """A sampler chain: [grammar] -> [repeat penalty] -> greedy, or top_k/top_p/min_p/temp/dist."""
+
+    def __init__(self, model: LlamaModel, sampling, seed: int, grammar: str | None):
+        self.ptr = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        try:
+            if grammar:
+                _RECENT_LOG.clear()
+                # llama.cpp's grammar parser reports errors with fprintf(stderr), not its logger.
+                with _captured_stderr() as said:
+                    g = C.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+                if not g:
+                    detail = " ".join(said()) or recent_log(3) or "parse failed"
+                    raise EngineError(f"invalid GBNF grammar: {detail}")
+                self._add(g)
+            if sampling.repeat_penalty != 1.0:
+                self._add(C.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0))
+            if sampling.greedy:
+                self._add(C.llama_sampler_init_greedy())
+            else:
+                if sampling.top_k > 0:
+                    self._add(C.llama_sampler_init_top_k(sampling.top_k))
+                if sampling.top_p < 1.0:
+                    self._add(C.llama_sampler_init_top_p(sampling.top_p, 1))
+                if sampling.min_p > 0.0:
+                    self._add(C.llama_sampler_init_min_p(sampling.min_p, 1))
+                self._add(C.llama_sampler_init_temp(sampling.temperature))
+                self._add(C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        except Exception:
+            self.close()
+            raise
+
+    def _add(self, smpl) -> None:
+        C.llama_sampler_chain_add(self.ptr, smpl)  # the chain owns it from here
+
+    def sample(self, ctx: LlamaContext, index: int) -> int:
+        return C.llama_sampler_sample(self.ptr, ctx.ptr, index)
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            C.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Redirect file descriptor 2 (what C code writes to) into a temp file for a moment."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def load_high_level_llama(path: str | os.PathLike, **kwargs):
+    """llama-cpp-python's own `Llama`, loaded with the same buffer-type choice as our engine
+    (its constructor has no such option). Used as the reference in tests and benchmarks."""
+    import llama_cpp.llama_cpp as raw
+
+    original = raw.llama_model_default_params
+    use_extra = default_use_extra_buffers()
+
+    def patched():
+        params = original()
+        params.use_extra_bufts = use_extra
+        return params
+
+    raw.llama_model_default_params = patched
+    try:
+        return C.Llama(str(path), verbose=False, **kwargs)
+    finally:
+        raw.llama_model_default_params = original
+
+
+# ChatML, for GGUFs that carry no template of their own.
+_FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ChatTemplate:
+    """Renders messages with the model's own jinja2 chat template (as transformers does)."""
+
+    def __init__(self, model: LlamaModel):
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+        )
+        self.template = env.from_string(model.chat_template or _FALLBACK_TEMPLATE)
+        self.bos_text = model.token_text(model.bos_id)
+        self.eos_text = model.token_text(model.eos_id)
+        self.model = model
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        def raise_exception(message: str) -> None:
+            raise EngineError(f"the model's chat template rejected the messages: {message}")
+
+        return self.template.render(
+            messages=messages,
+            add_generation_prompt=True,
+            bos_token=self.bos_text,
+            eos_token=self.eos_text,
+            raise_exception=raise_exception,
+            strftime_now=lambda fmt: datetime.now().strftime(fmt),
+        )
+
+    def tokens(self, messages: list[dict[str, str]], prefill: str = "") -> list[int]:
+        text = self.render(messages) + prefill
+        # Templates that write the BOS themselves must not get a second one.
+        add_bos = self.model.add_bos and not (self.bos_text and text.startswith(self.bos_text))
+        return self.model.tokenize(text, add_special=add_bos, parse_special=True)
