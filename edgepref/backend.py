@@ -60,6 +60,7 @@ class Generation:
     seed: int | None = None
     # (char offset in text where the token starts, {candidate: probability}) per traced token
     choice_trace: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # local engine only; empty for servers
 
 
 @dataclass

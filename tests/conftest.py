@@ -53,12 +53,29 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # ---------------------------------------------------------------- model fixtures
 #
-# Session fixtures that load the embedded models go here (qwen_engine, smol_engine), e.g.
-#
-#     @pytest.fixture(scope="session")
-#     def qwen_engine(session_env): ...
-#
-# Depend on `session_env` so that the model is resolved into the session cache dir.
+# Each embedded model is loaded once per test run. Tests that need a differently configured
+# engine (one slot, a tiny context) build their own and close it.
+
+QWEN = "qwen2.5-coder-0.5b"
+SMOL = "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def qwen_engine(session_env: Path):
+    from edgepref.engine import Engine
+
+    engine = Engine(QWEN, n_slots=8, n_ctx=2048)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def smol_engine(session_env: Path):
+    from edgepref.engine import Engine
+
+    engine = Engine(SMOL, n_slots=8, n_ctx=2048)
+    yield engine
+    engine.close()
 
 # ---------------------------------------------------------------- fake files
 

@@ -66,9 +66,10 @@ class _Job:
     trace_tokens: dict[int, str]
     choice_tokens: dict[int, str]
     out_bytes: bytearray = field(default_factory=bytearray)
-    out_tokens: int = 0
+    out_ids: list[int] = field(default_factory=list)
     trace: list = field(default_factory=list)
     choice_probs: dict[str, float] | None = None
+    cached: int = 0
     finish: str | None = None
     text: str = ""
     error: str | None = None
@@ -219,7 +220,8 @@ class Engine:
             jobs = sorted(jobs_by_req[i], key=lambda j: j.sample)
             error = next((j.error for j in jobs if j.error), None)
             gens = [
-                Generation(j.text, j.out_tokens, j.finish or "error", j.seed, j.trace) for j in jobs
+                Generation(j.text, len(j.out_ids), j.finish or "error", j.seed, j.trace, j.out_ids)
+                for j in jobs
             ]
             prompt_len = len(jobs[0].prompt) if jobs else 0
             result = ChatResult(
@@ -229,6 +231,7 @@ class Engine:
                 error=error,
                 choice_probs=jobs[0].choice_probs if jobs else None,
                 seconds=time.perf_counter() - (started[i] or start),
+                cached_prompt_tokens=sum(j.cached for j in jobs),
             )
             results[i] = result
             done += 1
@@ -281,7 +284,7 @@ class Engine:
             slot.job = None
             slot.pending = []
             slot.next_token = None
-            self.stats.completion_tokens += job.out_tokens
+            self.stats.completion_tokens += len(job.out_ids)
             jobs_left[job.req_index] -= 1
             if jobs_left[job.req_index] == 0:
                 finish_request(job.req_index)
@@ -314,7 +317,8 @@ class Engine:
                 (_common_prefix(s.tokens + s.pending, job.prompt) for s in self.slots if s.job and s.pending),
                 default=0,
             )
-            if waiting_for >= best_len + _MIN_SHARED_PREFIX:
+            gain = waiting_for - best_len
+            if gain >= _MIN_SHARED_PREFIX or (gain > 0 and waiting_for >= len(job.prompt) - 1):
                 deferred.append(job)
                 continue
             slot = best_src if best_src in free else self._pick_free(free)
@@ -347,6 +351,7 @@ class Engine:
             self.ctx.seq_rm(slot.seq, -1, -1)
             if src is not None and common > 0:
                 self.ctx.seq_cp(src.seq, slot.seq, 0, common)
+        job.cached = common
         slot.tokens = job.prompt[:common]
         slot.pending = job.prompt[common:]
         self.stats.prompt_tokens += len(job.prompt)
@@ -422,7 +427,7 @@ class Engine:
     def _sample(self, slot: _Slot, req: ChatRequest, job_done) -> None:
         job = slot.job
         idx = slot.logit_index
-        if job.choice_tokens and job.choice_probs is None and job.out_tokens == 0:
+        if job.choice_tokens and job.choice_probs is None and not job.out_ids:
             job.choice_probs = self._distribution(idx, job.choice_tokens)
         if req.sampling.max_tokens <= 0:
             job.finish = "stop"
@@ -437,13 +442,13 @@ class Engine:
             offset = len(bytes(job.out_bytes).decode("utf-8", "ignore"))
             job.trace.append((offset, self._distribution(idx, job.trace_tokens)))
         job.out_bytes += self.model.piece(tok)
-        job.out_tokens += 1
+        job.out_ids.append(tok)
         if req.sampling.stop and _find_stop(
             bytes(job.out_bytes[-256:]).decode("utf-8", "ignore"), req.sampling.stop
         ) is not None:
             job.finish = "stop"
             job_done(slot)
-        elif job.out_tokens >= req.sampling.max_tokens or slot.n_past + 1 >= self.n_ctx:
+        elif len(job.out_ids) >= req.sampling.max_tokens or slot.n_past + 1 >= self.n_ctx:
             job.finish = "length"
             job_done(slot)
         else:
