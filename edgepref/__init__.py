@@ -16,7 +16,25 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; imported on first use (see __getattr__).
 # Add heavy exports here, e.g. "Engine": "edgepref.engine".
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "Engine": "edgepref.engine",
+    "ChatRequest": "edgepref.backend",
+    "Sampling": "edgepref.backend",
+    "PipelineConfig": "edgepref.config",
+    "PoolMember": "edgepref.config",
+    "JudgeConfig": "edgepref.config",
+    "EvolveConfig": "edgepref.config",
+    "load_config": "edgepref.config",
+    "PairConfig": "edgepref.pair",
+    "Record": "edgepref.records",
+    "read_instructions": "edgepref.inputs",
+    "run_pipeline": "edgepref.pipeline",
+    "Runner": "edgepref.pipeline",
+    "complete": "edgepref.complete",
+    "evolve": "edgepref.evolve",
+    "judge": "edgepref.judge",
+    "pair_records": "edgepref.pair",
+}
 
 __all__ = [
     "__version__",

@@ -175,6 +175,212 @@ def models_info(name: str, models_file: Path | None, show_template: bool) -> Non
     display.render_gguf_summary(summarize_gguf(path), show_template=show_template)
 
 
+# ---------------------------------------------------------------- the pipeline
+
+
+def input_options(func: F) -> F:
+    for opt in reversed([
+        click.option("--column", default=None, help="Instruction column (default: instruction, then prompt)."),
+        click.option("--split", default=None, help="Dataset split for Hub datasets and DatasetDicts."),
+        click.option("--limit", type=int, default=None, help="Use only the first N instructions."),
+        click.option("--shuffle", is_flag=True, help="Shuffle the rows (with --seed) before --limit."),
+    ]):
+        func = opt(func)
+    return func
+
+
+def pipeline_options(func: F) -> F:
+    """Options shared by run, try and the stage commands; each overrides the config file."""
+    for opt in reversed([
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Pipeline config (TOML); flags override it."),
+        click.option("--preset", type=click.Choice(["embedded", "course"]), default=None,
+                     help="Start from a named config: embedded models (default) or the course's pool."),
+        click.option("--pool", multiple=True, metavar="MODEL", help="Pool member (repeat for each model)."),
+        click.option("--system-prompt", default=None, help="System prompt for every pool member."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature of the pool."),
+        click.option("--max-tokens", type=int, default=None, help="Completion length limit of the pool."),
+        click.option("--completions", "-n", type=int, default=None, help="Completions per pool member."),
+        click.option("--judge", "judges", multiple=True, metavar="MODEL",
+                     help="Judge model; repeat for a panel (default: strongest available)."),
+        click.option("--aspect", type=click.Choice(["overall", "helpfulness", "honesty",
+                                                    "instruction-following", "truthfulness"]), default=None),
+        click.option("--judge-mode", type=click.Choice(["rationale", "score-only", "pairwise"]), default=None),
+        click.option("--both-orders/--one-order", default=None, help="Judge twice in opposite orders and average."),
+        click.option("--exclude-self/--include-self", default=None,
+                     help="Panel judges skip their own model's completions."),
+        click.option("--evolutions", type=int, default=None, help="EvolQuality rewrites per completion (0: off)."),
+        click.option("--evolve-model", default=None, help="Model that rewrites (default: the judge)."),
+        click.option("--min-margin", type=float, default=None, help="Smallest chosen-rejected score gap kept."),
+        click.option("--pair-strategy", type=click.Choice(["best-worst", "best-random"]), default=None),
+        click.option("--pair-format", type=click.Choice(["standard", "conversational"]), default=None),
+        click.option("--pair-score", type=click.Choice(["score", "expected"]), default=None,
+                     help="Rank by the judge's integer score or its probability-weighted score."),
+        click.option("--seed", type=int, default=None),
+        click.option("--slots", type=int, default=None, help="Sequences decoded in parallel."),
+        click.option("--n-ctx", type=int, default=None, help="Context tokens per slot."),
+        click.option("--threads", type=int, default=None, help="CPU threads (default: all cores)."),
+        click.option("--n-gpu-layers", "gpu_layers", type=int, default=None,
+                     help="Layers to offload to CUDA/Metal (default: all when the build has a GPU backend)."),
+        models_file_option,
+        click.option("--quiet", "-q", is_flag=True, help="No progress display."),
+    ]):
+        func = opt(func)
+    return func
+
+
+_PIPELINE_KEYS = (
+    "pool", "system_prompt", "temperature", "max_tokens", "completions", "judges", "aspect", "judge_mode",
+    "both_orders", "exclude_self", "evolutions", "evolve_model", "min_margin", "pair_strategy",
+    "pair_format", "pair_score", "seed", "slots", "n_ctx", "threads", "gpu_layers", "models_file",
+)
+
+
+def build_config(opts: dict):
+    from .config import apply_overrides, load_config, preset
+
+    base = preset(opts.pop("preset") or "embedded")
+    cfg = load_config(opts.pop("config_file"), base)
+    overrides = {k: opts.pop(k) for k in _PIPELINE_KEYS if k in opts}
+    return apply_overrides(cfg, **overrides)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory: records.jsonl, pairs.jsonl, errors.jsonl, run.json.")
+@input_options
+@pipeline_options
+def run(input_path: str, out_dir: Path, column, split, limit, shuffle, quiet, **opts) -> None:
+    """Run the whole pipeline: pool completions, EvolQuality, UltraFeedback judge, pairs.
+
+    INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub dataset name,
+    with an `instruction` (or `prompt`) column. Rerunning the same command resumes.
+
+    \b
+    Example:
+      edgepref run instructions.jsonl --out out/
+      edgepref run data.csv --column question --limit 100 --out out/ --judge qwen2.5-coder-0.5b
+    """
+    from .inputs import read_instructions
+    from .pipeline import run_pipeline
+
+    cfg = build_config(opts)
+    batch = read_instructions(input_path, column=column, split=split, limit=limit, shuffle=shuffle,
+                              seed=cfg.seed)
+    with display.StageProgress(quiet) as progress:
+        result = run_pipeline(batch, out_dir, cfg, on_event=progress)
+    display.render_summary(result.summary)
+
+
+# ---------------------------------------------------------------- single stages
+
+
+def _stage_io(input_path: str, column, split, limit, shuffle, seed):
+    """Records from a previous stage's JSONL, or fresh ones from an instructions file."""
+    from .inputs import read_instructions, read_records
+
+    path = Path(input_path)
+    if path.suffix == ".jsonl" and path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        if '"completions"' in first:
+            records, problems = read_records(path)
+            return records, problems
+    batch = read_instructions(input_path, column=column, split=split, limit=limit, shuffle=shuffle, seed=seed)
+    return batch.records, batch.problems
+
+
+def _run_stage(stage: str, input_path: str, out: Path, column, split, limit, shuffle, quiet, opts) -> None:
+    from .pipeline import Runner
+    from .store import write_jsonl_atomic
+
+    cfg = build_config(opts)
+    records, problems = _stage_io(input_path, column, split, limit, shuffle, cfg.seed)
+    for p in problems:
+        display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
+    if not records:
+        raise EdgeprefError(f"no usable rows in {input_path}", "check the file; see the warnings above")
+    runner = Runner(cfg, None, cache_dir=out.with_name(out.name + ".cache"))
+    try:
+        with display.StageProgress(quiet) as progress:
+            runner.on_event = progress
+            getattr(runner, stage)(records)
+    finally:
+        runner.close()
+    for e in runner.errors:
+        display.render_warning(f"{e['stage']} {e.get('id')}: {e['reason']}")
+    n = write_jsonl_atomic(out, (r.to_row() for r in records))
+    display.render_path(f"{out}  ({n} records)")
+
+
+def _stage_command(stage: str, doc: str):
+    @cli.command(stage, help=doc)
+    @click.argument("input_path", metavar="INPUT")
+    @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Records JSONL to write (a .cache directory beside it makes reruns resume).")
+    @input_options
+    @pipeline_options
+    def command(input_path, out, column, split, limit, shuffle, quiet, **opts):
+        _run_stage(stage, input_path, out, column, split, limit, shuffle, quiet, opts)
+
+    return command
+
+
+_stage_command("complete", """Stage 1 alone: every pool member writes completions.
+
+    INPUT is an instructions file (or records JSONL); writes records JSONL.
+
+    \b
+    Example:
+      edgepref complete instructions.jsonl --out completed.jsonl --pool qwen2.5-coder-0.5b --pool smollm2-135m
+    """)
+_stage_command("evolve", """Stage 2 alone: EvolQuality rewrites of the completions in INPUT (records JSONL).
+
+    \b
+    Example:
+      edgepref evolve completed.jsonl --out evolved.jsonl --evolutions 2
+    """)
+_stage_command("judge", """Stage 3 alone: UltraFeedback ratings for every completion in INPUT (records JSONL).
+
+    \b
+    Example:
+      edgepref judge evolved.jsonl --out judged.jsonl --aspect helpfulness
+    """)
+
+
+@cli.command("pair")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="pairs JSONL to write.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--min-margin", type=float, default=None)
+@click.option("--pair-strategy", type=click.Choice(["best-worst", "best-random"]), default=None)
+@click.option("--pair-format", type=click.Choice(["standard", "conversational"]), default=None)
+@click.option("--pair-score", type=click.Choice(["score", "expected"]), default=None)
+@click.option("--seed", type=int, default=None)
+def pair_command(input_path, out, config_file, min_margin, pair_strategy, pair_format, pair_score, seed) -> None:
+    """Stage 4 alone: chosen/rejected pairs from rated records (no model needed).
+
+    \b
+    Example:
+      edgepref pair judged.jsonl --out pairs.jsonl --min-margin 0.5 --pair-format conversational
+    """
+    from .config import apply_overrides, load_config
+    from .inputs import read_records
+    from .pair import pair_records
+    from .store import write_jsonl_atomic
+
+    cfg = apply_overrides(load_config(config_file), min_margin=min_margin, pair_strategy=pair_strategy,
+                          pair_format=pair_format, pair_score=pair_score, seed=seed)
+    records, problems = read_records(Path(input_path))
+    for p in problems:
+        display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
+    report = pair_records(records, cfg.pair)
+    n = write_jsonl_atomic(out, (p.to_row() for p in report.pairs))
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(report.dropped.items())) or "none"
+    display.render_path(f"{out}  ({n} pairs; dropped: {dropped})")
+
+
 def main() -> None:
     """Console-script entry point (`edgepref`)."""
     cli.main(prog_name="edgepref")

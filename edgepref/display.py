@@ -112,3 +112,104 @@ def render_gguf_summary(summary: GgufSummary, show_template: bool = False) -> No
     if show_template and summary.chat_template is not None:
         console.print()
         console.print(Text(summary.chat_template), soft_wrap=True)
+
+
+def render_warning(message: str) -> None:
+    _err().print(f"warning: {message}", markup=False)
+
+
+# ---------------------------------------------------------------- pipeline progress
+
+
+class StageProgress:
+    """Receives pipeline Events. On a terminal: a live bar per stage (items, tokens/s, ETA, the
+    model at work). Piped (CI, logs): one plain line per stage start/end and every ~10%. Quiet:
+    only notices."""
+
+    def __init__(self, quiet: bool = False):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False)
+        self.live = self.console.is_terminal and not quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.live,
+        )
+        self.tasks: dict[str, int] = {}
+        self.last_logged: dict[str, int] = {}
+
+    def __enter__(self) -> "StageProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event) -> None:
+        label = f"{event.stage} · {event.model}" if event.model else event.stage
+        if event.kind == "notice":
+            self.console.print(f"[yellow]note:[/] {event.message}" if self.console.is_terminal else f"note: {event.message}")
+        elif event.kind == "stage-start":
+            if self.live:
+                self.tasks[event.stage] = self.progress.add_task(label, total=event.total or None, rate="")
+            elif not self.quiet:
+                self.console.print(f"[{event.stage}] start: {event.model}, {event.total} items")
+        elif event.kind == "progress":
+            rate = f"{event.tokens_per_second:.0f} tok/s" if event.tokens_per_second else "cached"
+            if self.live and event.stage in self.tasks:
+                self.progress.update(self.tasks[event.stage], completed=event.done, total=event.total, rate=rate)
+            elif not self.quiet and event.total:
+                step = max(1, event.total // 10)
+                if event.done - self.last_logged.get(event.stage, 0) >= step or event.done == event.total:
+                    self.last_logged[event.stage] = event.done
+                    self.console.print(f"[{event.stage}] {event.done}/{event.total} requests, {rate}")
+        elif event.kind == "stage-end":
+            if self.live and event.stage in self.tasks:
+                task = self.tasks[event.stage]
+                self.progress.update(task, completed=self.progress.tasks[task].total or 0)
+            elif not self.quiet:
+                self.console.print(f"[{event.stage}] done")
+
+
+def _histogram(counts: dict) -> str:
+    bars = " ▁▂▃▄▅▆▇█"
+    top = max(counts.values()) if counts and max(counts.values()) else 1
+    return "".join(bars[round(8 * counts[k] / top)] for k in sorted(counts)) + "  " + " ".join(
+        f"{k}:{counts[k]}" for k in sorted(counts)
+    )
+
+
+def render_summary(summary) -> None:
+    """The end-of-run table: what was made, what was dropped and why, and where the files are."""
+    out = _out()
+    table = Table(title="edgepref run", box=box.SIMPLE_HEAVY, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("instructions", f"{summary.instructions}" + (
+        f"  ({summary.input_problems} bad rows, {summary.duplicates} duplicates)"
+        if summary.input_problems or summary.duplicates else ""))
+    for model, n in sorted(summary.completions_per_model.items()):
+        table.add_row("completions", f"{n}  {model}")
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.evolutions_dropped.items())) or "none"
+    table.add_row("evolutions", f"{summary.evolutions_kept} kept, dropped: {dropped}")
+    table.add_row("ratings", f"{summary.ratings}  by {', '.join(summary.judges)}")
+    for model, counts in sorted(summary.score_histogram.items()):
+        table.add_row("scores", f"{_histogram(counts)}  {model}")
+    pairs_dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.pairs_dropped.items())) or "none"
+    table.add_row("pairs", f"[green]{summary.pairs} written[/]; dropped: {pairs_dropped}")
+    if summary.mean_margin is not None:
+        table.add_row("mean margin", f"{summary.mean_margin:.2f}")
+    if summary.request_errors:
+        table.add_row("request errors", f"[red]{summary.request_errors}[/] (see errors.jsonl)")
+    table.add_row("time", f"{summary.wall_seconds:.1f} s, {summary.completion_tokens} tokens generated, "
+                  f"{summary.tokens_per_second:.1f} tok/s" + (
+                      f", {summary.cached_requests} requests resumed from cache" if summary.cached_requests else ""))
+    for name, path in summary.files.items():
+        table.add_row(name, path)
+    out.print(table)

@@ -1,0 +1,140 @@
+"""Stage 1, model pooling: one pool member writes completions for every instruction.
+
+Reads  Record.instruction (and the completions already there, for the diversity guard).
+Adds   Completion rows with source "pool", id "<member>:<k>", the model, system prompt,
+       sampling, seed, token counts and finish reason.
+
+Diversity guard: a new completion whose normalised text is more similar than
+`similarity_threshold` to another completion of the same instruction is regenerated once with
+hotter sampling and a new seed; the completion records `regenerated` and a note either way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Callable
+
+import jinja2
+
+from .backend import Backend, ChatRequest, ChatResult, Sampling
+from .config import PoolMember
+from .errors import ConfigError
+from .records import Completion, Record, content_key
+
+ErrorSink = Callable[[Record, str, str], None]  # (record, stage, message)
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+def similarity(a: str, b: str) -> float:
+    """Similarity in [0, 1] of two texts after normalising case and whitespace."""
+    a, b = normalise(a), normalise(b)
+    if not a or not b:
+        return 1.0 if a == b else 0.0
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    if matcher.real_quick_ratio() < 0.5:
+        return matcher.real_quick_ratio()
+    return matcher.ratio()
+
+
+def member_seed(seed: int, member: PoolMember, record_id: str, attempt: int = 0) -> int:
+    return int(content_key("complete", seed, member.name, record_id, attempt)[:8], 16)
+
+
+def _messages(member: PoolMember, instruction: str) -> list[dict[str, str]]:
+    try:
+        user = jinja2.Template(member.template, undefined=jinja2.StrictUndefined).render(
+            instruction=instruction
+        )
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"pool member {member.name}: template does not render: {exc}") from exc
+    messages = [{"role": "system", "content": member.system_prompt}] if member.system_prompt else []
+    return messages + [{"role": "user", "content": user}]
+
+
+def _request(member: PoolMember, record: Record, seed: int, temperature: float, n: int) -> ChatRequest:
+    sampling = Sampling(temperature=temperature, top_p=member.top_p, max_tokens=member.max_tokens, seed=seed)
+    return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id)
+
+
+def _completion(member: PoolMember, req: ChatRequest, res: ChatResult, k: int, gen_index: int) -> Completion:
+    gen = res.generations[gen_index]
+    return Completion(
+        id=f"{member.name}:{k}",
+        text=gen.text.strip(),
+        model=member.model,
+        source="pool",
+        system_prompt=member.system_prompt,
+        sampling={"temperature": req.sampling.temperature, "top_p": req.sampling.top_p,
+                  "max_tokens": req.sampling.max_tokens},
+        seed=gen.seed,
+        prompt_tokens=res.prompt_tokens,
+        completion_tokens=gen.completion_tokens,
+        finish_reason=gen.finish_reason,
+    )
+
+
+def complete(
+    records: list[Record],
+    member: PoolMember,
+    backend: Backend,
+    *,
+    seed: int = 0,
+    similarity_threshold: float = 0.9,
+    on_result=None,
+    on_error: ErrorSink | None = None,
+) -> list[Record]:
+    """Add `member.n` completions to every record (in place; returns the records)."""
+    todo = [r for r in records if not any(c.id.startswith(member.name + ":") for c in r.completions)]
+    reqs = [_request(member, r, member_seed(seed, member, r.id), member.temperature, member.n) for r in todo]
+    results = backend.chat(reqs, on_result=on_result)
+    retry: list[tuple[Record, int, Completion]] = []
+    for record, req, res in zip(todo, reqs, results):
+        if not res.ok:
+            if on_error:
+                on_error(record, "complete", f"{member.name}: {res.error}")
+            continue
+        for k in range(len(res.generations)):
+            comp = _completion(member, req, res, k, k)
+            twin, score = _closest(record.completions, comp.text)
+            record.completions.append(comp)
+            if score > similarity_threshold:
+                comp.note = f"near-duplicate of {twin} (similarity {score:.2f})"
+                retry.append((record, k, comp))
+    if retry:
+        _regenerate(retry, member, backend, seed, similarity_threshold)
+    return records
+
+
+def _closest(completions: list[Completion], text: str) -> tuple[str | None, float]:
+    best, best_id = 0.0, None
+    for c in completions:
+        s = similarity(c.text, text)
+        if s > best:
+            best, best_id = s, c.id
+    return best_id, best
+
+
+def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshold: float) -> None:
+    """One more try per near-duplicate, hotter and with a new seed; the outcome is recorded."""
+    hotter = min(1.5, max(member.temperature, 0.3) + 0.4)
+    reqs = [
+        _request(member, record, member_seed(seed, member, record.id, attempt=k + 1), hotter, 1)
+        for record, k, _ in retry
+    ]
+    for (record, k, comp), req, res in zip(retry, reqs, backend.chat(reqs)):
+        if not res.ok:
+            comp.note += "; regeneration failed, kept"
+            continue
+        fresh = _completion(member, req, res, k, 0)
+        others = [c for c in record.completions if c.id != comp.id]
+        twin, score = _closest(others, fresh.text)
+        fresh.regenerated = True
+        fresh.note = f"{comp.note}; regenerated at temperature {hotter:.2f}" + (
+            f", still similar to {twin} ({score:.2f})" if score > threshold else f", now {score:.2f}"
+        )
+        record.completions[record.completions.index(comp)] = fresh
+

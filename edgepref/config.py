@@ -1,0 +1,247 @@
+"""Pipeline configuration: dataclasses, one TOML file, command-line overrides on top.
+
+A config file looks like:
+
+    seed = 0
+    [engine]
+    n_ctx = 2048
+    slots = 8
+    [[pool]]
+    model = "qwen2.5-coder-0.5b"
+    system_prompt = "You are a helpful assistant."
+    temperature = 0.7
+    [[pool]]
+    model = "smollm2-135m"
+    [evolve]
+    num_evolutions = 1
+    [judge]
+    models = ["qwen2.5-coder-0.5b"]
+    aspect = "overall"
+    [pair]
+    min_margin = 1.0
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from .errors import ConfigError
+from .pair import PairConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EMBEDDED_POOL = ("qwen2.5-coder-0.5b", "smollm2-135m")
+COURSE_POOL = ("smollm2-1.7b", "qwen2.5-1.5b")
+JUDGE_MODES = ("rationale", "score-only", "pairwise")
+
+
+@dataclass
+class PoolMember:
+    """One model of the pool, with its own prompt and sampling."""
+
+    model: str
+    system_prompt: str | None = None
+    template: str = "{{ instruction }}"  # jinja2; the user message sent to this member
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 256
+    n: int = 1
+    label: str | None = None  # completion ids start with it; defaults to the model name
+
+    @property
+    def name(self) -> str:
+        return self.label or self.model
+
+
+@dataclass
+class EvolveConfig:
+    num_evolutions: int = 1  # 0 turns the stage off; >1 chains rewrites of rewrites
+    model: str | None = None  # default: the judge's first model
+    members: list[str] | None = None  # evolve only these pool members' completions (None: all)
+    criteria: list[str] = field(
+        default_factory=lambda: ["helpfulness", "relevance", "deepening", "creativity", "details"]
+    )
+    temperature: float = 0.7
+    max_tokens: int = 320
+
+
+@dataclass
+class JudgeConfig:
+    models: list[str] = field(default_factory=lambda: ["auto"])  # "auto": strongest available
+    aspect: str = "overall"
+    mode: str = "rationale"  # rationale | score-only | pairwise
+    expected: bool = True  # probability-weighted scores beside the integer ones
+    shuffle: bool = True  # show responses in a seeded random order
+    both_orders: bool = False  # judge again in reversed order and average
+    exclude_self: bool = False  # a panel judge does not rate its own model's completions
+    max_rationale_chars: int = 120
+    n_ctx: int = 4096
+
+
+@dataclass
+class EngineConfig:
+    n_ctx: int = 2048
+    slots: int = 8
+    threads: int | None = None
+    gpu_layers: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    pool: list[PoolMember] = field(default_factory=lambda: [PoolMember(m) for m in EMBEDDED_POOL])
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    seed: int = 0
+    similarity_threshold: float = 0.9  # near-duplicate completions above this are regenerated
+    models_file: str | None = None
+
+    def validate(self) -> "PipelineConfig":
+        if not self.pool:
+            raise ConfigError("the pool is empty", "add at least one [[pool]] member or --pool MODEL")
+        names = [m.name for m in self.pool]
+        if len(set(names)) != len(names):
+            raise ConfigError(
+                f"pool members must have distinct names, got {names}",
+                "give members that share a model a distinct `label`",
+            )
+        if self.judge.mode not in JUDGE_MODES:
+            raise ConfigError(f"judge mode {self.judge.mode!r} is unknown; choose from {', '.join(JUDGE_MODES)}")
+        if not 0.0 < self.similarity_threshold <= 1.0:
+            raise ConfigError(f"similarity_threshold must be in (0, 1], got {self.similarity_threshold}")
+        if self.evolve.num_evolutions < 0:
+            raise ConfigError("evolve num_evolutions must be >= 0")
+        return self
+
+
+def preset(name: str) -> PipelineConfig:
+    """Named starting points: "embedded" (offline default) and "course" (the chapter's pool)."""
+    if name == "embedded":
+        return PipelineConfig()
+    if name == "course":
+        cfg = PipelineConfig(pool=[PoolMember(m) for m in COURSE_POOL])
+        cfg.judge.models = ["qwen2.5-1.5b"]
+        return cfg
+    raise ConfigError(f"unknown preset {name!r}; choose embedded or course")
+
+
+def _build(cls, raw: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))}",
+            f"known settings: {', '.join(sorted(known))}",
+        )
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def config_from_dict(raw: dict, base: PipelineConfig | None = None) -> PipelineConfig:
+    cfg = base or PipelineConfig()
+    raw = dict(raw)
+    sections = {"evolve": EvolveConfig, "judge": JudgeConfig, "pair": PairConfig, "engine": EngineConfig}
+    updates: dict = {}
+    if "pool" in raw:
+        pool = raw.pop("pool")
+        if not isinstance(pool, list):
+            raise ConfigError("`pool` must be a list of [[pool]] tables")
+        updates["pool"] = [_build(PoolMember, dict(m), f"[[pool]] #{i + 1}") for i, m in enumerate(pool)]
+    for name, cls in sections.items():
+        if name in raw:
+            merged = {f.name: getattr(getattr(cfg, name), f.name) for f in fields(cls)}
+            section = raw.pop(name)
+            if not isinstance(section, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            merged.update(section)
+            updates[name] = _build(cls, merged, f"[{name}]")
+    top = {f.name for f in fields(PipelineConfig)} - set(sections) - {"pool"}
+    for key in list(raw):
+        if key not in top:
+            raise ConfigError(f"unknown top-level setting {key!r}", f"known: {', '.join(sorted(top | set(sections) | {'pool'}))}")
+        updates[key] = raw.pop(key)
+    return replace(cfg, **updates).validate()
+
+
+def load_config(path: str | Path | None = None, base: PipelineConfig | None = None) -> PipelineConfig:
+    if path is None:
+        return (base or PipelineConfig()).validate()
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return config_from_dict(raw, base)
+
+
+def apply_overrides(
+    cfg: PipelineConfig,
+    *,
+    pool: tuple[str, ...] | list[str] = (),
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    completions: int | None = None,
+    judges: tuple[str, ...] | list[str] = (),
+    aspect: str | None = None,
+    judge_mode: str | None = None,
+    both_orders: bool | None = None,
+    exclude_self: bool | None = None,
+    evolutions: int | None = None,
+    evolve_model: str | None = None,
+    min_margin: float | None = None,
+    pair_strategy: str | None = None,
+    pair_format: str | None = None,
+    pair_score: str | None = None,
+    seed: int | None = None,
+    slots: int | None = None,
+    n_ctx: int | None = None,
+    threads: int | None = None,
+    gpu_layers: int | None = None,
+    models_file: str | None = None,
+) -> PipelineConfig:
+    """Command-line flags on top of a config: a flag left unset (None/empty) keeps the config's value.
+    Pool-wide flags (system prompt, temperature, ...) apply to every pool member."""
+    if pool:
+        cfg.pool = [PoolMember(m) for m in pool]
+    for member in cfg.pool:
+        if system_prompt is not None:
+            member.system_prompt = system_prompt
+        if temperature is not None:
+            member.temperature = temperature
+        if max_tokens is not None:
+            member.max_tokens = max_tokens
+        if completions is not None:
+            member.n = completions
+    if judges:
+        cfg.judge.models = list(judges)
+    for attr, value in (("aspect", aspect), ("mode", judge_mode), ("both_orders", both_orders),
+                        ("exclude_self", exclude_self)):
+        if value is not None:
+            setattr(cfg.judge, attr, value)
+    if evolutions is not None:
+        cfg.evolve.num_evolutions = evolutions
+    if evolve_model is not None:
+        cfg.evolve.model = evolve_model
+    pair_updates = {k: v for k, v in (("min_margin", min_margin), ("strategy", pair_strategy),
+                                      ("format", pair_format), ("score", pair_score)) if v is not None}
+    if pair_updates:
+        cfg.pair = replace(cfg.pair, **pair_updates)
+    if seed is not None:
+        cfg.seed = seed
+        cfg.pair = replace(cfg.pair, seed=seed)
+    for attr, value in (("slots", slots), ("n_ctx", n_ctx), ("threads", threads), ("gpu_layers", gpu_layers)):
+        if value is not None:
+            setattr(cfg.engine, attr, value)
+    if models_file is not None:
+        cfg.models_file = str(models_file)
+    return cfg.validate()

@@ -1,0 +1,118 @@
+"""Stage 2, EvolQuality: rewrite responses into better ones along one criterion each.
+
+Reads  Record.instruction, Record.completions with source "pool" (optionally only some members).
+Adds   Completion rows with source "evol": id "<parent>+evol<k>", `parent_id` (the completion
+       rewritten, so chains keep their lineage), `criterion` (drawn with a seeded RNG from the
+       record id, parent and step, never a global RNG), the evolving model and its sampling.
+Drops  empty rewrites and rewrites identical to their input, into Record.dropped with the reason.
+
+Evolved is not always better: evolved completions are judged like the others.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from .backend import Backend, ChatRequest, Sampling
+from .complete import ErrorSink, normalise
+from .config import EvolveConfig
+from .prompts import evol_template_name, render_prompt
+from .records import Completion, Record, content_key
+
+# Small models like to announce their answer. These are stripped from the start of a rewrite.
+_LEAKED_HEADING = re.compile(
+    r"""^\s*(?:
+        \#{1,6}\s*[^\n]*\b(?:response|answer|rewrite|rewritten|version)\b[^\n]*\n   # "# Improved Response"
+      | \**\s*(?:improved|rewritten|new|better|revised|enhanced|updated|final)\s+
+            (?:response|answer|version)\s*\**\s*:?\s*\**\s*(?:\n|(?=\S))            # "Improved Response:"
+      | (?:here\s+is|here's)\s+(?:the|an|my)\s+(?:improved|rewritten|revised|better|new)\s+
+            (?:response|answer|version)[^\n]*:\s*\n?                                  # "Here is the improved response:"
+      | (?:response|answer)\s*:\s*\n?                                                # "Response:"
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def strip_leaked_headings(text: str) -> str:
+    """Remove headings a model wrote above its rewrite ("# Improved Response", "Improved Response:")."""
+    previous = None
+    text = text.strip()
+    while previous != text:
+        previous = text
+        text = _LEAKED_HEADING.sub("", text, count=1).strip()
+    return text
+
+
+def pick_criterion(cfg: EvolveConfig, seed: int, record_id: str, parent_id: str, step: int) -> str:
+    rng = random.Random(content_key("evolve", seed, record_id, parent_id, step))
+    return rng.choice(list(cfg.criteria))
+
+
+def _request(record: Record, parent: Completion, criterion: str, cfg: EvolveConfig, seed: int) -> ChatRequest:
+    prompt = render_prompt(evol_template_name(criterion), instruction=record.instruction, response=parent.text)
+    sampling = Sampling(
+        temperature=cfg.temperature,
+        top_p=0.95,
+        max_tokens=cfg.max_tokens,
+        seed=int(content_key("evolve-seed", seed, record.id, parent.id)[:8], 16),
+    )
+    return ChatRequest([{"role": "user", "content": prompt}], sampling, id=record.id)
+
+
+def evolve(
+    records: list[Record],
+    model: str,
+    backend: Backend,
+    cfg: EvolveConfig,
+    *,
+    seed: int = 0,
+    on_result=None,
+    on_error: ErrorSink | None = None,
+) -> list[Record]:
+    """Add up to `cfg.num_evolutions` chained rewrites per selected completion (in place)."""
+    frontier: list[tuple[Record, Completion, str]] = []  # (record, parent, root id)
+    for record in records:
+        if any(c.source == "evol" for c in record.completions):
+            continue  # already evolved (a rerun of this stage on its own output)
+        for c in record.completions:
+            if c.source == "pool" and (cfg.members is None or c.id.split(":")[0] in cfg.members):
+                frontier.append((record, c, c.id))
+    for step in range(1, cfg.num_evolutions + 1):
+        if not frontier:
+            break
+        criteria = [pick_criterion(cfg, seed, r.id, p.id, step) for r, p, _ in frontier]
+        reqs = [_request(r, p, crit, cfg, seed) for (r, p, _), crit in zip(frontier, criteria)]
+        results = backend.chat(reqs, on_result=on_result)
+        next_frontier = []
+        for (record, parent, root), crit, req, res in zip(frontier, criteria, reqs, results):
+            if not res.ok:
+                if on_error:
+                    on_error(record, "evolve", f"rewrite of {parent.id}: {res.error}")
+                continue
+            gen = res.generations[0]
+            text = strip_leaked_headings(gen.text)
+            reason = "empty" if not text else "identical" if normalise(text) == normalise(parent.text) else None
+            if reason:
+                record.dropped.append(
+                    {"stage": "evolve", "reason": reason, "parent_id": parent.id, "criterion": crit}
+                )
+                continue
+            child = Completion(
+                id=f"{root}+evol{step}",
+                text=text,
+                model=model,
+                source="evol",
+                sampling={"temperature": req.sampling.temperature, "top_p": req.sampling.top_p,
+                          "max_tokens": req.sampling.max_tokens},
+                seed=gen.seed,
+                prompt_tokens=res.prompt_tokens,
+                completion_tokens=gen.completion_tokens,
+                finish_reason=gen.finish_reason,
+                parent_id=parent.id,
+                criterion=crit,
+            )
+            record.completions.append(child)
+            next_frontier.append((record, child, root))
+        frontier = next_frontier
+    return records

@@ -1,0 +1,198 @@
+"""Reading instructions: JSONL, JSON, CSV, Parquet, a `save_to_disk` directory or a Hub dataset.
+
+Every row either becomes a `Record` or an `InputProblem` with its row number and the reason
+(not JSON, not UTF-8, no instruction, blank instruction). Duplicate instructions are kept once
+and counted. A missing instruction column is an error that lists the columns there are.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .records import Record, content_key
+
+FALLBACK_COLUMNS = ("instruction", "prompt")
+
+
+@dataclass
+class InputProblem:
+    row: int  # 1-based row (line) number in the input
+    reason: str
+    id: str | None = None
+
+
+@dataclass
+class InputBatch:
+    records: list[Record] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+    duplicates: int = 0
+    rows_read: int = 0
+    column: str = "instruction"
+
+
+def _pick_column(columns: list[str], wanted: str | None, source: str) -> str:
+    if wanted:
+        if wanted not in columns:
+            raise InputError(
+                f"{source} has no column {wanted!r}; its columns are: {', '.join(columns) or '(none)'}",
+                "pick one with --column NAME",
+            )
+        return wanted
+    for name in FALLBACK_COLUMNS:
+        if name in columns:
+            return name
+    raise InputError(
+        f"{source} has no 'instruction' or 'prompt' column; its columns are: {', '.join(columns) or '(none)'}",
+        "pick the instruction column with --column NAME",
+    )
+
+
+def _iter_jsonl(path: Path):
+    """(line number, row dict or None, problem or None) for each non-empty line."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield n, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, None, f"not JSON ({exc.msg} at column {exc.colno})"
+                continue
+            if not isinstance(row, dict):
+                yield n, None, f"a JSON {type(row).__name__}, not an object"
+                continue
+            yield n, row, None
+
+
+def _rows_from_datasets(source: str, split: str | None) -> tuple[list[dict], list[str]]:
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            kind = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".tsv": "csv"}.get(path.suffix.lower())
+            if kind is None:
+                raise InputError(f"cannot read {path}: unknown file type {path.suffix!r}",
+                                 "use .jsonl, .json, .csv, .parquet or a dataset directory")
+            extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
+        else:
+            ds = datasets.load_dataset(source, split=split or "train")
+    except InputError:
+        raise
+    except Exception as exc:
+        offline = "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        raise InputError(
+            f"cannot load {source!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "with HF_HUB_OFFLINE=1 only datasets already in the cache load" if offline
+            else "check the path or dataset name (and --split)",
+        ) from exc
+    if isinstance(ds, datasets.DatasetDict):
+        name = split or ("train" if "train" in ds else next(iter(ds)))
+        if name not in ds:
+            raise InputError(f"{source} has no split {name!r}; it has {', '.join(ds)}", "pick one with --split")
+        ds = ds[name]
+    return ds.to_list(), list(ds.column_names)
+
+
+def read_instructions(
+    source: str | Path,
+    *,
+    column: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> InputBatch:
+    """Read instructions from any supported source into Records (nothing is silently dropped)."""
+    source = str(source)
+    path = Path(source)
+    rows: list[tuple[int, dict | None, str | None]]
+    if path.suffix.lower() == ".jsonl" or (path.is_file() and path.suffix.lower() == ".ndjson"):
+        if not path.is_file():
+            raise InputError(f"input file not found: {path}", "check the path")
+        rows = list(_iter_jsonl(path))
+        seen_cols: list[str] = []
+        for _, row, _ in rows:
+            if row:
+                seen_cols.extend(k for k in row if k not in seen_cols)
+        good = [r for _, r, p in rows if r is not None]
+        if good:
+            col = _pick_column(seen_cols, column, str(path))
+        else:
+            col = column or "instruction"
+    else:
+        data, columns = _rows_from_datasets(source, split)
+        col = _pick_column(columns, column, source)
+        rows = [(i, row, None) for i, row in enumerate(data, start=1)]
+    if shuffle:
+        random.Random(seed).shuffle(rows)
+    batch = InputBatch(column=col)
+    seen: set[str] = set()
+    for n, row, problem in rows:
+        if limit is not None and len(batch.records) >= limit:
+            break
+        batch.rows_read += 1
+        if problem:
+            batch.problems.append(InputProblem(n, problem))
+            continue
+        rid = str(row["id"]) if row.get("id") is not None else None
+        value = row.get(col)
+        if value is None:
+            batch.problems.append(InputProblem(n, f"no {col!r} field", rid))
+            continue
+        if not isinstance(value, str):
+            batch.problems.append(InputProblem(n, f"{col!r} is a {type(value).__name__}, not text", rid))
+            continue
+        text = value.strip()
+        if not text:
+            batch.problems.append(InputProblem(n, f"blank {col!r}", rid))
+            continue
+        if text in seen:
+            batch.duplicates += 1
+            continue
+        seen.add(text)
+        extra = {k: v for k, v in row.items() if k not in (col, "id")}
+        record_id = rid if rid is not None else content_key("instruction", text)
+        batch.records.append(Record(id=record_id, instruction=text, extra=_jsonable(extra)))
+    ids = [r.id for r in batch.records]
+    if len(set(ids)) != len(ids):  # ids in the input repeat: fall back to content ids
+        for r in batch.records:
+            r.id = content_key("instruction", r.instruction)
+    return batch
+
+
+def _jsonable(row: dict) -> dict:
+    try:
+        json.dumps(row)
+        return row
+    except TypeError:
+        return {k: str(v) for k, v in row.items()}
+
+
+def read_records(path: str | Path) -> tuple[list[Record], list[InputProblem]]:
+    """Records written by a previous stage (records.jsonl); rows that are not records are reported."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"records file not found: {path}", "run the previous stage first")
+    records, problems = [], []
+    for n, row, problem in _iter_jsonl(path):
+        if problem:
+            problems.append(InputProblem(n, problem))
+            continue
+        if "instruction" not in row or "id" not in row:
+            problems.append(InputProblem(n, "not a record (needs id and instruction)"))
+            continue
+        records.append(Record.from_row(row))
+    return records, problems

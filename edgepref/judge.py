@@ -1,0 +1,255 @@
+"""Stage 3, UltraFeedback: a judge model rates every completion of an instruction, 1 to 5.
+
+Reads  Record.instruction, Record.completions.
+Adds   Rating rows (one per completion and judge): `score` (the integer score, averaged over
+       passes), `expected` (the probability-weighted score over 1..5 at the score token, averaged
+       over passes), `rationale`, `positions` (where it was shown, per pass).
+       Record.judge_info gets the shown orders and, for a panel, the agreement between judges.
+
+The judge sees all responses of an instruction in one prompt and must answer one line per
+response, `score - rationale` (or only the score in score-only mode). A GBNF grammar built for
+exactly that many responses makes every answer parse; the strict parser double-checks.
+
+Position bias: responses are shown in a seeded shuffled order; `both_orders` judges again in
+the reversed order and averages. Pairwise mode compares every two responses in both orders from
+the probabilities of "A" and "B" and turns the preferences into 1..5 scores (Bradley-Terry).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+from .backend import Backend, ChatRequest, ChatResult, Sampling
+from .complete import ErrorSink
+from .config import JudgeConfig
+from .grammars import RatingParseError, build_rating_grammar, build_score_grammar, parse_rating_lines
+from .prompts import judge_template_name, render_prompt
+from .records import Rating, Record, content_key
+
+SCORES = ("1", "2", "3", "4", "5")
+
+
+def expected_score(dist: dict[str, float]) -> float:
+    """Probability-weighted mean over the digits 1..5."""
+    total = sum(dist.get(s, 0.0) for s in SCORES)
+    return sum(int(s) * dist.get(s, 0.0) for s in SCORES) / total
+
+
+def shown_orders(record: Record, ids: list[str], cfg: JudgeConfig, seed: int) -> list[list[str]]:
+    """The order(s) the responses are shown in: seeded shuffle, then its reverse if asked."""
+    order = list(ids)
+    if cfg.shuffle:
+        random.Random(content_key("judge-order", seed, record.id)).shuffle(order)
+    orders = [order]
+    if cfg.both_orders and len(order) > 1:
+        orders.append(order[::-1])
+    return orders
+
+
+def _rating_request(record: Record, texts: list[str], cfg: JudgeConfig) -> ChatRequest:
+    with_rationale = cfg.mode == "rationale"
+    prompt = render_prompt(
+        judge_template_name(cfg.aspect),
+        instruction=record.instruction,
+        responses=texts,
+        with_rationale=with_rationale,
+    )
+    n = len(texts)
+    if with_rationale:
+        grammar = build_rating_grammar(n, cfg.max_rationale_chars)
+        max_tokens = n * (cfg.max_rationale_chars + 8)  # a token is at least one character
+    else:
+        grammar = build_score_grammar(n)
+        max_tokens = 2 * n + 2
+    return ChatRequest(
+        [{"role": "user", "content": prompt}],
+        Sampling(temperature=0.0, max_tokens=max_tokens),
+        grammar=grammar,
+        trace_choices=SCORES if cfg.expected else None,
+        id=record.id,
+    )
+
+
+def _parse(result: ChatResult, n: int, cfg: JudgeConfig) -> list[tuple[int, float | None, str]]:
+    gen = result.generations[0]
+    lines = parse_rating_lines(gen.text, n, with_rationale=cfg.mode == "rationale")
+    trace = dict(gen.choice_trace)
+    return [
+        (ln.score, expected_score(trace[ln.offset]) if ln.offset in trace else None, ln.rationale)
+        for ln in lines
+    ]
+
+
+def judge(
+    records: list[Record],
+    judge_model: str,
+    backend: Backend,
+    cfg: JudgeConfig,
+    *,
+    seed: int = 0,
+    on_result=None,
+    on_error: ErrorSink | None = None,
+) -> list[Record]:
+    """Add this judge's ratings to every record (in place)."""
+    if cfg.mode == "pairwise":
+        return judge_pairwise(records, judge_model, backend, cfg, seed=seed, on_result=on_result, on_error=on_error)
+    jobs: list[tuple[Record, list[str]]] = []
+    reqs: list[ChatRequest] = []
+    for record in records:
+        if any(r.judge == judge_model and r.aspect == cfg.aspect for r in record.ratings):
+            continue  # already rated by this judge (a rerun of the stage on its own output)
+        ids = [c.id for c in record.completions]
+        if not ids:
+            continue
+        orders = shown_orders(record, ids, cfg, seed)
+        record.judge_info.setdefault("orders", {})[judge_model] = orders
+        for order in orders:
+            jobs.append((record, order))
+            reqs.append(_rating_request(record, [record.completion(i).text for i in order], cfg))
+    results = backend.chat(reqs, on_result=on_result)
+    collected: dict[tuple[str, str], list] = {}
+    failed: set[str] = set()
+    for (record, order), res in zip(jobs, results):
+        if not res.ok:
+            failed.add(record.id)
+            if on_error:
+                on_error(record, "judge", f"{judge_model}: {res.error}")
+            continue
+        try:
+            parsed = _parse(res, len(order), cfg)
+        except RatingParseError as exc:  # only a cut-off answer can get here: the grammar holds
+            failed.add(record.id)
+            if on_error:
+                on_error(record, "judge", f"{judge_model}: {exc.message}")
+            continue
+        for pos, (cid, (score, exp, why)) in enumerate(zip(order, parsed), start=1):
+            collected.setdefault((record.id, cid), []).append((score, exp, why, pos))
+    for record in records:
+        if record.id in failed:
+            continue
+        for c in record.completions:
+            passes = collected.get((record.id, c.id))
+            if not passes:
+                continue
+            if cfg.exclude_self and c.model == judge_model:
+                continue
+            record.ratings.append(_merge(c.id, judge_model, cfg.aspect, passes))
+    return records
+
+
+def _merge(cid: str, judge_model: str, aspect: str, passes: list) -> Rating:
+    exps = [p[1] for p in passes if p[1] is not None]
+    return Rating(
+        completion_id=cid,
+        judge=judge_model,
+        aspect=aspect,
+        score=sum(p[0] for p in passes) / len(passes),
+        expected=sum(exps) / len(exps) if len(exps) == len(passes) else None,
+        rationale=" / ".join(p[2] for p in passes if p[2]),
+        positions=[p[3] for p in passes],
+    )
+
+
+# ---------------------------------------------------------------- pairwise
+
+
+def _pairwise_request(record: Record, a: str, b: str) -> ChatRequest:
+    prompt = render_prompt("pairwise", instruction=record.instruction, response_a=a, response_b=b)
+    return ChatRequest(
+        [{"role": "user", "content": prompt}], Sampling(max_tokens=0), choices=("A", "B"), id=record.id
+    )
+
+
+def bradley_terry(ids: list[str], wins: dict[tuple[str, str], float], iters: int = 200) -> dict[str, float]:
+    """Strengths from soft win rates: wins[(i, j)] = P(i beats j). Minorisation-maximisation."""
+    strength = {i: 1.0 for i in ids}
+    for _ in range(iters):
+        new = {}
+        for i in ids:
+            w = sum(wins.get((i, j), 0.0) for j in ids if j != i) + 1e-3
+            denom = sum(1.0 / (strength[i] + strength[j]) for j in ids if j != i)
+            new[i] = w / denom if denom else strength[i]
+        norm = math.exp(sum(math.log(v) for v in new.values()) / len(new))
+        strength = {i: v / norm for i, v in new.items()}
+    return strength
+
+
+def judge_pairwise(
+    records: list[Record],
+    judge_model: str,
+    backend: Backend,
+    cfg: JudgeConfig,
+    *,
+    seed: int = 0,
+    on_result=None,
+    on_error: ErrorSink | None = None,
+) -> list[Record]:
+    """Compare every two completions in both orders; P(i beats j) averages P(A) and P(B) over the
+    two orders, so this judge is order-invariant by construction. Scores are 1 + 4 * the mean win
+    probability against the others (Bradley-Terry strengths are recorded beside them)."""
+    jobs: list[tuple[Record, str, str]] = []
+    reqs: list[ChatRequest] = []
+    for record in records:
+        if any(r.judge == judge_model and r.aspect == "pairwise" for r in record.ratings):
+            continue
+        for i, j in itertools.combinations([c.id for c in record.completions], 2):
+            ti, tj = record.completion(i).text, record.completion(j).text
+            jobs += [(record, i, j), (record, j, i)]
+            reqs += [_pairwise_request(record, ti, tj), _pairwise_request(record, tj, ti)]
+    results = backend.chat(reqs, on_result=on_result)
+    prefs: dict[str, dict[tuple[str, str], list[float]]] = {}
+    failed: set[str] = set()
+    for (record, first, second), res in zip(jobs, results):
+        if not res.ok or not res.choice_probs:
+            failed.add(record.id)
+            if on_error:
+                on_error(record, "judge", f"{judge_model}: {res.error or 'no choice probabilities'}")
+            continue
+        p_first = res.choice_probs["A"]
+        prefs.setdefault(record.id, {}).setdefault((first, second), []).append(p_first)
+        prefs[record.id].setdefault((second, first), []).append(1.0 - p_first)
+    for record in records:
+        if record.id in failed or record.id not in prefs:
+            continue
+        ids = [c.id for c in record.completions]
+        wins = {k: sum(v) / len(v) for k, v in prefs[record.id].items()}
+        strength = bradley_terry(ids, wins)
+        record.judge_info.setdefault("pairwise", {})[judge_model] = {
+            f"{i}>{j}": round(p, 4) for (i, j), p in wins.items() if i < j
+        }
+        record.judge_info.setdefault("bradley_terry", {})[judge_model] = {i: round(s, 4) for i, s in strength.items()}
+        for c in record.completions:
+            if cfg.exclude_self and c.model == judge_model:
+                continue
+            mean_win = sum(wins[(c.id, o)] for o in ids if o != c.id) / max(1, len(ids) - 1)
+            score = 1.0 + 4.0 * mean_win
+            record.ratings.append(
+                Rating(c.id, judge_model, "pairwise", score=score, expected=score,
+                       rationale=f"mean win probability {mean_win:.2f}")
+            )
+    return records
+
+
+# ---------------------------------------------------------------- panels
+
+
+def panel_agreement(record: Record) -> float | None:
+    """Share of completion pairs that every two judges order the same way (ties count half)."""
+    by_judge: dict[str, dict[str, float]] = {}
+    for r in record.ratings:
+        value = r.expected if r.expected is not None else r.score
+        by_judge.setdefault(r.judge, {})[r.completion_id] = value
+    judges = sorted(by_judge)
+    if len(judges) < 2:
+        return None
+    agree, total = 0.0, 0
+    for ja, jb in itertools.combinations(judges, 2):
+        common = sorted(set(by_judge[ja]) & set(by_judge[jb]))
+        for x, y in itertools.combinations(common, 2):
+            da = by_judge[ja][x] - by_judge[ja][y]
+            db = by_judge[jb][x] - by_judge[jb][y]
+            agree += 1.0 if da * db > 0 else 0.5 if da == 0 and db == 0 else 0.0
+            total += 1
+    return agree / total if total else None

@@ -1,0 +1,216 @@
+"""Append-only JSONL files and the request cache that makes every run resumable.
+
+Resume works at the level of model requests: `CachedBackend` keys each `ChatRequest` by a
+content hash of (stage, model identity, messages, sampling, grammar, n, choices) and appends
+each result to `DIR/cache/<stage>.jsonl` the moment it finishes. A rerun of the same command
+replays the stage logic; requests already answered come from the file, the rest go to the
+model. Changed settings change the hash, so stale answers are never reused. A torn last line
+(power loss, SIGKILL mid-write) is cut off and its request redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .backend import Backend, ChatRequest, ChatResult, Generation, Progress, ProgressCallback
+from .records import content_key
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a last line that has no newline (an interrupted write); returns bytes removed."""
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return 0
+        # walk back to the previous newline
+        pos = size - 1
+        chunk = 4096
+        while pos > 0:
+            start = max(0, pos - chunk)
+            fh.seek(start)
+            data = fh.read(pos - start)
+            nl = data.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        fh.truncate(keep)
+        return size - keep
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Rows of a JSONL file; a torn last line is skipped (call repair_torn_tail before appending)."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                return
+            line = line.strip()
+            if line:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line damaged on disk: its request is simply redone
+
+
+class JsonlAppender:
+    """Appends one JSON row per line and flushes each, so a crash loses at most the row in flight."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_torn_tail(self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def append(self, row: dict) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
+    """Write all rows to a temp file and rename it over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return n
+
+
+def request_key(stage: str, model_id: str, req: ChatRequest) -> str:
+    return content_key(
+        stage,
+        model_id,
+        req.messages,
+        asdict(req.sampling),
+        req.n,
+        req.grammar,
+        req.prefill,
+        list(req.choices or []),
+        list(req.trace_choices or []),
+    )
+
+
+def _result_row(key: str, result: ChatResult) -> dict:
+    return {
+        "key": key,
+        "prompt_tokens": result.prompt_tokens,
+        "choice_probs": result.choice_probs,
+        "seconds": round(result.seconds, 3),
+        "generations": [
+            {
+                "text": g.text,
+                "completion_tokens": g.completion_tokens,
+                "finish_reason": g.finish_reason,
+                "seed": g.seed,
+                "choice_trace": g.choice_trace,
+            }
+            for g in result.generations
+        ],
+    }
+
+
+def _result_from_row(req: ChatRequest, row: dict) -> ChatResult:
+    gens = [
+        Generation(
+            g["text"], g["completion_tokens"], g["finish_reason"], g.get("seed"),
+            [(int(off), dist) for off, dist in g.get("choice_trace", [])],
+        )
+        for g in row["generations"]
+    ]
+    return ChatResult(req, gens, row["prompt_tokens"], None, row.get("choice_probs"), row.get("seconds", 0.0))
+
+
+class CachedBackend:
+    """A Backend that answers from `cache_path` when it can and records every new answer.
+
+    `open_backend` is called only if some request misses the cache, so a fully resumed stage
+    never loads its model. Failed requests are not cached: a rerun tries them again.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        model_id: str,
+        cache_path: Path,
+        open_backend: Callable[[], Backend],
+    ):
+        self.name = model_id
+        self.stage = stage
+        self.model_id = model_id
+        self.cache_path = Path(cache_path)
+        self._open = open_backend
+        repair_torn_tail(self.cache_path)
+        self._rows = {row["key"]: row for row in read_jsonl(self.cache_path) if "key" in row}
+        self.hits = 0
+        self.misses = 0
+
+    def chat(self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None) -> list[ChatResult]:
+        keys = [request_key(self.stage, self.model_id, r) for r in requests]
+        results: list[ChatResult | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, (req, key) in enumerate(zip(requests, keys)):
+            if key in self._rows:
+                results[i] = _result_from_row(req, self._rows[key])
+            else:
+                todo.append(i)
+        self.hits += len(requests) - len(todo)
+        self.misses += len(todo)
+        done_before = len(requests) - len(todo)
+        if on_result and done_before:
+            on_result(Progress(done_before, len(requests), 0, 0, 0.0), results[next(i for i, r in enumerate(results) if r)])
+        if not todo:
+            return results  # type: ignore[return-value]
+        backend = self._open()
+        with JsonlAppender(self.cache_path) as out:
+
+            def record(progress: Progress, result: ChatResult) -> None:
+                if result.ok:
+                    key = request_key(self.stage, self.model_id, result.request)
+                    row = _result_row(key, result)
+                    out.append(row)
+                    self._rows[key] = row
+                if on_result:
+                    on_result(
+                        Progress(done_before + progress.done, len(requests), progress.completion_tokens,
+                                 progress.prompt_tokens, progress.elapsed),
+                        result,
+                    )
+
+            fresh = backend.chat([requests[i] for i in todo], on_result=record)
+        for i, res in zip(todo, fresh):
+            results[i] = res
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        pass
