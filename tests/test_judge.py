@@ -1,0 +1,153 @@
+"""The judge and evolve stages on the real embedded models."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgepref.config import EvolveConfig, JudgeConfig
+from edgepref.evolve import evolve, pick_criterion, strip_leaked_headings
+from edgepref.judge import bradley_terry, judge, panel_agreement, shown_orders
+from edgepref.records import Completion, Rating, Record
+
+from .conftest import QWEN, SMOL
+
+ANSWERS = [
+    "The capital of France is Paris.",
+    "France's capital city is Paris, on the Seine.",
+    "I think it is Lyon.",
+    "Berlin.",
+    "Paris is the capital and largest city of France.",
+]
+
+
+def record_with(n: int, rid: str = "r") -> Record:
+    return Record(
+        id=rid,
+        instruction="What is the capital of France?",
+        completions=[Completion(id=f"m:{i}", text=ANSWERS[i], model="m") for i in range(n)],
+    )
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("mode", ["rationale", "score-only"])
+def test_every_response_gets_a_parsed_rating(qwen_engine, n: int, mode: str) -> None:
+    records = [record_with(n, "a"), record_with(n, "b")]
+    errors = []
+    judge(records, QWEN, qwen_engine, JudgeConfig(mode=mode, max_rationale_chars=40),
+          on_error=lambda *a: errors.append(a))
+    assert errors == []
+    for record in records:
+        assert sorted(r.completion_id for r in record.ratings) == [f"m:{i}" for i in range(n)]
+        for r in record.ratings:
+            assert r.score in {1, 2, 3, 4, 5}
+            assert r.expected is not None and 1.0 <= r.expected <= 5.0
+            assert (r.rationale != "") == (mode == "rationale")
+            assert len(r.positions) == 1
+
+
+def test_judge_prefers_the_right_answer(qwen_engine) -> None:
+    record = record_with(4)
+    judge([record], QWEN, qwen_engine, JudgeConfig(max_rationale_chars=40))
+    by_id = {r.completion_id: r.expected for r in record.ratings}
+    assert by_id["m:0"] > by_id["m:3"]  # "Paris" beats "Berlin"
+
+
+def test_both_orders_average_two_passes(qwen_engine) -> None:
+    record = record_with(3)
+    cfg = JudgeConfig(mode="score-only", both_orders=True)
+    judge([record], QWEN, qwen_engine, cfg)
+    orders = record.judge_info["orders"][QWEN]
+    assert orders[1] == orders[0][::-1]
+    for r in record.ratings:
+        first, second = r.positions
+        assert first + second == 4  # reversed: position p comes back as n + 1 - p
+
+
+def test_shuffle_is_seeded() -> None:
+    ids = [f"c{i}" for i in range(6)]
+    cfg = JudgeConfig()
+    a = shown_orders(Record(id="x", instruction="i"), ids, cfg, seed=1)
+    b = shown_orders(Record(id="x", instruction="i"), ids, cfg, seed=1)
+    c = shown_orders(Record(id="x", instruction="i"), ids, cfg, seed=2)
+    assert a == b and a != c and sorted(a[0]) == ids
+
+
+def test_panel_with_exclude_self(qwen_engine, smol_engine) -> None:
+    record = Record(
+        id="p",
+        instruction="Name a fruit.",
+        completions=[
+            Completion(id="q:0", text="An apple.", model=QWEN),
+            Completion(id="s:0", text="A banana is a fruit.", model=SMOL),
+            Completion(id="o:0", text="Carrot.", model="other"),
+            Completion(id="o:1", text="A pear is a sweet fruit.", model="other"),
+        ],
+    )
+    cfg = JudgeConfig(mode="score-only", exclude_self=True)
+    judge([record], QWEN, qwen_engine, cfg)
+    judge([record], SMOL, smol_engine, cfg)
+    rated = {(r.judge, r.completion_id) for r in record.ratings}
+    assert (QWEN, "q:0") not in rated and (SMOL, "s:0") not in rated
+    assert {(QWEN, "s:0"), (QWEN, "o:0"), (SMOL, "q:0"), (SMOL, "o:0")} <= rated
+    agreement = panel_agreement(record)  # over o:0 vs o:1, the only pair both judges rated
+    assert agreement in (0.0, 0.5, 1.0)
+
+
+def test_panel_agreement_on_known_ratings() -> None:
+    record = Record(id="k", instruction="i", ratings=[
+        Rating("a", "j1", "overall", 5), Rating("b", "j1", "overall", 3), Rating("c", "j1", "overall", 1),
+        Rating("a", "j2", "overall", 4), Rating("b", "j2", "overall", 4), Rating("c", "j2", "overall", 1),
+    ])
+    # a>b: j1 yes, j2 tie -> 0; a>c agree; b>c agree => 2 of 3
+    assert panel_agreement(record) == pytest.approx(2 / 3)
+
+
+def test_pairwise_mode_is_order_invariant(qwen_engine) -> None:
+    record = record_with(3)
+    judge([record], QWEN, qwen_engine, JudgeConfig(mode="pairwise"))
+    prefs = record.judge_info["pairwise"][QWEN]
+    assert set(prefs) == {"m:0>m:1", "m:0>m:2", "m:1>m:2"}
+    scores = {r.completion_id: r.score for r in record.ratings}
+    assert all(1.0 <= s <= 5.0 for s in scores.values())
+    assert scores["m:0"] > scores["m:2"]  # Paris beats Lyon
+
+
+def test_bradley_terry_orders_by_wins() -> None:
+    wins = {("a", "b"): 0.9, ("b", "a"): 0.1, ("b", "c"): 0.8, ("c", "b"): 0.2, ("a", "c"): 0.95, ("c", "a"): 0.05}
+    s = bradley_terry(["a", "b", "c"], wins)
+    assert s["a"] > s["b"] > s["c"]
+
+
+@pytest.mark.parametrize("raw,clean", [
+    ("# Improved Response\nParis is the capital.", "Paris is the capital."),
+    ("Improved Response: Paris is the capital.", "Paris is the capital."),
+    ("**Rewritten Answer:**\nParis is the capital.", "Paris is the capital."),
+    ("Here is the improved response:\n\nParis is the capital.", "Paris is the capital."),
+    ("## Better Version\n# Improved Response\nParis.", "Paris."),
+    ("Paris is the capital. Response: yes.", "Paris is the capital. Response: yes."),
+    ("# Paris facts\nParis is the capital.", "# Paris facts\nParis is the capital."),
+])
+def test_leaked_headings_are_stripped(raw: str, clean: str) -> None:
+    assert strip_leaked_headings(raw) == clean
+
+
+def test_evolve_records_criterion_and_parent(qwen_engine) -> None:
+    record = record_with(2)
+    cfg = EvolveConfig(num_evolutions=2, max_tokens=40)
+    evolve([record], QWEN, qwen_engine, cfg, seed=5)
+    evolved = [c for c in record.completions if c.source == "evol"]
+    kept_or_dropped = len(evolved) + len(record.dropped)
+    assert kept_or_dropped >= 2  # the first step ran for both completions
+    for c in evolved:
+        root, step = c.id.split("+evol")
+        expected_parent = root if step == "1" else f"{root}+evol{int(step) - 1}"
+        assert c.parent_id == expected_parent
+        assert c.criterion == pick_criterion(cfg, 5, record.id, c.parent_id, int(step))
+        assert c.model == QWEN and c.text.strip()
+
+
+def test_criterion_draw_is_seeded_and_covers_all() -> None:
+    cfg = EvolveConfig()
+    draws = {pick_criterion(cfg, 0, f"r{i}", "c", 1) for i in range(60)}
+    assert draws == set(cfg.criteria)
+    assert pick_criterion(cfg, 0, "r1", "c", 1) == pick_criterion(cfg, 0, "r1", "c", 1)

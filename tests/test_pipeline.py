@@ -1,0 +1,140 @@
+"""The whole pipeline on the real embedded models, with short generations."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.pair import PairConfig
+from edgepref.pipeline import Runner, run_pipeline
+from edgepref.records import Record
+
+from .conftest import QWEN, SMOL
+
+INSTRUCTIONS = [
+    "What is the capital of Australia?",
+    "Give two tips for staying focused while studying.",
+    "Write one sentence about autumn.",
+]
+
+
+def small_config(**judge) -> PipelineConfig:
+    return PipelineConfig(
+        pool=[PoolMember(QWEN, max_tokens=48), PoolMember(SMOL, max_tokens=48)],
+        evolve=EvolveConfig(num_evolutions=1, max_tokens=64),
+        judge=JudgeConfig(models=[QWEN], max_rationale_chars=40, **judge),
+        pair=PairConfig(min_margin=1.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def engines(qwen_engine, smol_engine):
+    return {QWEN: qwen_engine, SMOL: smol_engine}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, engines):
+    out = tmp_path_factory.mktemp("run")
+    events = []
+    result = run_pipeline(INSTRUCTIONS, out, small_config(), on_event=events.append, backends=engines)
+    return out, result, events
+
+
+def test_every_completion_is_rated_and_pairs_are_ordered(first_run) -> None:
+    out, result, _ = first_run
+    assert len(result.records) == 3
+    for record in result.records:
+        models = {c.model for c in record.completions if c.source == "pool"}
+        assert models == {QWEN, SMOL}
+        assert {r.completion_id for r in record.ratings} == {c.id for c in record.completions}
+        for r in record.ratings:
+            assert r.score in {1, 2, 3, 4, 5} and 1.0 <= r.expected <= 5.0
+    assert result.pairs, "no pair at all from three instructions"
+    for pair in result.pairs:
+        assert pair.chosen.strip() != pair.rejected.strip()
+        assert pair.score_chosen - pair.score_rejected >= 1.0
+        assert pair.model_chosen and pair.model_rejected
+    assert result.summary.pairs == len(result.pairs)
+    assert result.summary.pairs + sum(result.summary.pairs_dropped.values()) == 3
+
+
+def test_evolved_completions_keep_lineage(first_run) -> None:
+    _, result, _ = first_run
+    evolved = [c for r in result.records for c in r.completions if c.source == "evol"]
+    dropped = [d for r in result.records for d in r.dropped if d["stage"] == "evolve"]
+    assert len(evolved) + len(dropped) == 6  # one rewrite attempt per pool completion
+    for c in evolved:
+        assert c.parent_id and c.id.startswith(c.parent_id) and c.criterion in EvolveConfig().criteria
+        assert not c.text.lower().startswith(("# improved", "improved response"))
+
+
+def test_files_load_with_datasets_as_trl_expects(first_run) -> None:
+    out, result, _ = first_run
+    ds = datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")
+    assert {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(ds.column_names)
+    assert len(ds) == len(result.pairs) and isinstance(ds[0]["chosen"], str)
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["instruction"] for r in rows] == INSTRUCTIONS
+    run = json.loads((out / "run.json").read_text())
+    assert run["summary"]["pairs"] == len(result.pairs)
+
+
+def test_self_preference_is_announced(first_run) -> None:
+    _, _, events = first_run
+    assert any(e.kind == "notice" and "self-preference" in e.message for e in events)
+
+
+def test_rerun_resumes_from_cache_with_identical_output(first_run, engines) -> None:
+    out, result, _ = first_run
+    before = (out / "pairs.jsonl").read_text()
+    again = run_pipeline(INSTRUCTIONS, out, small_config(), backends=engines)
+    assert again.summary.completion_tokens == 0  # nothing was generated again
+    assert again.summary.cached_requests > 0
+    assert (out / "pairs.jsonl").read_text() == before
+
+
+def test_changed_settings_do_not_reuse_stale_answers(first_run, engines) -> None:
+    out, result, _ = first_run
+    cfg = small_config()
+    cfg.pool[0].system_prompt = "Answer like a pirate."
+    runner = Runner(cfg, out, backends=engines)
+    try:
+        fresh = [Record(id=r.id, instruction=r.instruction) for r in result.records[:1]]
+        records = runner.complete(fresh)
+    finally:
+        runner.close()
+    # the changed member missed the cache and was generated again; the unchanged one was replayed
+    assert runner.completion_tokens > 0
+    qwen = next(c for c in records[0].completions if c.model == QWEN)
+    smol = next(c for c in records[0].completions if c.model == SMOL)
+    assert qwen.system_prompt == "Answer like a pirate."
+    assert smol.text == next(c for c in result.records[0].completions if c.id == smol.id).text
+
+
+def test_conversational_format(engines, tmp_path) -> None:
+    cfg = small_config()
+    cfg.pair = PairConfig(min_margin=0.0, format="conversational")
+    cfg.evolve.num_evolutions = 0
+    result = run_pipeline(INSTRUCTIONS[:2], tmp_path, cfg, backends=engines)
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"), split="train")
+    assert ds[0]["prompt"] == [{"role": "user", "content": INSTRUCTIONS[0]}] or ds[0]["prompt"][0]["role"] == "user"
+    assert ds[0]["chosen"][0]["role"] == "assistant" and ds[0]["rejected"][0]["role"] == "assistant"
+    assert len(result.pairs) == len(ds)
+
+
+def test_diversity_guard_regenerates_near_duplicates(engines, tmp_path) -> None:
+    # Two greedy members on the same model write the same text; the second is regenerated.
+    cfg = small_config()
+    cfg.pool = [PoolMember(SMOL, temperature=0.0, max_tokens=24, label="a"),
+                PoolMember(SMOL, temperature=0.0, max_tokens=24, label="b")]
+    runner = Runner(cfg, None, backends=engines)
+    try:
+        records = runner.complete([Record(id="r1", instruction="Name a color.")])
+    finally:
+        runner.close()
+    a, b = records[0].completions
+    assert b.regenerated and "near-duplicate of a:0" in b.note
+    assert b.sampling["temperature"] > 0.0
