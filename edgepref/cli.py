@@ -381,6 +381,113 @@ def pair_command(input_path, out, config_file, min_margin, pair_strategy, pair_f
     display.render_path(f"{out}  ({n} pairs; dropped: {dropped})")
 
 
+# ---------------------------------------------------------------- quick experiments and output
+
+
+@cli.command("try")
+@click.argument("instruction", required=False)
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A few instructions (any input format) instead of INSTRUCTION.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write records/pairs here (default: write nothing).")
+@click.option("--limit", type=int, default=5, show_default=True, help="At most this many from --file.")
+@pipeline_options
+def try_command(instruction, file_path, out_dir, limit, quiet, **opts) -> None:
+    """The whole pipeline on one instruction, shown in the terminal: every candidate with its
+    model, settings and score, the judge's reasons, and which became chosen/rejected and why.
+
+    Same options and config file as `run`: change a system prompt, a temperature or the
+    judge and see the effect in seconds.
+
+    \b
+    Example:
+      edgepref try "Explain DNS to a ten-year-old."
+      edgepref try "Write a limerick about tea." --system-prompt "Be concise." --temperature 1.0
+    """
+    from .inputs import read_instructions
+    from .pipeline import run_pipeline
+
+    if not instruction and not file_path:
+        raise click.UsageError("give an INSTRUCTION or --file")
+    cfg = build_config(opts)
+    source = read_instructions(file_path, limit=limit) if file_path else [instruction]
+    with display.StageProgress(quiet) as progress:
+        result = run_pipeline(source, out_dir, cfg, on_event=progress)
+    display.render_try(result, cfg)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path), metavar="DIR_OR_PAIRS")
+@click.option("--min-margin", type=float, default=None, help="Only pairs with at least this margin.")
+@click.option("--model", default=None, help="Only pairs where this model is chosen or rejected.")
+@click.option("--limit", type=int, default=5, show_default=True, help="Pairs to show (0: stats only).")
+def inspect(path: Path, min_margin, model, limit) -> None:
+    """Show pairs side by side (instruction, chosen vs rejected, scores, reasons) and stats.
+
+    \b
+    Example:
+      edgepref inspect out/
+      edgepref inspect out/pairs.jsonl --min-margin 2 --model smollm2-135m --limit 10
+    """
+    from .export import filter_pairs, load_run, pair_stats
+
+    run = load_run(path)
+    pairs = filter_pairs(run.pairs, min_margin, model)
+    display.render_pairs(pairs[: max(0, limit)], pair_stats(pairs), total=len(run.pairs))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path), metavar="DIR")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "hf"]), default="jsonl", show_default=True)
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the data and its README.md dataset card.")
+@click.option("--push-to-hub", default=None, metavar="REPO", help="Also publish to the Hub (needs a network).")
+@click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
+def export(path: Path, fmt: str, to: Path, push_to_hub, public: bool) -> None:
+    """Export a run's pairs as JSONL, Parquet or a `datasets` directory, with a dataset card.
+
+    \b
+    Example:
+      edgepref export out/ --format parquet --to release/
+      edgepref export out/ --format hf --to release/ --push-to-hub me/my-prefs
+    """
+    from .export import export_pairs, load_run
+
+    written = export_pairs(load_run(path), fmt, to, push_to_hub, private=not public)
+    for kind, where in written.items():
+        display.render_path(f"{kind}: {where}")
+
+
+@cli.command("eval-judge")
+@click.argument("pairs_path", metavar="PAIRS")
+@click.option("--judge", "judges", multiple=True, metavar="MODEL",
+              help="Judge model; repeat for a panel (default: the pipeline's judge).")
+@click.option("--recipe", default=None, help="Judge recipe (default: the pipeline's default judge settings).")
+@click.option("--limit", type=int, default=None, help="Use only the first N pairs.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report here (a .cache dir beside it makes reruns resume).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@models_file_option
+@click.option("--quiet", "-q", is_flag=True)
+def eval_judge(pairs_path, judges, recipe, limit, json_out, config_file, models_file, quiet) -> None:
+    """Measure a judge against labelled pairs: agreement (with a 95% CI), ties, parse rate,
+    swap consistency, position and length bias, seconds per pair.
+
+    PAIRS has instruction, response_a, response_b and label (a or b) columns.
+
+    \b
+    Example:
+      edgepref eval-judge judge_pairs.jsonl --json judge_eval.json
+      edgepref eval-judge judge_pairs.jsonl --recipe pairwise --judge smollm2-135m --limit 50
+    """
+    from .evaljudge import run_eval
+
+    report = run_eval(pairs_path, judges=list(judges), recipe=recipe, limit=limit, json_out=json_out,
+                      config_file=config_file, models_file=models_file,
+                      on_event=None if quiet else display.StageProgress(quiet))
+    display.render_eval(report)
+
+
 def main() -> None:
     """Console-script entry point (`edgepref`)."""
     cli.main(prog_name="edgepref")

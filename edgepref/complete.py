@@ -56,7 +56,8 @@ def _messages(member: PoolMember, instruction: str) -> list[dict[str, str]]:
 
 
 def _request(member: PoolMember, record: Record, seed: int, temperature: float, n: int) -> ChatRequest:
-    sampling = Sampling(temperature=temperature, top_p=member.top_p, max_tokens=member.max_tokens, seed=seed)
+    sampling = Sampling(temperature=temperature, top_p=member.top_p, top_k=member.top_k,
+                        max_tokens=member.max_tokens, seed=seed)
     return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id)
 
 
@@ -69,7 +70,7 @@ def _completion(member: PoolMember, req: ChatRequest, res: ChatResult, k: int, g
         source="pool",
         system_prompt=member.system_prompt,
         sampling={"temperature": req.sampling.temperature, "top_p": req.sampling.top_p,
-                  "max_tokens": req.sampling.max_tokens},
+                  "top_k": req.sampling.top_k, "max_tokens": req.sampling.max_tokens},
         seed=gen.seed,
         prompt_tokens=res.prompt_tokens,
         completion_tokens=gen.completion_tokens,

@@ -49,6 +49,7 @@ class PoolMember:
     template: str = "{{ instruction }}"  # jinja2; the user message sent to this member
     temperature: float = 0.7
     top_p: float = 0.95
+    top_k: int = 40
     max_tokens: int = 256
     n: int = 1
     label: str | None = None  # completion ids start with it; defaults to the model name

@@ -213,3 +213,101 @@ def render_summary(summary) -> None:
     for name, path in summary.files.items():
         table.add_row(name, path)
     out.print(table)
+
+
+# ---------------------------------------------------------------- try / inspect / eval-judge
+
+
+def _clip(text: str, limit: int = 600) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def render_try(result, cfg) -> None:
+    """Each instruction: its candidates with model, settings, scores and reasons; the verdict."""
+    from rich.panel import Panel
+
+    from .pair import pick_pair, rank_completions
+
+    out = _out()
+    for record in result.records:
+        out.rule(f"[bold]{record.instruction}")
+        ranked = {r.completion.id: r for r in rank_completions(record, cfg.pair.score)}
+        pair, reason = pick_pair(record, cfg.pair)
+        for c in record.completions:
+            rank = ranked.get(c.id)
+            ratings = [r for r in record.ratings if r.completion_id == c.id]
+            scores = "  ".join(
+                f"{r.judge}: {r.score:g}" + (f" (expected {r.expected:.2f})" if r.expected is not None else "")
+                for r in ratings
+            ) or "not rated"
+            tag = ""
+            if pair and c.id == pair.completion_chosen:
+                tag = "[green]CHOSEN[/] "
+            elif pair and c.id == pair.completion_rejected:
+                tag = "[red]REJECTED[/] "
+            origin = (f"evolved from {c.parent_id} ({c.criterion})" if c.source == "evol"
+                      else f"temperature {c.sampling.get('temperature')}")
+            body = Text(_clip(c.text))
+            for r in ratings:
+                if r.rationale:
+                    body.append(f"\n— {r.judge}: {r.rationale}", style="italic dim")
+            if c.note:
+                body.append(f"\n[{c.note}]", style="yellow")
+            title = f"{tag}{c.id} · {c.model} · {origin} · {c.completion_tokens} tok"
+            out.print(Panel(body, title=title, subtitle=scores if rank else "not rated", title_align="left"))
+        for d in record.dropped:
+            out.print(f"[yellow]dropped[/] {d.get('stage')}: {d.get('reason')} ({d.get('parent_id', '')} {d.get('criterion', '')})")
+        if pair:
+            out.print(f"[bold]pair:[/] {pair.completion_chosen} ({pair.score_chosen:.2f}) over "
+                      f"{pair.completion_rejected} ({pair.score_rejected:.2f}), margin {pair.margin:.2f} "
+                      f"≥ {cfg.pair.min_margin}")
+        else:
+            out.print(f"[bold]no pair:[/] {reason} (min margin {cfg.pair.min_margin}, ranked by {cfg.pair.score})")
+
+
+def render_pairs(pairs: list[dict], stats: dict, total: int) -> None:
+    out = _out()
+    for p in pairs:
+        prompt = p["prompt"] if isinstance(p["prompt"], str) else p["prompt"][-1]["content"]
+        chosen = p["chosen"] if isinstance(p["chosen"], str) else p["chosen"][-1]["content"]
+        rejected = p["rejected"] if isinstance(p["rejected"], str) else p["rejected"][-1]["content"]
+        table = Table(title=_clip(prompt, 200), box=box.ROUNDED, expand=True, title_justify="left")
+        table.add_column(f"chosen · {p.get('model_chosen')} · {p['score_chosen']:.2f}", ratio=1)
+        table.add_column(f"rejected · {p.get('model_rejected')} · {p['score_rejected']:.2f}", ratio=1)
+        table.add_row(Text(_clip(chosen)), Text(_clip(rejected)))
+        if p.get("rationale_chosen") or p.get("rationale_rejected"):
+            table.add_row(Text(p.get("rationale_chosen", ""), style="italic dim"),
+                          Text(p.get("rationale_rejected", ""), style="italic dim"))
+        out.print(table)
+    summary = Table(box=box.SIMPLE, show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("pairs", f"{stats['pairs']} shown by the filters, of {total}")
+    if stats["mean_margin"] is not None:
+        summary.add_row("mean margin", f"{stats['mean_margin']:.2f}")
+        summary.add_row("mean scores", f"chosen {stats['mean_score_chosen']:.2f}, rejected {stats['mean_score_rejected']:.2f}")
+    summary.add_row("chosen by", ", ".join(f"{k} {v}" for k, v in stats["chosen_by_model"].items()) or "-")
+    summary.add_row("rejected by", ", ".join(f"{k} {v}" for k, v in stats["rejected_by_model"].items()) or "-")
+    out.print(summary)
+
+
+def render_eval(report) -> None:
+    out = _out()
+    table = Table(title=f"judge eval · {report.recipe} · {', '.join(report.judges)}", box=box.SIMPLE_HEAVY,
+                  show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    lo, hi = report.agreement_ci95
+    table.add_row("pairs", str(report.n))
+    table.add_row("agreement", f"{report.agreement:.1%}  (95% CI {lo:.1%} – {hi:.1%}; chance is 50%)")
+    table.add_row("one-order agreement", f"{report.one_order_agreement:.1%}")
+    table.add_row("ties", f"{report.tie_rate:.1%}")
+    table.add_row("parse rate", f"{report.parse_rate:.1%}")
+    table.add_row("swap consistency", f"{report.swap_consistency:.1%}  (same winner in both orders)")
+    table.add_row("position bias", f"{report.position_bias:.1%}  (wins for the response shown first)")
+    table.add_row("length bias", f"{report.length_bias:.1%}  (wins for the longer response)")
+    table.add_row("seconds per pair", f"{report.seconds_per_pair:.2f}")
+    for weak, row in report.by_weak_model.items():
+        table.add_row(f"vs {weak}", f"{row['agreement']:.1%} of {row['n']}")
+    out.print(table)

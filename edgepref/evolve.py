@@ -54,6 +54,7 @@ def _request(record: Record, parent: Completion, criterion: str, cfg: EvolveConf
     sampling = Sampling(
         temperature=cfg.temperature,
         top_p=0.95,
+        top_k=40,
         max_tokens=cfg.max_tokens,
         seed=int(content_key("evolve-seed", seed, record.id, parent.id)[:8], 16),
     )

@@ -51,7 +51,7 @@ def _pick_column(columns: list[str], wanted: str | None, source: str) -> str:
     )
 
 
-def _iter_jsonl(path: Path):
+def iter_jsonl_rows(path: Path):
     """(line number, row dict or None, problem or None) for each non-empty line."""
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, start=1):
@@ -73,7 +73,7 @@ def _iter_jsonl(path: Path):
             yield n, row, None
 
 
-def _rows_from_datasets(source: str, split: str | None) -> tuple[list[dict], list[str]]:
+def rows_from_datasets(source: str, split: str | None) -> tuple[list[dict], list[str]]:
     import datasets
 
     path = Path(source)
@@ -122,7 +122,7 @@ def read_instructions(
     if path.suffix.lower() == ".jsonl" or (path.is_file() and path.suffix.lower() == ".ndjson"):
         if not path.is_file():
             raise InputError(f"input file not found: {path}", "check the path")
-        rows = list(_iter_jsonl(path))
+        rows = list(iter_jsonl_rows(path))
         seen_cols: list[str] = []
         for _, row, _ in rows:
             if row:
@@ -133,7 +133,7 @@ def read_instructions(
         else:
             col = column or "instruction"
     else:
-        data, columns = _rows_from_datasets(source, split)
+        data, columns = rows_from_datasets(source, split)
         col = _pick_column(columns, column, source)
         rows = [(i, row, None) for i, row in enumerate(data, start=1)]
     if shuffle:
@@ -187,7 +187,7 @@ def read_records(path: str | Path) -> tuple[list[Record], list[InputProblem]]:
     if not path.is_file():
         raise InputError(f"records file not found: {path}", "run the previous stage first")
     records, problems = [], []
-    for n, row, problem in _iter_jsonl(path):
+    for n, row, problem in iter_jsonl_rows(path):
         if problem:
             problems.append(InputProblem(n, problem))
             continue

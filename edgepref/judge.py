@@ -149,6 +149,8 @@ def _merge(cid: str, judge_model: str, aspect: str, passes: list) -> Rating:
         expected=sum(exps) / len(exps) if len(exps) == len(passes) else None,
         rationale=" / ".join(p[2] for p in passes if p[2]),
         positions=[p[3] for p in passes],
+        pass_scores=[float(p[0]) for p in passes],
+        pass_expected=[p[1] for p in passes],
     )
 
 
@@ -225,9 +227,16 @@ def judge_pairwise(
                 continue
             mean_win = sum(wins[(c.id, o)] for o in ids if o != c.id) / max(1, len(ids) - 1)
             score = 1.0 + 4.0 * mean_win
+            per_order = [  # the same mean win computed from each showing order alone
+                1.0 + 4.0 * sum(prefs[record.id][(c.id, o)][k] for o in ids if o != c.id) / max(1, len(ids) - 1)
+                for k in range(2)
+            ]
             record.ratings.append(
                 Rating(c.id, judge_model, "pairwise", score=score, expected=score,
-                       rationale=f"mean win probability {mean_win:.2f}")
+                       rationale=f"mean win probability {mean_win:.2f}",
+                       # pass k: the k-th showing order (k=0: the earlier completion shown first)
+                       positions=([1, 2] if c.id == ids[0] else [2, 1]) if len(ids) == 2 else [],
+                       pass_scores=per_order, pass_expected=list(per_order))
             )
     return records
 

@@ -65,6 +65,7 @@ class RunSummary:
     completion_tokens: int = 0
     tokens_per_second: float = 0.0
     cached_requests: int = 0
+    stage_seconds: dict = field(default_factory=dict)
     judges: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
 
@@ -147,6 +148,7 @@ class Runner:
         self.started = time.perf_counter()
         self.completion_tokens = 0
         self.cached_requests = 0
+        self.stage_seconds: dict[str, float] = {}
         self._tmp_cache = None
         if self.out_dir is None and self._cache_dir is None:
             import tempfile
@@ -186,8 +188,10 @@ class Runner:
 
     def _run_stage(self, stage: str, model: str, n_ctx: int, total: int, fn) -> None:
         self.on_event(Event("stage-start", stage, model, total=total))
+        start = time.perf_counter()
         be = self.backend(stage, model, n_ctx)
         fn(be, self._progress(stage, model))
+        self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
         self.cached_requests += be.hits
         self.on_event(Event("stage-end", stage, model, done=total, total=total))
 
@@ -318,6 +322,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner: R
     s.completion_tokens = runner.completion_tokens
     s.tokens_per_second = s.completion_tokens / s.wall_seconds if s.wall_seconds else 0.0
     s.cached_requests = runner.cached_requests
+    s.stage_seconds = dict(runner.stage_seconds)
     s.judges = list(runner.judges)
     return s
 

@@ -45,6 +45,8 @@ class Rating:
     expected: float | None = None  # probability-weighted score over 1..5
     rationale: str = ""
     positions: list[int] = field(default_factory=list)  # where it was shown (1-based), per pass
+    pass_scores: list[float] = field(default_factory=list)  # the score of each pass, same order
+    pass_expected: list[float | None] = field(default_factory=list)
 
 
 @dataclass

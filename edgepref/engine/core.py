@@ -350,7 +350,7 @@ class Engine:
         else:
             self.ctx.seq_rm(slot.seq, -1, -1)
             if src is not None and common > 0:
-                self.ctx.seq_cp(src.seq, slot.seq, 0, common)
+                self.ctx.share_prefix(src.seq, slot.seq, common)
         job.cached = common
         slot.tokens = job.prompt[:common]
         slot.pending = job.prompt[common:]

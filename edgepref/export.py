@@ -1,0 +1,167 @@
+"""Reading a run's output back, filtering pairs, and exporting them with a dataset card.
+
+`load_run` accepts an output directory or a pairs.jsonl file. Export goes through `datasets`
+(JSONL, Parquet, a save_to_disk directory, or the Hub) and always writes a README.md card
+that records the models, the settings, the counts and the method.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EdgeprefError, InputError
+from .registry import hub_offline
+from .store import read_jsonl
+
+FORMATS = ("jsonl", "parquet", "hf")
+
+
+@dataclass
+class RunOutput:
+    pairs: list[dict]
+    run: dict = field(default_factory=dict)  # run.json: config and summary, when present
+    source: Path | None = None
+
+
+def load_run(path: str | Path) -> RunOutput:
+    path = Path(path)
+    if path.is_dir():
+        pairs_file = path / "pairs.jsonl"
+        if not pairs_file.is_file():
+            raise InputError(f"{path} has no pairs.jsonl", f"run the pipeline first: edgepref run INPUT --out {path}")
+        run_file = path / "run.json"
+    elif path.is_file():
+        pairs_file, run_file = path, path.with_name("run.json")
+    else:
+        raise InputError(f"not found: {path}", "pass an output directory or a pairs.jsonl file")
+    pairs = list(read_jsonl(pairs_file))
+    if pairs and not {"prompt", "chosen", "rejected"} <= set(pairs[0]):
+        raise InputError(f"{pairs_file} does not look like pairs (needs prompt, chosen, rejected)")
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    return RunOutput(pairs, run, pairs_file)
+
+
+def filter_pairs(pairs: list[dict], min_margin: float | None = None, model: str | None = None) -> list[dict]:
+    out = []
+    for p in pairs:
+        if min_margin is not None and p.get("margin", 0.0) < min_margin - 1e-9:
+            continue
+        if model is not None and model not in (p.get("model_chosen"), p.get("model_rejected")):
+            continue
+        out.append(p)
+    return out
+
+
+def pair_stats(pairs: list[dict]) -> dict:
+    from collections import Counter
+
+    margins = [p.get("margin", 0.0) for p in pairs]
+    return {
+        "pairs": len(pairs),
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "chosen_by_model": dict(Counter(p.get("model_chosen") for p in pairs)),
+        "rejected_by_model": dict(Counter(p.get("model_rejected") for p in pairs)),
+        "mean_score_chosen": sum(p["score_chosen"] for p in pairs) / len(pairs) if pairs else None,
+        "mean_score_rejected": sum(p["score_rejected"] for p in pairs) / len(pairs) if pairs else None,
+    }
+
+
+def dataset_card(run: RunOutput) -> str:
+    cfg = run.run.get("config", {})
+    summary = run.run.get("summary", {})
+    pool = cfg.get("pool", [])
+    judges = run.run.get("judges") or cfg.get("judge", {}).get("models", [])
+    fmt = cfg.get("pair", {}).get("format", "standard")
+    stats = pair_stats(run.pairs)
+    pool_lines = "\n".join(
+        f"- `{m['model']}` (temperature {m.get('temperature')}, top_p {m.get('top_p')}, "
+        f"{m.get('n', 1)} completion(s), system prompt: {json.dumps(m.get('system_prompt'))})"
+        for m in pool
+    ) or "- (unknown)"
+    judge_cfg = cfg.get("judge", {})
+    return f"""---
+tags:
+- dpo
+- preference
+- synthetic
+- edgepref
+---
+# Preference dataset made with edgepref
+
+Format: TRL preference, {fmt} (`prompt`, `chosen`, `rejected`{' as message lists' if fmt == 'conversational' else ' as strings'}),
+with `score_chosen`, `score_rejected`, `margin`, the models and the judge's rationales.
+Type: preference (DPO).
+
+## Method
+
+1. Model pooling: every instruction was answered by each pool member:
+{pool_lines}
+2. EvolQuality: {cfg.get('evolve', {}).get('num_evolutions', 0)} rewrite(s) per completion along a criterion drawn
+   with a seeded RNG (helpfulness, relevance, deepening, creativity, details); evolved
+   responses were judged like the others.
+3. UltraFeedback judging by {', '.join(f'`{j}`' for j in judges)}: aspect `{judge_cfg.get('aspect')}`, mode
+   `{judge_cfg.get('mode')}`, both orders: {judge_cfg.get('both_orders')}, probability-weighted scores:
+   {judge_cfg.get('expected')}. Answers were constrained by a GBNF grammar, so every rating parsed.
+4. Pairs: strategy `{cfg.get('pair', {}).get('strategy')}`, ranked by `{cfg.get('pair', {}).get('score')}`,
+   minimum margin {cfg.get('pair', {}).get('min_margin')}; ties and small margins were dropped.
+
+## Counts
+
+- instructions: {summary.get('instructions', '?')}
+- pairs: {stats['pairs']} (dropped: {json.dumps(summary.get('pairs_dropped', {}))})
+- mean margin: {stats['mean_margin'] if stats['mean_margin'] is None else round(stats['mean_margin'], 3)}
+- chosen by model: {json.dumps(stats['chosen_by_model'])}
+- rejected by model: {json.dumps(stats['rejected_by_model'])}
+- seed: {cfg.get('seed')}
+
+Generated offline with llama.cpp by [edgepref](https://pypi.org/project/edgepref/).
+"""
+
+
+def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | None = None,
+                 private: bool = True) -> dict[str, str]:
+    """Write the pairs in `fmt` under directory `to` with a README.md card; optionally push."""
+    import datasets
+
+    if fmt not in FORMATS:
+        raise EdgeprefError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    to = Path(to)
+    to.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_list(run.pairs)
+    written: dict[str, str] = {}
+    if fmt == "jsonl":
+        target = to / "pairs.jsonl"
+        ds.to_json(str(target), lines=True, force_ascii=False)
+    elif fmt == "parquet":
+        target = to / "pairs.parquet"
+        ds.to_parquet(str(target))
+    else:
+        target = to / "dataset"
+        ds.save_to_disk(str(target))
+    written["data"] = str(target)
+    card = dataset_card(run)
+    (to / "README.md").write_text(card, encoding="utf-8")
+    written["card"] = str(to / "README.md")
+    if push_to_hub:
+        if hub_offline():
+            raise EdgeprefError(
+                f"cannot push to {push_to_hub}: HF_HUB_OFFLINE is set",
+                "unset HF_HUB_OFFLINE (and log in with `hf auth login`) to publish",
+            )
+        try:
+            ds.push_to_hub(push_to_hub, private=private)
+            from huggingface_hub import HfApi
+
+            HfApi().upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md",
+                                repo_id=push_to_hub, repo_type="dataset")
+        except EdgeprefError:
+            raise
+        except Exception as exc:
+            raise EdgeprefError(
+                f"push to {push_to_hub} failed: {exc.__class__.__name__}: {exc}",
+                "check your network and token (`hf auth login`); the local export is done",
+            ) from exc
+        written["hub"] = f"https://huggingface.co/datasets/{push_to_hub}"
+    return written

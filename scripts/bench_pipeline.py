@@ -1,0 +1,148 @@
+"""End-to-end pairs per minute: edgepref's batched engine vs the same stages one request at a time.
+
+    python scripts/bench_pipeline.py --instructions 16 --json bench_pipeline.json
+
+Both runs use the embedded models and the same stage code (2-model pool, 1 EvolQuality
+rewrite per completion, overall UltraFeedback judge with rationales under the GBNF grammar,
+128-token completions) on the first N instructions of FILE (default: the AlpacaEval dev set in
+../shared). Only the backend differs:
+
+  baseline  llama-cpp-python's high-level `Llama.create_chat_completion`, one request and one
+            sample at a time (what distilabel's llama.cpp backend does), both models loaded;
+  edgepref  the batched engine, one model loaded at a time.
+
+The baseline gets no probability traces (the high-level API has no cheap way to read them),
+so it does slightly less work per judge call. Prints both, the ratio and our yield with drop
+reasons; writes JSON with `pairs_per_min`, `baseline_pairs_per_min`, `ratio`, `yield`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edgepref.backend import ChatResult, Generation, Progress
+from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.engine.handles import load_high_level_llama
+from edgepref.inputs import read_instructions
+from edgepref.pipeline import run_pipeline
+from edgepref.registry import resolve_model_path
+
+QWEN, SMOL = "qwen2.5-coder-0.5b", "smollm2-135m"
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/instructions.jsonl"
+
+
+class SequentialBackend:
+    """The Backend protocol over llama-cpp-python's high-level API, one call per sample."""
+
+    def __init__(self, model: str, n_ctx: int, n_threads: int):
+        from llama_cpp import LlamaGrammar
+
+        self.name = model
+        self._grammar_cls = LlamaGrammar
+        self.llm = load_high_level_llama(resolve_model_path(model), n_ctx=n_ctx, n_threads=n_threads)
+
+    def chat(self, requests, on_result=None):
+        start = time.perf_counter()
+        results, tokens = [], 0
+        for i, req in enumerate(requests):
+            grammar = self._grammar_cls.from_string(req.grammar, verbose=False) if req.grammar else None
+            gens, prompt_tokens = [], 0
+            for k in range(max(1, req.n)):
+                seed = (req.sampling.seed or 0) + k
+                out = self.llm.create_chat_completion(
+                    req.messages,
+                    temperature=req.sampling.temperature,
+                    top_p=req.sampling.top_p,
+                    top_k=req.sampling.top_k,
+                    max_tokens=req.sampling.max_tokens,
+                    seed=seed,
+                    grammar=grammar,
+                    stop=list(req.sampling.stop) or None,
+                )
+                choice = out["choices"][0]
+                usage = out["usage"]
+                prompt_tokens = usage["prompt_tokens"]
+                tokens += usage["completion_tokens"]
+                gens.append(Generation(choice["message"]["content"] or "", usage["completion_tokens"],
+                                       choice["finish_reason"] or "stop", seed))
+            res = ChatResult(req, gens, prompt_tokens)
+            results.append(res)
+            if on_result:
+                on_result(Progress(i + 1, len(requests), tokens, 0, time.perf_counter() - start), res)
+        return results
+
+    def close(self):
+        pass
+
+
+def bench_config(max_tokens: int) -> PipelineConfig:
+    return PipelineConfig(
+        pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens)],
+        evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens),
+        judge=JudgeConfig(models=[QWEN], mode="rationale"),
+    )
+
+
+def timed_run(batch, cfg, backends=None) -> tuple[float, object]:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = run_pipeline(batch, out, cfg, backends=backends)
+        return time.perf_counter() - start, result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    ap.add_argument("--instructions", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--skip-baseline", action="store_true", help="Only run edgepref (for yield checks).")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    threads = os.cpu_count() or 1
+    cfg = bench_config(args.max_tokens)
+    cfg.engine.threads = threads
+    ours_s, ours = timed_run(read_instructions(args.input, limit=args.instructions), cfg)
+    report = {
+        "instructions": args.instructions,
+        "max_tokens": args.max_tokens,
+        "threads": threads,
+        "seconds": round(ours_s, 1),
+        "pairs": len(ours.pairs),
+        "pairs_per_min": round(len(ours.pairs) / (ours_s / 60), 2),
+        "yield": round(len(ours.pairs) / max(1, args.instructions), 3),
+        "dropped": ours.summary.pairs_dropped,
+        "evolutions_dropped": ours.summary.evolutions_dropped,
+        "request_errors": ours.summary.request_errors,
+        "stage_seconds": ours.summary.stage_seconds,
+    }
+    print(f"edgepref  : {len(ours.pairs)} pairs in {ours_s:.0f} s = {report['pairs_per_min']:.2f} pairs/min"
+          f"  (stages: {ours.summary.stage_seconds})")
+    if not args.skip_baseline:
+        backends = {m: SequentialBackend(m, n_ctx=4096, n_threads=threads) for m in (QWEN, SMOL)}
+        base_s, base = timed_run(read_instructions(args.input, limit=args.instructions), cfg, backends)
+        report.update(
+            baseline_seconds=round(base_s, 1),
+            baseline_pairs=len(base.pairs),
+            baseline_pairs_per_min=round(len(base.pairs) / (base_s / 60), 2),
+            seconds_ratio=round(base_s / ours_s, 2),
+        )
+        report["ratio"] = round(report["pairs_per_min"] / max(report["baseline_pairs_per_min"], 1e-9), 2)
+        print(f"baseline  : {len(base.pairs)} pairs in {base_s:.0f} s = {report['baseline_pairs_per_min']:.2f} pairs/min"
+              f"  (stages: {base.summary.stage_seconds})")
+        print(f"ratio (pairs/min): {report['ratio']:.2f}x   wall-time ratio: {report['seconds_ratio']:.2f}x")
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(ours.summary.pairs_dropped.items())) or "none"
+    print(f"yield     : {report['yield']:.0%} of instructions gave a pair (dropped: {drops})")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
