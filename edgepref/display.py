@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import click
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -154,12 +155,15 @@ class StageProgress:
     def __call__(self, event) -> None:
         label = f"{event.stage} · {event.model}" if event.model else event.stage
         if event.kind == "notice":
-            self.console.print(f"[yellow]note:[/] {event.message}" if self.console.is_terminal else f"note: {event.message}")
+            if self.console.is_terminal:
+                self.console.print(f"[yellow]note:[/] {escape(event.message)}")
+            else:
+                self.console.print(f"note: {event.message}", markup=False)
         elif event.kind == "stage-start":
             if self.live:
                 self.tasks[event.stage] = self.progress.add_task(label, total=event.total or None, rate="")
             elif not self.quiet:
-                self.console.print(f"[{event.stage}] start: {event.model}, {event.total} items")
+                self.console.print(f"[{event.stage}] start: {event.model}, {event.total} items", markup=False)
         elif event.kind == "progress":
             rate = f"{event.tokens_per_second:.0f} tok/s" if event.tokens_per_second else "cached"
             if self.live and event.stage in self.tasks:
@@ -168,13 +172,13 @@ class StageProgress:
                 step = max(1, event.total // 10)
                 if event.done - self.last_logged.get(event.stage, 0) >= step or event.done == event.total:
                     self.last_logged[event.stage] = event.done
-                    self.console.print(f"[{event.stage}] {event.done}/{event.total} requests, {rate}")
+                    self.console.print(f"[{event.stage}] {event.done}/{event.total} requests, {rate}", markup=False)
         elif event.kind == "stage-end":
             if self.live and event.stage in self.tasks:
                 task = self.tasks[event.stage]
                 self.progress.update(task, completed=self.progress.tasks[task].total or 0)
             elif not self.quiet:
-                self.console.print(f"[{event.stage}] done")
+                self.console.print(f"[{event.stage}] done", markup=False)
 
 
 def _histogram(counts: dict) -> str:

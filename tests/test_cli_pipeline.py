@@ -1,0 +1,158 @@
+"""The pipeline commands as a user runs them: bad input, summaries, inspect, export, try, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgepref.cli import cli
+
+# Short generations keep each run to seconds on the embedded models.
+FAST = ["--max-tokens", "24", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "4", "-q"]
+
+
+def write_messy_input(path: Path) -> None:
+    lines = [
+        b'{"id": "a", "instruction": "Name a planet."}',
+        b"this is not json",
+        b'{"id": "b", "instruction": "   "}',
+        b'{"id": "c", "question": "no instruction field"}',
+        b'{"id": "d", "instruction": "Caf\xe9 au lait?"}',  # Latin-1 byte: not UTF-8
+        b'{"id": "e", "instruction": "Name a planet."}',  # duplicate of a
+        b'{"id": "f", "instruction": "Say hello in Spanish."}',
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.fixture(scope="module")
+def messy_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("messy")
+    src = tmp / "in.jsonl"
+    write_messy_input(src)
+    out = tmp / "out"
+    result = CliRunner().invoke(cli, ["run", str(src), "--out", str(out), *FAST])
+    return result, out
+
+
+def test_bad_rows_are_reported_and_the_run_goes_on(messy_run) -> None:
+    result, out = messy_run
+    assert result.exit_code == 0, result.output
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    by_row = {e["row"]: e["reason"] for e in errors if e["stage"] == "input"}
+    assert set(by_row) == {2, 3, 4, 5}
+    assert "not JSON" in by_row[2] and "blank" in by_row[3]
+    assert "no 'instruction' field" in by_row[4] and "UTF-8" in by_row[5]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["a", "f"]  # the duplicate ran once
+    assert "2 duplicates" not in result.output and "1 duplicates" in result.output
+    assert (out / "pairs.jsonl").exists() and "pairs" in result.output
+
+
+def test_missing_column_lists_the_columns(tmp_path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("question,answer\nWhat is 2+2?,4\n")
+    result = CliRunner().invoke(cli, ["run", str(src), "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 1
+    assert "its columns are: question, answer" in result.output and "--column" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_column_option_and_csv(tmp_path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("question,answer\nName a color.,red\n")
+    out = tmp_path / "o"
+    result = CliRunner().invoke(cli, ["run", str(src), "--column", "question", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "records.jsonl").read_text().splitlines()[0])["instruction"] == "Name a color."
+
+
+def test_nothing_usable_exits_non_zero(tmp_path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"instruction": ""}\nnot json\n')
+    out = tmp_path / "o"
+    result = CliRunner().invoke(cli, ["run", str(src), "--out", str(out), *FAST])
+    assert result.exit_code == 1 and "no usable instructions" in result.output
+    assert len((out / "errors.jsonl").read_text().splitlines()) == 2
+
+
+def test_inspect_and_export(messy_run, tmp_path, monkeypatch) -> None:
+    _, out = messy_run
+    shown = CliRunner().invoke(cli, ["inspect", str(out), "--limit", "3"])
+    assert shown.exit_code == 0 and "chosen by" in shown.output
+    dest = tmp_path / "release"
+    res = CliRunner().invoke(cli, ["export", str(out), "--format", "parquet", "--to", str(dest)])
+    assert res.exit_code == 0, res.output
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(dest / "pairs.parquet"), split="train")
+    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    card = (dest / "README.md").read_text()
+    assert "## Method" in card and "qwen2.5-coder-0.5b" in card and f"pairs: {len(ds)}" in card
+    offline = CliRunner().invoke(cli, ["export", str(out), "--to", str(dest), "--push-to-hub", "me/x"])
+    assert offline.exit_code == 1 and "HF_HUB_OFFLINE" in offline.output
+    # Up to the network edge: with the Hub reachable, the dataset and its card are handed over.
+    pushed = {}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo, private=True: pushed.update(repo=repo, rows=len(self), private=private))
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: pushed.update(card=kw["path_or_fileobj"]))
+    res = CliRunner().invoke(cli, ["export", str(out), "--format", "hf", "--to", str(dest), "--push-to-hub", "me/x"])
+    assert res.exit_code == 0, res.output
+    assert pushed["repo"] == "me/x" and pushed["private"] is True and b"## Method" in pushed["card"]
+    assert (dest / "dataset").is_dir()
+
+
+def test_try_shows_candidates_and_verdict() -> None:
+    res = CliRunner().invoke(cli, ["try", "Name a fruit.", *FAST])
+    assert res.exit_code == 0, res.output
+    assert "qwen2.5-coder-0.5b:0" in res.output and "smollm2-135m:0" in res.output
+    assert "pair:" in res.output  # either "pair: X over Y" or "no pair: reason"
+
+
+def _cache_lines(out: Path) -> int:
+    cache = out / "cache"
+    return sum(len(p.read_text().splitlines()) for p in cache.glob("*.jsonl")) if cache.is_dir() else 0
+
+
+def test_sigkill_mid_stage_then_resume(tmp_path) -> None:
+    """Kill -9 a real run in the middle of a stage; the rerun finishes with every row exactly once."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Give one fact about the number {i}."}) + "\n" for i in range(8)))
+    out = tmp_path / "out"
+    args = [sys.executable, "-c", "from edgepref.cli import main; main()", "run", str(src), "--out", str(out),
+            "--max-tokens", "32", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "2", "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 300
+    while _cache_lines(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = _cache_lines(out)
+    assert done_before >= 3 and not (out / "pairs.jsonl").exists()
+    # a torn last line, as a power cut mid-write would leave
+    cache_file = next((out / "cache").glob("complete-*.jsonl"))
+    with open(cache_file, "a") as fh:
+        fh.write('{"key": "torn')
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [f"q{i}" for i in range(8)]
+    for r in records:
+        ids = [c["id"] for c in r["completions"]]
+        assert sorted(ids) == ["qwen2.5-coder-0.5b:0", "smollm2-135m:0"]
+        assert sorted(x["completion_id"] for x in r["ratings"]) == sorted(ids)
+    run = json.loads((out / "run.json").read_text())["summary"]
+    assert run["cached_requests"] >= done_before - 1  # what finished before the kill was reused
+    assert run["pairs"] + sum(run["pairs_dropped"].values()) == 8
+    for f in (out / "cache").glob("*.jsonl"):
+        keys = [json.loads(line)["key"] for line in f.read_text().splitlines()]
+        assert len(keys) == len(set(keys)), f"duplicate cache rows in {f.name}"
