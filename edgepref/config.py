@@ -87,7 +87,7 @@ class JudgeConfig:
 @dataclass
 class EngineConfig:
     n_ctx: int = 2048
-    slots: int = 8
+    slots: int = 16
     threads: int | None = None
     gpu_layers: int | None = None
 

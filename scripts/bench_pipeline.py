@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     ap.add_argument("--instructions", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--slots", type=int, default=None, help="Engine slots (default: the pipeline's).")
     ap.add_argument("--skip-baseline", action="store_true", help="Only run edgepref (for yield checks).")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -108,11 +109,14 @@ def main() -> None:
     threads = os.cpu_count() or 1
     cfg = bench_config(args.max_tokens)
     cfg.engine.threads = threads
+    if args.slots:
+        cfg.engine.slots = args.slots
     ours_s, ours = timed_run(read_instructions(args.input, limit=args.instructions), cfg)
     report = {
         "instructions": args.instructions,
         "max_tokens": args.max_tokens,
         "threads": threads,
+        "slots": cfg.engine.slots,
         "seconds": round(ours_s, 1),
         "pairs": len(ours.pairs),
         "pairs_per_min": round(len(ours.pairs) / (ours_s / 60), 2),
