@@ -55,7 +55,7 @@ class EdgeprefGroup(click.Group):
         except KeyboardInterrupt:
             if _debug(ctx):
                 raise
-            display.render_error("interrupted")
+            display.render_error("interrupted", "finished work is saved; run the same command again to resume")
             ctx.exit(130)
 
 
