@@ -34,7 +34,9 @@ _EPS = 1e-9
 class PairConfig:
     strategy: str = "best-worst"
     min_margin: float = 1.0
-    score: str = "score"  # "score": mean judge score; "expected": mean probability-weighted score
+    # "expected" (the default: it measured best in scripts/eval_judge_recipes.py) ranks by the mean
+    # probability-weighted score; "score" by the mean integer score.
+    score: str = "expected"
     format: str = "standard"
     seed: int = 0
     system_prompt: str | None = None  # conversational format only

@@ -71,7 +71,7 @@ def test_margin_of_exactly_min_margin_is_kept_despite_float_error() -> None:
     # in floats 4.1 - 3.1 is 0.9999999999999996; it must still count as a margin of 1
     assert 4.1 - 3.1 < 1.0
     record = make_record([("a", 4.1, None), ("b", 3.1, None)])
-    pair, reason = pick_pair(record, PairConfig(min_margin=1.0))
+    pair, reason = pick_pair(record, PairConfig(min_margin=1.0, score="score"))
     assert reason is None and pair.margin == pytest.approx(1.0)
 
 
@@ -81,10 +81,10 @@ def test_expected_score_breaks_ties_on_score() -> None:
     assert ranked == ["high-expected", "low-expected", "worst"]
     # with min_margin 0 the tie-break alone decides a two-way tie on score
     two = make_record([("low-expected", 4, 3.6), ("high-expected", 4, 4.4)])
-    pair, reason = pick_pair(two, PairConfig(min_margin=0.0))
+    pair, reason = pick_pair(two, PairConfig(min_margin=0.0, score="score"))
     assert reason is None
     assert (pair.chosen, pair.rejected, pair.margin) == ("high-expected", "low-expected", 0.0)
-    assert pick_pair(two, PairConfig(min_margin=0.5)) == (None, "small_margin")
+    assert pick_pair(two, PairConfig(min_margin=0.5, score="score")) == (None, "small_margin")
 
 
 def test_expected_as_primary_with_score_fallback_and_tie_break() -> None:
