@@ -127,6 +127,12 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
 
     if fmt not in FORMATS:
         raise EdgeprefError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if not run.pairs:
+        raise EdgeprefError(
+            f"{run.source} has no pairs to export",
+            "every instruction was dropped (see the summary or records.jsonl); try a lower "
+            "--min-margin, more completions (-n) or a stronger --judge, then `edgepref pair`",
+        )
     to = Path(to)
     to.mkdir(parents=True, exist_ok=True)
     ds = datasets.Dataset.from_list(run.pairs)

@@ -83,19 +83,51 @@ def test_nothing_usable_exits_non_zero(tmp_path) -> None:
     assert len((out / "errors.jsonl").read_text().splitlines()) == 2
 
 
-def test_inspect_and_export(messy_run, tmp_path, monkeypatch) -> None:
+def rated_run_dir(tmp: Path) -> Path:
+    """An output directory written by the real pair stage from hand-rated records."""
+    from edgepref.config import PipelineConfig
+    from edgepref.pair import pair_records
+    from edgepref.records import Completion, Rating, Record
+    from edgepref.store import write_jsonl_atomic
+
+    records = [
+        Record(id=f"r{i}", instruction=f"Question {i}?", completions=[
+            Completion("qwen2.5-coder-0.5b:0", f"A good answer {i}.", "qwen2.5-coder-0.5b"),
+            Completion("smollm2-135m:0", f"meh {i}", "smollm2-135m"),
+        ], ratings=[
+            Rating("qwen2.5-coder-0.5b:0", "qwen2.5-coder-0.5b", "overall", 5, 4.8, "clear"),
+            Rating("smollm2-135m:0", "qwen2.5-coder-0.5b", "overall", 2, 2.1, "vague"),
+        ]) for i in range(3)
+    ]
+    report = pair_records(records, PipelineConfig().pair)
+    out = tmp / "run"
+    write_jsonl_atomic(out / "pairs.jsonl", (p.to_row() for p in report.pairs))
+    from dataclasses import asdict
+
+    (out / "run.json").write_text(json.dumps({"config": asdict(PipelineConfig()), "judges": ["qwen2.5-coder-0.5b"],
+                                              "summary": {"instructions": 3, "pairs_dropped": {}}}, default=str))
+    return out
+
+
+def test_inspect_a_real_run(messy_run) -> None:
     _, out = messy_run
     shown = CliRunner().invoke(cli, ["inspect", str(out), "--limit", "3"])
     assert shown.exit_code == 0 and "chosen by" in shown.output
+
+
+def test_export_with_card_and_hub_edge(tmp_path, monkeypatch) -> None:
+    out = rated_run_dir(tmp_path)
+    shown = CliRunner().invoke(cli, ["inspect", str(out), "--min-margin", "2"])
+    assert shown.exit_code == 0 and "3 shown by the filters, of 3" in shown.output
     dest = tmp_path / "release"
     res = CliRunner().invoke(cli, ["export", str(out), "--format", "parquet", "--to", str(dest)])
     assert res.exit_code == 0, res.output
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files=str(dest / "pairs.parquet"), split="train")
-    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names) and len(ds) == 3
     card = (dest / "README.md").read_text()
-    assert "## Method" in card and "qwen2.5-coder-0.5b" in card and f"pairs: {len(ds)}" in card
+    assert "## Method" in card and "qwen2.5-coder-0.5b" in card and "pairs: 3" in card
     offline = CliRunner().invoke(cli, ["export", str(out), "--to", str(dest), "--push-to-hub", "me/x"])
     assert offline.exit_code == 1 and "HF_HUB_OFFLINE" in offline.output
     # Up to the network edge: with the Hub reachable, the dataset and its card are handed over.
@@ -107,8 +139,16 @@ def test_inspect_and_export(messy_run, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: pushed.update(card=kw["path_or_fileobj"]))
     res = CliRunner().invoke(cli, ["export", str(out), "--format", "hf", "--to", str(dest), "--push-to-hub", "me/x"])
     assert res.exit_code == 0, res.output
-    assert pushed["repo"] == "me/x" and pushed["private"] is True and b"## Method" in pushed["card"]
+    assert pushed["repo"] == "me/x" and pushed["rows"] == 3 and pushed["private"] is True and b"## Method" in pushed["card"]
     assert (dest / "dataset").is_dir()
+
+
+def test_export_with_no_pairs_is_a_clear_error(tmp_path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    (out / "pairs.jsonl").write_text("")
+    res = CliRunner().invoke(cli, ["export", str(out), "--to", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "no pairs to export" in res.output and "Traceback" not in res.output
 
 
 def test_try_shows_candidates_and_verdict() -> None:
