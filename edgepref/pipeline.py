@@ -104,7 +104,7 @@ class ModelHost:
 
         if model in self.provided:
             return self.provided[model]
-        if self.current == (model, n_ctx):
+        if self.current and self.current[0] == model and self.current[1] >= n_ctx:
             return self.engine
         self.close()
         e = self.cfg.engine
@@ -173,7 +173,10 @@ class Runner:
         )
 
     def _load(self, stage: str, model: str, n_ctx: int) -> Backend:
-        self.on_event(Event("notice", stage, model, message=f"loading {model}"))
+        if model in self.judges:  # load a judge once, with the judge's context, for every stage
+            n_ctx = max(n_ctx, self.cfg.judge.n_ctx)
+        if self.host.current is None or self.host.current[0] != model:
+            self.on_event(Event("notice", stage, model, message=f"loading {model}"))
         return self.host.get(model, n_ctx)
 
     def _progress(self, stage: str, model: str):
