@@ -181,7 +181,7 @@ class Runner:
 
     def _progress(self, stage: str, model: str):
         def callback(progress, result) -> None:
-            self.completion_tokens += sum(g.completion_tokens for g in result.generations) if progress.elapsed else 0
+            self.completion_tokens += sum(g.completion_tokens for g in result.generations)
             self.on_event(Event("progress", stage, model, progress.done, progress.total,
                                 progress.completion_tokens, progress.tokens_per_second))
         return callback

@@ -186,9 +186,8 @@ class CachedBackend:
                 todo.append(i)
         self.hits += len(requests) - len(todo)
         self.misses += len(todo)
+        # on_result is called for generated results only; their Progress counts the replayed ones.
         done_before = len(requests) - len(todo)
-        if on_result and done_before:
-            on_result(Progress(done_before, len(requests), 0, 0, 0.0), results[next(i for i, r in enumerate(results) if r)])
         if not todo:
             return results  # type: ignore[return-value]
         backend = self._open()
