@@ -40,6 +40,9 @@ class ChatRequest:
               tokens right after the prompt (and prefill). With max_tokens == 0 nothing is generated.
     trace_choices: candidate strings; every generated token that is one of their first tokens records
               the distribution over the candidates at that step (see Generation.choice_trace).
+    validate: text -> None if the answer is usable, else what is wrong with it. Backends that
+              cannot enforce `grammar` (some servers) retry a rejected answer a bounded number of
+              times. Not part of the request's identity (the cache key).
     """
 
     messages: list[dict[str, str]]
@@ -50,6 +53,7 @@ class ChatRequest:
     choices: Sequence[str] | None = None
     trace_choices: Sequence[str] | None = None
     id: object = None
+    validate: Callable[[str], str | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

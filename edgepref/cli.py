@@ -184,6 +184,8 @@ def input_options(func: F) -> F:
         click.option("--split", default=None, help="Dataset split for Hub datasets and DatasetDicts."),
         click.option("--limit", type=int, default=None, help="Use only the first N instructions."),
         click.option("--shuffle", is_flag=True, help="Shuffle the rows (with --seed) before --limit."),
+        click.option("--shard", default=None, metavar="I/N",
+                     help="Process only shard I of N (0 <= I < N) of the input; combine with `edgepref merge`."),
     ]):
         func = opt(func)
     return func
@@ -222,6 +224,8 @@ def pipeline_options(func: F) -> F:
         click.option("--threads", type=int, default=None, help="CPU threads (default: all cores)."),
         click.option("--n-gpu-layers", "gpu_layers", type=int, default=None,
                      help="Layers to offload to CUDA/Metal (default: all when the build has a GPU backend)."),
+        click.option("--endpoint", "endpoints", multiple=True, metavar="MODEL=URL",
+                     help="Run MODEL on an OpenAI-compatible server (repeat for several endpoints)."),
         models_file_option,
         click.option("--quiet", "-q", is_flag=True, help="No progress display."),
     ]):
@@ -233,6 +237,7 @@ _PIPELINE_KEYS = (
     "pool", "system_prompt", "temperature", "max_tokens", "completions", "judges", "aspect", "judge_mode",
     "both_orders", "exclude_self", "evolutions", "evolve_model", "min_margin", "pair_strategy",
     "pair_format", "pair_score", "seed", "slots", "n_ctx", "threads", "gpu_layers", "models_file",
+    "endpoints",
 )
 
 
@@ -251,7 +256,7 @@ def build_config(opts: dict):
               help="Output directory: records.jsonl, pairs.jsonl, errors.jsonl, run.json.")
 @input_options
 @pipeline_options
-def run(input_path: str, out_dir: Path, column, split, limit, shuffle, quiet, **opts) -> None:
+def run(input_path: str, out_dir: Path, column, split, limit, shuffle, shard, quiet, **opts) -> None:
     """Run the whole pipeline: pool completions, EvolQuality, UltraFeedback judge, pairs.
 
     INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub dataset name,
@@ -261,13 +266,15 @@ def run(input_path: str, out_dir: Path, column, split, limit, shuffle, quiet, **
     Example:
       edgepref run instructions.jsonl --out out/
       edgepref run data.csv --column question --limit 100 --out out/ --judge qwen2.5-coder-0.5b
+      edgepref run data.jsonl --shard 0/4 --out out-0/   # then: edgepref merge out-* --out all/
+      edgepref run data.jsonl --out out/ --judge big --endpoint big=http://gpu-box:8080/v1
     """
-    from .inputs import read_instructions
+    from .inputs import parse_shard, read_instructions
     from .pipeline import run_pipeline
 
     cfg = build_config(opts)
     batch = read_instructions(input_path, column=column, split=split, limit=limit, shuffle=shuffle,
-                              seed=cfg.seed)
+                              seed=cfg.seed, shard=parse_shard(shard) if shard else None)
     with display.StageProgress(quiet) as progress:
         result = run_pipeline(batch, out_dir, cfg, on_event=progress)
     display.render_summary(result.summary)
@@ -276,27 +283,31 @@ def run(input_path: str, out_dir: Path, column, split, limit, shuffle, quiet, **
 # ---------------------------------------------------------------- single stages
 
 
-def _stage_io(input_path: str, column, split, limit, shuffle, seed):
+def _stage_io(input_path: str, column, split, limit, shuffle, seed, shard=None):
     """Records from a previous stage's JSONL, or fresh ones from an instructions file."""
-    from .inputs import read_instructions, read_records
+    from .inputs import parse_shard, read_instructions, read_records, shard_index
 
+    share = parse_shard(shard) if shard else None
     path = Path(input_path)
     if path.suffix == ".jsonl" and path.is_file():
         with open(path, encoding="utf-8", errors="replace") as fh:
             first = next((line for line in fh if line.strip()), "")
         if '"completions"' in first:
             records, problems = read_records(path)
+            if share:
+                records = [r for r in records if shard_index(r.instruction, share[1]) == share[0]]
             return records, problems
-    batch = read_instructions(input_path, column=column, split=split, limit=limit, shuffle=shuffle, seed=seed)
+    batch = read_instructions(input_path, column=column, split=split, limit=limit, shuffle=shuffle, seed=seed,
+                              shard=share)
     return batch.records, batch.problems
 
 
-def _run_stage(stage: str, input_path: str, out: Path, column, split, limit, shuffle, quiet, opts) -> None:
+def _run_stage(stage: str, input_path: str, out: Path, column, split, limit, shuffle, shard, quiet, opts) -> None:
     from .pipeline import Runner
     from .store import write_jsonl_atomic
 
     cfg = build_config(opts)
-    records, problems = _stage_io(input_path, column, split, limit, shuffle, cfg.seed)
+    records, problems = _stage_io(input_path, column, split, limit, shuffle, cfg.seed, shard)
     for p in problems:
         display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
     if not records:
@@ -321,8 +332,8 @@ def _stage_command(stage: str, doc: str):
                   help="Records JSONL to write (a .cache directory beside it makes reruns resume).")
     @input_options
     @pipeline_options
-    def command(input_path, out, column, split, limit, shuffle, quiet, **opts):
-        _run_stage(stage, input_path, out, column, split, limit, shuffle, quiet, opts)
+    def command(input_path, out, column, split, limit, shuffle, shard, quiet, **opts):
+        _run_stage(stage, input_path, out, column, split, limit, shuffle, shard, quiet, opts)
 
     return command
 
@@ -456,6 +467,59 @@ def export(path: Path, fmt: str, to: Path, push_to_hub, public: bool) -> None:
     written = export_pairs(load_run(path), fmt, to, push_to_hub, private=not public)
     for kind, where in written.items():
         display.render_path(f"{kind}: {where}")
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the merged records.jsonl, pairs.jsonl, errors.jsonl and run.json.")
+@click.option("--allow-mixed", is_flag=True, help="Merge runs made with different settings.")
+def merge(dirs, out_dir: Path, allow_mixed: bool) -> None:
+    """Combine shard outputs (`run --shard I/N`) into one run directory, each record and pair once.
+
+    \b
+    Example:
+      edgepref run data.jsonl --shard 0/2 --out out-0 && edgepref run data.jsonl --shard 1/2 --out out-1
+      edgepref merge out-0 out-1 --out all
+    """
+    from .merge import merge_runs
+
+    display.render_merge(merge_runs(list(dirs), out_dir, allow_mixed=allow_mixed))
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0: all interfaces).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context tokens.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Require the key held in this environment variable.")
+@models_file_option
+def serve(models, host, port, n_ctx, threads, api_key_env, models_file) -> None:
+    """Serve local models over an OpenAI-compatible API (llama-cpp-python's server).
+
+    Each MODEL (a registry name or a .gguf path) is served under its name; point a model entry's
+    `endpoints` (or --endpoint MODEL=URL) at http://HOST:PORT/v1. Needs `pip install 'edgepref[server]'`.
+
+    \b
+    Example:
+      edgepref serve qwen2.5-coder-0.5b --port 8080
+      edgepref run data.jsonl --out out --endpoint qwen2.5-coder-0.5b=http://127.0.0.1:8080/v1
+    """
+    import os
+
+    from .engine.serve import serve as run_server
+
+    registry = load_registry(models_file)
+    served = [(Path(m).stem if m.endswith(".gguf") else m, resolve_model_path(m, registry)) for m in models]
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise EdgeprefError(f"the environment variable {api_key_env} is not set", f"export {api_key_env}=...")
+    display.render_path(f"serving {', '.join(a for a, _ in served)} at http://{host}:{port}/v1 (Ctrl-C stops)")
+    run_server(served, host=host, port=port, n_ctx=n_ctx, n_threads=threads, api_key=key)
 
 
 @cli.command("eval-judge")

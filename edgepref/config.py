@@ -102,6 +102,20 @@ class PipelineConfig:
     seed: int = 0
     similarity_threshold: float = 0.9  # near-duplicate completions above this are regenerated
     models_file: str | None = None
+    # [models.NAME] tables: new models or overrides of registry fields (endpoints, served_model,
+    # api_key_env, api, max_in_flight, sources...), on top of models.toml and models_file.
+    models: dict = field(default_factory=dict)
+
+    def registry(self):
+        """The model registry this run sees: package, user file, models_file, then [models.*]."""
+        from .registry import entry_with, load_registry
+
+        reg = load_registry(self.models_file)
+        for name, raw in self.models.items():
+            if not isinstance(raw, dict):
+                raise ConfigError(f'[models."{name}"] must be a table')
+            reg.entries[name] = entry_with(reg.entries.get(name), name, raw, "pipeline config")
+        return reg
 
     def validate(self) -> "PipelineConfig":
         if not self.pool:
@@ -209,6 +223,7 @@ def apply_overrides(
     threads: int | None = None,
     gpu_layers: int | None = None,
     models_file: str | None = None,
+    endpoints: tuple[str, ...] | list[str] = (),
 ) -> PipelineConfig:
     """Command-line flags on top of a config: a flag left unset (None/empty) keeps the config's value.
     Pool-wide flags (system prompt, temperature, ...) apply to every pool member."""
@@ -245,4 +260,14 @@ def apply_overrides(
             setattr(cfg.engine, attr, value)
     if models_file is not None:
         cfg.models_file = str(models_file)
+    for spec in endpoints:
+        name, sep, url = spec.partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise ConfigError(
+                f"--endpoint {spec!r} is not MODEL=URL", "example: --endpoint qwen2.5-7b=http://gpu-box:8080/v1"
+            )
+        table = cfg.models.setdefault(name.strip(), {})
+        table["endpoints"] = [*table.get("endpoints", []), url.strip()]
+    if endpoints:
+        cfg.registry()  # bad URLs fail here, before any model loads
     return cfg.validate()

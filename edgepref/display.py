@@ -296,6 +296,23 @@ def render_pairs(pairs: list[dict], stats: dict, total: int) -> None:
     out.print(summary)
 
 
+def render_merge(report) -> None:
+    table = Table(title=f"merged {report.runs} run(s) into {report.out_dir}", show_header=False)
+    table.add_row("records", str(report.records))
+    table.add_row("pairs", str(report.pairs))
+    table.add_row("errors", str(report.errors))
+    if report.duplicate_records or report.duplicate_pairs:
+        table.add_row("duplicates skipped", f"{report.duplicate_records} records, {report.duplicate_pairs} pairs")
+    if report.shard_count:
+        table.add_row("shards", f"{len(report.shards_seen)} of {report.shard_count}")
+    _out().print(table)
+    if report.missing_shards:
+        render_warning("missing shard(s): " + ", ".join(f"{i}/{report.shard_count}" for i in report.missing_shards)
+                       + "; run them and merge again")
+    for d in report.runs_without_pairs:
+        render_warning(f"{d} has no pairs.jsonl (did that run finish?)")
+
+
 def render_eval(report) -> None:
     out = _out()
     table = Table(title=f"judge eval · {report.recipe} · {', '.join(report.judges)}", box=box.SIMPLE_HEAVY,

@@ -7,6 +7,7 @@ and counted. A missing instruction column is an error that lists the columns the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -32,6 +33,42 @@ class InputBatch:
     duplicates: int = 0
     rows_read: int = 0
     column: str = "instruction"
+    shard: tuple[int, int] | None = None  # (index, count) when this is one shard of the input
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'I/N' with 0 <= I < N (the numbering of SLURM_ARRAY_TASK_ID=0.. and Kubernetes
+    JOB_COMPLETION_INDEX)."""
+    index, sep, count = str(spec).partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise InputError(
+            f"--shard {spec!r} is not I/N with 0 <= I < N",
+            "shards count from 0: with 4 machines use --shard 0/4 ... --shard 3/4",
+        )
+    return i, n
+
+
+def shard_index(text: str, count: int) -> int:
+    """The shard an instruction belongs to: a hash of its text, so the split does not depend on
+    row order, and an instruction that appears twice lands in one shard."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:15], 16) % count
+
+
+def take_shard(batch: InputBatch, index: int, count: int) -> InputBatch:
+    """This shard's share of a batch. Input problems go to shard (row number mod count) and the
+    duplicate count to shard 0, so that merged shards report each exactly once."""
+    return InputBatch(
+        records=[r for r in batch.records if shard_index(r.instruction, count) == index],
+        problems=[p for p in batch.problems if p.row % count == index],
+        duplicates=batch.duplicates if index == 0 else 0,
+        rows_read=batch.rows_read,
+        column=batch.column,
+        shard=(index, count),
+    )
 
 
 def _pick_column(columns: list[str], wanted: str | None, source: str) -> str:
@@ -114,8 +151,10 @@ def read_instructions(
     limit: int | None = None,
     shuffle: bool = False,
     seed: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> InputBatch:
-    """Read instructions from any supported source into Records (nothing is silently dropped)."""
+    """Read instructions from any supported source into Records (nothing is silently dropped).
+    `shard=(i, n)` keeps the i-th of n deterministic shares (after shuffle and limit)."""
     source = str(source)
     path = Path(source)
     rows: list[tuple[int, dict | None, str | None]]
@@ -170,6 +209,8 @@ def read_instructions(
     if len(set(ids)) != len(ids):  # ids in the input repeat: fall back to content ids
         for r in batch.records:
             r.id = content_key("instruction", r.instruction)
+    if shard is not None:
+        return take_shard(batch, *shard)
     return batch
 
 

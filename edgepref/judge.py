@@ -69,7 +69,21 @@ def _rating_request(record: Record, texts: list[str], cfg: JudgeConfig) -> ChatR
         grammar=grammar,
         trace_choices=SCORES if cfg.expected else None,
         id=record.id,
+        validate=_validator(n, with_rationale),
     )
+
+
+def _validator(n: int, with_rationale: bool):
+    """The strict parser as a request hook: servers that ignore the grammar get a bounded retry."""
+
+    def validate(text: str) -> str | None:
+        try:
+            parse_rating_lines(text, n, with_rationale=with_rationale)
+        except RatingParseError as exc:
+            return exc.message
+        return None
+
+    return validate
 
 
 def _parse(result: ChatResult, n: int, cfg: JudgeConfig) -> list[tuple[int, float | None, str]]:

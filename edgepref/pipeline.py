@@ -68,6 +68,8 @@ class RunSummary:
     stage_seconds: dict = field(default_factory=dict)
     judges: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
+    shard: list | None = None  # [index, count] when the run was one shard of its input
+    endpoints: dict = field(default_factory=dict)  # model -> per-endpoint request counts
 
 
 @dataclass
@@ -77,8 +79,8 @@ class RunResult:
     summary: RunSummary
 
 
-def strongest_available_model(models_file: str | None = None) -> str:
-    registry = load_registry(models_file)
+def strongest_available_model(models_file: str | None = None, registry=None) -> str:
+    registry = registry or load_registry(models_file)
     ranked = sorted(registry.entries.values(), key=lambda e: -e.strength)
     for entry in ranked:
         if availability(entry).available:
@@ -90,13 +92,17 @@ def strongest_available_model(models_file: str | None = None) -> str:
 
 
 class ModelHost:
-    """Holds at most one loaded engine; asking for another model closes the current one first."""
+    """Holds at most one loaded local engine; asking for another model closes the current one
+    first. Models with endpoints run on servers (remote.ServerBackend) and take no local memory."""
 
-    def __init__(self, cfg: PipelineConfig, provided: dict[str, Backend] | None = None):
+    def __init__(self, cfg: PipelineConfig, provided: dict[str, Backend] | None = None, on_notice=None):
         self.cfg = cfg
+        self.registry = cfg.registry()
         self.provided = provided or {}  # backends owned by the caller (tests, notebooks): never closed
+        self.on_notice = on_notice or (lambda message: None)
         self.current: tuple[str, int] | None = None
         self.engine = None
+        self.servers: dict[str, Backend] = {}
         self.loads: list[str] = []
 
     def get(self, model: str, n_ctx: int) -> Backend:
@@ -104,14 +110,23 @@ class ModelHost:
 
         if model in self.provided:
             return self.provided[model]
+        entry = self.registry.entries.get(model)
+        if entry is not None and entry.remote:
+            if model not in self.servers:
+                from .remote import ServerBackend
+
+                self.servers[model] = ServerBackend.from_entry(entry, on_notice=self.on_notice)
+            return self.servers[model]
         if self.current and self.current[0] == model and self.current[1] >= n_ctx:
             return self.engine
         self.close()
         e = self.cfg.engine
+        path = resolve_model_path(model, self.registry)
         self.engine = Engine(
-            model, n_ctx=n_ctx, n_slots=e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
-            seed=self.cfg.seed, models_file=self.cfg.models_file,
+            path, n_ctx=n_ctx, n_slots=e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
+            seed=self.cfg.seed,
         )
+        self.engine.name = model
         self.current = (model, n_ctx)
         self.loads.append(model)
         return self.engine
@@ -122,9 +137,13 @@ class ModelHost:
         self.engine, self.current = None, None
 
 
-def model_identity(model: str, models_file: str | None) -> str:
-    """What the request cache keys a model by: its resolved file's name and size."""
-    path = resolve_model_path(model, load_registry(models_file))
+def model_identity(model: str, registry) -> str:
+    """What the request cache keys a model by: its resolved file's name and size, or for a model
+    on servers its served id (any endpoint of it gives the same answers)."""
+    entry = registry.entries.get(model)
+    if entry is not None and entry.remote:
+        return f"{model}@server:{entry.served_model or '-'}"
+    path = resolve_model_path(model, registry)
     return f"{model}@{path.name}:{path.stat().st_size}"
 
 
@@ -143,7 +162,7 @@ class Runner:
         self.out_dir = Path(out_dir) if out_dir else None
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self.on_event = on_event or (lambda e: None)
-        self.host = ModelHost(cfg, backends)
+        self.host = ModelHost(cfg, backends, on_notice=lambda m: self.on_event(Event("notice", message=m)))
         self.errors: list[dict] = []
         self.started = time.perf_counter()
         self.completion_tokens = 0
@@ -155,7 +174,8 @@ class Runner:
 
             self._tmp_cache = tempfile.TemporaryDirectory(prefix="edgepref-")
         self.judges = [
-            strongest_available_model(cfg.models_file) if m == "auto" else m for m in cfg.judge.models
+            strongest_available_model(registry=self.host.registry) if m == "auto" else m
+            for m in cfg.judge.models
         ]
 
     # -------------------------------------------------------------- plumbing
@@ -168,14 +188,17 @@ class Runner:
 
     def backend(self, stage: str, model: str, n_ctx: int) -> CachedBackend:
         return CachedBackend(
-            stage, model_identity(model, self.cfg.models_file), self.cache_dir / f"{stage}.jsonl",
+            stage, model_identity(model, self.host.registry), self.cache_dir / f"{stage}.jsonl",
             lambda: self._load(stage, model, n_ctx),
         )
 
     def _load(self, stage: str, model: str, n_ctx: int) -> Backend:
         if model in self.judges:  # load a judge once, with the judge's context, for every stage
             n_ctx = max(n_ctx, self.cfg.judge.n_ctx)
-        if self.host.current is None or self.host.current[0] != model:
+        entry = self.host.registry.entries.get(model)
+        if entry is not None and entry.remote and model not in self.host.servers:
+            self.on_event(Event("notice", stage, model, message=f"{model} runs on {', '.join(entry.endpoints)}"))
+        elif (entry is None or not entry.remote) and (self.host.current is None or self.host.current[0] != model):
             self.on_event(Event("notice", stage, model, message=f"loading {model}"))
         return self.host.get(model, n_ctx)
 
@@ -301,6 +324,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner: R
     s.instructions = len(records)
     if batch is not None:
         s.input_problems, s.duplicates = len(batch.problems), batch.duplicates
+        s.shard = list(batch.shard) if batch.shard else None
     per_model: Counter = Counter()
     hist: dict[str, Counter] = defaultdict(Counter)
     dropped: Counter = Counter()
@@ -327,6 +351,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner: R
     s.cached_requests = runner.cached_requests
     s.stage_seconds = dict(runner.stage_seconds)
     s.judges = list(runner.judges)
+    s.endpoints = {name: be.endpoint_stats() for name, be in runner.host.servers.items()}
     return s
 
 

@@ -17,7 +17,7 @@ import importlib.util
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -65,9 +65,16 @@ class ModelEntry:
     embedded: bool = False
     description: str = ""
     sources: tuple[Source, ...] = ()
-    endpoints: tuple[str, ...] = ()
-    served_model: str | None = None
-    api_key_env: str | None = None
+    endpoints: tuple[str, ...] = ()  # OpenAI-compatible base URLs ("http://host:8080/v1")
+    served_model: str | None = None  # the model id the servers know it by (None: what they serve)
+    api_key_env: str | None = None  # the NAME of an environment variable holding the key
+    api: str = "llama.cpp"  # llama.cpp | vllm | openai: how grammars and extra sampling are sent
+    max_in_flight: int = 4  # requests in flight per endpoint
+
+    @property
+    def remote(self) -> bool:
+        """Runs on inference servers rather than from a local GGUF file."""
+        return bool(self.endpoints)
 
 
 @dataclass
@@ -117,12 +124,51 @@ def _parse_entry(name: str, raw: dict, where: str) -> ModelEntry:
             embedded=bool(raw.get("embedded", False)),
             description=raw.get("description", ""),
             sources=sources,
-            endpoints=tuple(raw.get("endpoints", [])),
+            endpoints=_endpoints(raw.get("endpoints", []), name, where),
             served_model=raw.get("served_model"),
             api_key_env=raw.get("api_key_env"),
+            api=_api(raw.get("api", "llama.cpp"), name, where),
+            max_in_flight=int(raw.get("max_in_flight", 4)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: model {name!r} is malformed ({exc})") from exc
+
+
+API_KINDS = ("llama.cpp", "vllm", "openai")
+
+
+def _api(value: str, name: str, where: str) -> str:
+    if value not in API_KINDS:
+        raise ConfigError(f"{where}: model {name!r} has api = {value!r}", f"use one of {', '.join(API_KINDS)}")
+    return value
+
+
+def _endpoints(value, name: str, where: str) -> tuple[str, ...]:
+    urls = [value] if isinstance(value, str) else list(value)
+    for url in urls:
+        if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            raise ConfigError(
+                f"{where}: model {name!r} has an endpoint that is not an http(s) URL: {url!r}",
+                'write it like "http://127.0.0.1:8080/v1"',
+            )
+    return tuple(u.rstrip("/") for u in urls)
+
+
+def entry_with(base: ModelEntry | None, name: str, raw: dict, where: str) -> ModelEntry:
+    """`base` (or a new entry) with the fields given in `raw` replaced (pipeline-config overrides)."""
+    if base is None:
+        return _parse_entry(name, raw, where)
+    parsed = _parse_entry(name, {**raw, "sources": raw.get("sources", [])}, where)
+    changes = {f: getattr(parsed, f) for f in _raw_fields(raw)}
+    return replace(base, **changes)
+
+
+def _raw_fields(raw: dict) -> list[str]:
+    known = {f.name for f in fields(ModelEntry)} - {"name"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown model setting(s): {', '.join(sorted(unknown))}", f"known: {', '.join(sorted(known))}")
+    return list(raw)
 
 
 def read_models_file(path: Path) -> dict[str, ModelEntry]:
@@ -418,6 +464,8 @@ class Availability:
 
 def availability(entry: ModelEntry) -> Availability:
     """Where a model is now, without hashing or copying anything (cheap, for `models list`)."""
+    if entry.remote:
+        return Availability(True, "endpoints")
     for source in entry.sources:
         if source.kind == "path" and Path(source.path).is_file():
             return Availability(True, "path")

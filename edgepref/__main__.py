@@ -1,0 +1,5 @@
+"""`python -m edgepref` is the `edgepref` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""Serve local GGUF models over an OpenAI-compatible HTTP API with llama-cpp-python's own server
+(`llama_cpp.server`, from `pip install 'edgepref[server]'`).
+
+This is how to try the server path of edgepref on one machine (`edgepref serve`), and what the
+tests and `scripts/bench_backends.py` start. It is llama-cpp-python's server unchanged, with
+two things set the way edgepref's engine sets them:
+  - the weight buffer types: on CPUs with AMX, llama.cpp's extra buffer types crash on batches
+    of more than one token (see handles.default_use_extra_buffers), and the server's loader has
+    no switch for them, so its default model params are patched in this process;
+  - every layer offloaded when llama.cpp was built with a GPU backend, and flash attention on;
+The server answers one request at a time; for parallel slots on a GPU use llama.cpp's own
+`llama-server --parallel N` (see the README's "Scaling out").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import EdgeprefError
+from .handles import default_use_extra_buffers
+
+
+def _patch_buffer_types() -> None:
+    import llama_cpp.llama_cpp as raw
+
+    if getattr(raw.llama_model_default_params, "_edgepref", False):
+        return
+    original = raw.llama_model_default_params
+    use_extra = default_use_extra_buffers()
+
+    def patched():
+        params = original()
+        params.use_extra_bufts = use_extra
+        return params
+
+    patched._edgepref = True  # type: ignore[attr-defined]
+    raw.llama_model_default_params = patched
+
+
+def build_app(
+    models: Sequence[tuple[str, str | Path]],
+    *,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    api_key: str | None = None,
+    n_gpu_layers: int | None = None,
+):
+    """A FastAPI app serving `models` ((served id, gguf path) pairs) at /v1."""
+    try:
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as exc:
+        raise EdgeprefError(
+            f"llama-cpp-python's server is not installed ({exc.name} is missing)",
+            "pip install 'edgepref[server]'",
+        ) from None
+    if not models:
+        raise EdgeprefError("nothing to serve", "name at least one model")
+    _patch_buffer_types()
+    import os
+
+    from .handles import gpu_offload_supported
+
+    threads = n_threads or os.cpu_count() or 1
+    gpu = n_gpu_layers if n_gpu_layers is not None else (-1 if gpu_offload_supported() else 0)
+    settings = [
+        ModelSettings(
+            model=str(path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+            n_gpu_layers=gpu, verbose=False,
+            flash_attn=True,  # as the engine (llama.cpp's "auto" enables it where supported)
+        )
+        for alias, path in models
+    ]
+    return create_app(server_settings=ServerSettings(api_key=api_key), model_settings=settings)
+
+
+def serve(
+    models: Sequence[tuple[str, str | Path]],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    api_key: str | None = None,
+    n_gpu_layers: int | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Run the server in this process until interrupted."""
+    app = build_app(models, n_ctx=n_ctx, n_threads=n_threads, api_key=api_key, n_gpu_layers=n_gpu_layers)
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+

@@ -1,0 +1,120 @@
+"""Combine the output directories of shard runs (`edgepref run ... --shard I/N`) into one.
+
+Each shard wrote records.jsonl, pairs.jsonl, errors.jsonl and run.json for its share of the
+input. The merge keeps every record and pair once (by id: a shard that was run twice, or a
+directory given twice, adds nothing), keeps every error once, checks that the shards were made
+with the same settings, and says which shards of 0..N-1 are missing. The result is an ordinary
+run directory: `edgepref export`, `inspect` and TRL read it like any other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, InputError
+from .store import read_jsonl, write_jsonl_atomic
+
+
+@dataclass
+class MergeReport:
+    out_dir: str
+    runs: int = 0
+    records: int = 0
+    pairs: int = 0
+    errors: int = 0
+    duplicate_records: int = 0
+    duplicate_pairs: int = 0
+    shard_count: int | None = None
+    shards_seen: list = field(default_factory=list)
+    missing_shards: list = field(default_factory=list)
+    runs_without_pairs: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+
+
+def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(_config_differences(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append(f"{prefix}{k}: {json.dumps(va)} vs {json.dumps(vb)}")
+    return out
+
+
+def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool = False) -> MergeReport:
+    """Merge run directories into out_dir (which may not be one of them)."""
+    out = Path(out_dir)
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise InputError("nothing to merge", "name the shard output directories: edgepref merge out-0 out-1 --out all")
+    if any(d.resolve() == out.resolve() for d in dirs):
+        raise InputError(f"--out {out} is one of the inputs", "write the merge to a new directory")
+    report = MergeReport(out_dir=str(out))
+    records: dict[str, dict] = {}
+    pairs: dict[str, dict] = {}
+    errors: dict[str, dict] = {}
+    base_config: dict | None = None
+    base_dir: Path | None = None
+    judges: list = []
+    for d in dirs:
+        rec_file = d / "records.jsonl"
+        if not rec_file.is_file():
+            raise InputError(f"{d} has no records.jsonl", "pass directories written by `edgepref run --out DIR`")
+        run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
+        config = run.get("config")
+        if config is not None:
+            if base_config is None:
+                base_config, base_dir, judges = config, d, run.get("judges", [])
+            else:
+                diff = _config_differences(base_config, config)
+                if diff and not allow_mixed:
+                    raise ConfigError(
+                        f"{d} was made with other settings than {base_dir}: " + "; ".join(diff[:5]),
+                        "merge only shards of one run, or pass --allow-mixed to merge anyway",
+                    )
+        shard = (run.get("summary") or {}).get("shard")
+        if shard:
+            i, n = shard
+            if report.shard_count is not None and n != report.shard_count:
+                raise ConfigError(f"{d} is shard {i}/{n} but another input is a shard of {report.shard_count}",
+                                  "merge the shards of one split")
+            report.shard_count = n
+            report.shards_seen.append(i)
+        report.runs += 1
+        for row in read_jsonl(rec_file):
+            if row.get("id") in records:
+                report.duplicate_records += 1
+            else:
+                records[row["id"]] = row
+        if (d / "pairs.jsonl").is_file():
+            for row in read_jsonl(d / "pairs.jsonl"):
+                if row.get("id") in pairs:
+                    report.duplicate_pairs += 1
+                else:
+                    pairs[row["id"]] = row
+        else:
+            report.runs_without_pairs.append(str(d))
+        for row in read_jsonl(d / "errors.jsonl"):
+            errors.setdefault(json.dumps(row, sort_keys=True), row)
+    if report.shard_count is not None:
+        report.shards_seen = sorted(set(report.shards_seen))
+        report.missing_shards = [i for i in range(report.shard_count) if i not in report.shards_seen]
+    report.records, report.pairs, report.errors = len(records), len(pairs), len(errors)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"records": out / "records.jsonl", "pairs": out / "pairs.jsonl", "errors": out / "errors.jsonl"}
+    write_jsonl_atomic(files["records"], records.values())
+    write_jsonl_atomic(files["pairs"], pairs.values())
+    write_jsonl_atomic(files["errors"], errors.values())
+    report.files = {k: str(v) for k, v in files.items()}
+    run = {
+        "config": base_config or {},
+        "judges": judges,
+        "merged_from": [str(d) for d in dirs],
+        "summary": {"instructions": len(records), "pairs": len(pairs), **asdict(report)},
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
+    return report

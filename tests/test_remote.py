@@ -1,0 +1,279 @@
+"""The server path against real servers: llama-cpp-python's OpenAI-compatible server
+(`edgepref serve`, which is `llama_cpp.server` with the engine's buffer-type choice) started on
+127.0.0.1 by these tests, serving the embedded models. No mock of the HTTP layer.
+
+The llama-cpp-python server answers one request at a time, so the spread test keeps one
+request in flight per endpoint and checks that both endpoints answered some.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import QWEN, SMOL
+from edgepref.backend import ChatRequest, Sampling
+from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.errors import ConfigError, ModelNotFoundError
+from edgepref.pipeline import run_pipeline
+from edgepref.remote import AuthError, EndpointsDownError, ServerBackend
+from edgepref.store import CachedBackend, read_jsonl
+
+pytest.importorskip("fastapi", reason="needs edgepref[server] (installed by edgepref[test])")
+
+KEY_ENV = "EDGEPREF_TEST_SERVER_KEY"
+KEY = "test-key-not-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """`edgepref serve MODEL... --port P` in a child process."""
+
+    def __init__(self, models: list[str], log: Path, port: int | None = None, key: bool = True):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        cmd = [sys.executable, "-m", "edgepref", "serve", *models, "--port", str(self.port), "--n-ctx", "2048"]
+        env = dict(os.environ)
+        if key:
+            cmd += ["--api-key-env", KEY_ENV]
+            env[KEY_ENV] = KEY
+        self.log = log
+        self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+        self._wait_ready(key)
+
+    def _wait_ready(self, key: bool, timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        headers = {"Authorization": f"Bearer {KEY}"} if key else {}
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                req = urllib.request.Request(f"{self.url}/models", headers=headers)
+                with urllib.request.urlopen(req, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"server not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def key_env():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, KEY)
+        yield KEY_ENV
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, key_env) -> LocalServer:
+    """One server with both embedded models, key required."""
+    srv = LocalServer([QWEN, SMOL], tmp_path_factory.mktemp("srv") / "server.log")
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture
+def spare_server(tmp_path, key_env) -> LocalServer:
+    """A second qwen server that a test may kill."""
+    srv = LocalServer([QWEN], tmp_path / "spare.log")
+    yield srv
+    srv.kill()
+
+
+def prompts(n: int, max_tokens: int = 12) -> list[ChatRequest]:
+    topics = ["tea", "rain", "maps", "bees", "salt", "glass", "clocks", "kites", "moss", "wind"]
+    return [
+        ChatRequest([{"role": "user", "content": f"One sentence about {topics[i % len(topics)]}."}],
+                    Sampling(max_tokens=max_tokens), id=i)
+        for i in range(n)
+    ]
+
+
+def qwen_backend(urls: list[str], **kw) -> ServerBackend:
+    kw.setdefault("api_key_env", KEY_ENV)
+    kw.setdefault("retries", 1)
+    kw.setdefault("backoff", 0.05)
+    return ServerBackend(QWEN, urls, QWEN, **kw)
+
+
+# ---------------------------------------------------------------- one server: same output as local
+
+
+def greedy_config() -> PipelineConfig:
+    cfg = PipelineConfig(
+        pool=[PoolMember(QWEN, temperature=0.0, max_tokens=28), PoolMember(SMOL, temperature=0.0, max_tokens=28)],
+        evolve=EvolveConfig(num_evolutions=1, temperature=0.0, max_tokens=28),
+        judge=JudgeConfig(models=[QWEN], n_ctx=2048),
+    )
+    cfg.engine.slots = 1  # one sequence: the same arithmetic as the server's one-at-a-time Llama
+    cfg.engine.n_ctx = 2048
+    return cfg
+
+
+def test_pipeline_on_a_server_matches_the_local_engine(server, tmp_path):
+    instructions = ["Name two uses of copper.", "Give one tip for sleeping well."]
+    local = run_pipeline(instructions, tmp_path / "local", greedy_config())
+    cfg = greedy_config()
+    cfg.models = {m: {"endpoints": [server.url], "api_key_env": KEY_ENV} for m in (QWEN, SMOL)}
+    remote = run_pipeline(instructions, tmp_path / "remote", cfg)
+
+    assert remote.summary.request_errors == 0
+    assert set(remote.summary.endpoints) == {QWEN, SMOL}
+    for a, b in zip(local.records, remote.records):
+        assert [(c.id, c.text) for c in a.completions] == [(c.id, c.text) for c in b.completions]
+        ra = {r.completion_id: r for r in a.ratings}
+        rb = {r.completion_id: r for r in b.ratings}
+        assert ra.keys() == rb.keys() and ra
+        for cid in ra:
+            assert ra[cid].score == rb[cid].score
+            assert ra[cid].rationale == rb[cid].rationale
+            # The server gives the top 100 log-probabilities of the full vocabulary; the engine
+            # reads the five digits' logits directly. Renormalised over 1-5 they agree unless a
+            # digit falls outside the top 100 (then it counts as 0 on the server).
+            assert rb[cid].expected == pytest.approx(ra[cid].expected, abs=0.05)
+    assert [p.to_row()["chosen"] for p in local.pairs] == [p.to_row()["chosen"] for p in remote.pairs]
+    run = json.loads((tmp_path / "remote" / "run.json").read_text())
+    assert KEY not in json.dumps(run)  # the key itself is never written
+
+
+# ---------------------------------------------------------------- two servers
+
+
+def test_requests_spread_over_two_servers_and_survive_one_dying(server, spare_server):
+    backend = qwen_backend([server.url, spare_server.url], max_in_flight=1)
+    killed = []
+
+    def on_result(progress, result):
+        spare = backend.stats[spare_server.url]
+        if not killed and spare.ok >= 1 and progress.done >= 3:
+            spare_server.kill()
+            killed.append(progress.done)
+
+    reqs = prompts(10)
+    results = backend.chat(reqs, on_result=on_result)
+    assert killed, "the spare server was never killed: the test did not exercise failover"
+    assert [r.request.id for r in results] == list(range(10))
+    assert all(r.ok and r.text for r in results)
+    stats = {s["url"]: s for s in backend.endpoint_stats()}
+    assert stats[spare_server.url]["ok"] >= 1 and stats[server.url]["ok"] >= 1
+    assert stats[spare_server.url]["down"]  # taken out, its work moved
+    assert stats[server.url]["ok"] + stats[spare_server.url]["ok"] == 10
+
+
+def test_all_endpoints_down_stops_cleanly_and_resumes_without_duplicates(tmp_path, key_env):
+    cache = tmp_path / "stage.jsonl"
+    first = LocalServer([QWEN], tmp_path / "a.log")
+    port = first.port
+    reqs = prompts(6)
+
+    def kill_after_two(progress, result):
+        if progress.done == 2:
+            first.kill()
+
+    cached = CachedBackend("complete", "qwen@test", cache, lambda: qwen_backend([first.url], max_in_flight=1))
+    with pytest.raises(EndpointsDownError) as info:
+        cached.chat(reqs, on_result=kill_after_two)
+    assert "run the same command again" in info.value.hint
+    assert len(list(read_jsonl(cache))) >= 2
+
+    second = LocalServer([QWEN], tmp_path / "b.log", port=port)  # back at the same address
+    try:
+        cached = CachedBackend("complete", "qwen@test", cache, lambda: qwen_backend([second.url]))
+        results = cached.chat(reqs)
+    finally:
+        second.kill()
+    assert all(r.ok for r in results)
+    assert cached.hits >= 2 and cached.hits + cached.misses == 6
+    keys = [row["key"] for row in read_jsonl(cache)]
+    assert len(keys) == len(set(keys)) == 6
+
+
+# ---------------------------------------------------------------- clear errors
+
+
+def test_unreachable_url_is_a_clear_error():
+    backend = qwen_backend([f"http://127.0.0.1:{free_port()}/v1"])
+    with pytest.raises(EndpointsDownError) as info:
+        backend.chat(prompts(1))
+    assert "cannot reach" in info.value.message and "start the server" in info.value.hint
+
+
+def test_wrong_model_id_lists_what_the_server_serves(server):
+    backend = ServerBackend("x", [server.url], "no-such-model", api_key_env=KEY_ENV)
+    with pytest.raises(ModelNotFoundError) as info:
+        backend.chat(prompts(1))
+    assert QWEN in info.value.hint and SMOL in info.value.hint
+
+
+def test_missing_or_wrong_key(server, monkeypatch):
+    with pytest.raises(AuthError) as info:
+        ServerBackend(QWEN, [server.url], QWEN).chat(prompts(1))  # no key configured
+    assert "401" in info.value.message
+    monkeypatch.setenv("WRONG_KEY", "nope")
+    with pytest.raises(AuthError) as info:
+        ServerBackend(QWEN, [server.url], QWEN, api_key_env="WRONG_KEY").chat(prompts(1))
+    assert "WRONG_KEY" in info.value.hint and "nope" not in str(info.value.message) + info.value.hint
+    with pytest.raises(ConfigError) as info:
+        ServerBackend(QWEN, [server.url], QWEN, api_key_env="UNSET_KEY_VAR").chat(prompts(1))
+    assert "UNSET_KEY_VAR" in info.value.message
+
+
+# ---------------------------------------------------------------- grammar, probabilities, validation
+
+
+def test_grammar_and_choice_probabilities_on_a_server(server):
+    backend = qwen_backend([server.url])
+    reqs = [
+        ChatRequest([{"role": "user", "content": "Pick a colour."}], Sampling(max_tokens=8),
+                    grammar='root ::= "red" | "blue"', id="g"),
+        ChatRequest([{"role": "user", "content": "Is 2+2 equal to 4? Answer Y or N."}], Sampling(max_tokens=0),
+                    choices=("Y", "N"), id="c"),
+    ]
+    g, c = backend.chat(reqs)
+    assert g.text in ("red", "blue")
+    assert c.choice_probs is not None and set(c.choice_probs) == {"Y", "N"}
+    assert sum(c.choice_probs.values()) == pytest.approx(1.0)
+    assert c.generations[0].text == "" and c.generations[0].completion_tokens == 0
+
+
+def test_rejected_answers_are_retried_a_bounded_number_of_times(server):
+    seen = []
+
+    def never(text):
+        seen.append(text)
+        return "not good enough"
+
+    backend = qwen_backend([server.url], parse_retries=2, api="openai")  # "openai": no grammar field
+    (res,) = backend.chat([ChatRequest([{"role": "user", "content": "Say hi."}], Sampling(max_tokens=4),
+                                       validate=never)])
+    assert not res.ok and "after 3 tries" in res.error and len(seen) == 3
+    assert backend.endpoint_stats()[0]["parse_retries"] == 3
+
+    calls = []
+
+    def second_time(text):
+        calls.append(text)
+        return None if len(calls) > 1 else "first answer rejected"
+
+    (res,) = backend.chat([ChatRequest([{"role": "user", "content": "Say hi."}], Sampling(max_tokens=4),
+                                       validate=second_time)])
+    assert res.ok and len(calls) == 2
