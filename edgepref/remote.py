@@ -191,7 +191,14 @@ class ServerBackend:
         if base in self._checked:
             return True
         try:
-            data = self._http("GET", f"{base}/models", timeout=min(self.timeout, 30.0))
+            for attempt in range(self.retries + 1):
+                try:
+                    data = self._http("GET", f"{base}/models", timeout=min(self.timeout, 30.0))
+                    break
+                except _Retryable:
+                    if attempt == self.retries:
+                        raise
+                    time.sleep(self.backoff * (2 ** attempt))
         except _Retryable as exc:
             self.stats[base].down = str(exc)
             return False

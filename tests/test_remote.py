@@ -9,19 +9,13 @@ request in flight per endpoint and checks that both endpoints answered some.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from .conftest import QWEN, SMOL
 from edgepref.backend import ChatRequest, Sampling
+from edgepref.engine.serve import ServerProcess, free_port
 from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
 from edgepref.errors import ConfigError, ModelNotFoundError
 from edgepref.pipeline import run_pipeline
@@ -34,46 +28,11 @@ KEY_ENV = "EDGEPREF_TEST_SERVER_KEY"
 KEY = "test-key-not-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """`edgepref serve MODEL... --port P` in a child process."""
+class LocalServer(ServerProcess):
+    """`edgepref serve MODEL...` on a free port; by default it requires the test key."""
 
     def __init__(self, models: list[str], log: Path, port: int | None = None, key: bool = True):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        cmd = [sys.executable, "-m", "edgepref", "serve", *models, "--port", str(self.port), "--n-ctx", "2048"]
-        env = dict(os.environ)
-        if key:
-            cmd += ["--api-key-env", KEY_ENV]
-            env[KEY_ENV] = KEY
-        self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
-        self._wait_ready(key)
-
-    def _wait_ready(self, key: bool, timeout: float = 120.0) -> None:
-        deadline = time.time() + timeout
-        headers = {"Authorization": f"Bearer {KEY}"} if key else {}
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                req = urllib.request.Request(f"{self.url}/models", headers=headers)
-                with urllib.request.urlopen(req, timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        self.kill()
-        raise RuntimeError(f"server not ready after {timeout}s: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
+        super().__init__(models, log, port=port, api_key_env=KEY_ENV if key else None)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +236,55 @@ def test_rejected_answers_are_retried_a_bounded_number_of_times(server):
     (res,) = backend.chat([ChatRequest([{"role": "user", "content": "Say hi."}], Sampling(max_tokens=4),
                                        validate=second_time)])
     assert res.ok and len(calls) == 2
+
+
+# ---------------------------------------------------------------- configuration and the CLI
+
+
+def test_endpoint_settings_are_checked_up_front() -> None:
+    from edgepref.config import apply_overrides, config_from_dict
+
+    cfg = apply_overrides(PipelineConfig(), endpoints=["big=http://gpu:8080/v1", "big=http://gpu2:8080/v1/"])
+    entry = cfg.registry().get("big")
+    assert entry.remote and entry.endpoints == ("http://gpu:8080/v1", "http://gpu2:8080/v1")
+    assert entry.served_model is None and entry.api == "llama.cpp"
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(PipelineConfig(), endpoints=["big"])
+    assert "MODEL=URL" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(PipelineConfig(), endpoints=["big=gpu:8080"])
+    assert "http" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"models": {QWEN: {"endpoints": ["http://x/v1"], "api": "tgi"}}}).registry()
+    assert "llama.cpp, vllm, openai" in info.value.hint
+    # An override keeps the registry's other fields (the local file stays known).
+    cfg = config_from_dict({"models": {QWEN: {"endpoints": ["http://x/v1"], "served_model": "q"}}})
+    entry = cfg.registry().get(QWEN)
+    assert entry.remote and entry.served_model == "q" and entry.sources and entry.strength == 2
+
+
+def test_cli_run_with_the_judge_on_a_server(server, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from edgepref.cli import cli
+
+    from .test_cli_pipeline import FAST
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"instruction": "Name a bird."}\n{"instruction": "Name a fruit."}\n')
+    config = tmp_path / "pipeline.toml"
+    config.write_text(
+        f'[models."judge-on-server"]\nendpoints = ["{server.url}"]\nserved_model = "{QWEN}"\n'
+        f'api_key_env = "{KEY_ENV}"\n'
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["run", str(src), "--out", str(out), "--config", str(config),
+                                      "--judge", "judge-on-server", *FAST])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["judges"] == ["judge-on-server"]
+    assert run["summary"]["ratings"] > 0 and run["summary"]["request_errors"] == 0
+    assert run["summary"]["endpoints"]["judge-on-server"][0]["ok"] >= 2
+    result = CliRunner().invoke(cli, ["run", str(src), "--out", str(tmp_path / "o2"), "--judge", "nowhere",
+                                      "--endpoint", f"nowhere=http://127.0.0.1:{free_port()}/v1", *FAST])
+    assert result.exit_code != 0 and "cannot reach" in result.output and "run the same command again" in result.output

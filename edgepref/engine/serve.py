@@ -92,3 +92,82 @@ def serve(
 
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`edgepref serve MODEL...` in a child process, ready when the constructor returns.
+    For tests, benchmarks and notebooks; `kill()` stops it (SIGKILL: a crash, not a goodbye)."""
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        log: str | Path,
+        *,
+        port: int | None = None,
+        n_ctx: int = 2048,
+        api_key_env: str | None = None,
+        threads: int | None = None,
+        timeout: float = 120.0,
+    ):
+        import os
+        import subprocess
+        import sys
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = Path(log)
+        self.api_key_env = api_key_env
+        cmd = [sys.executable, "-m", "edgepref", "serve", *models, "--port", str(self.port), "--n-ctx", str(n_ctx)]
+        if api_key_env:
+            cmd += ["--api-key-env", api_key_env]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        with open(self.log, "w") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        import os
+        import time
+        import urllib.request
+
+        deadline = time.time() + timeout
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise EdgeprefError(f"the server exited with code {self.proc.returncode}: {self._tail()}")
+            try:
+                with urllib.request.urlopen(urllib.request.Request(f"{self.url}/models", headers=headers), timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        self.kill()
+        raise EdgeprefError(f"the server was not ready after {timeout:.0f} s: {self._tail()}")
+
+    def _tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-1500:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
