@@ -34,6 +34,8 @@ _LAZY: dict[str, str] = {
     "evolve": "edgepref.evolve",
     "judge": "edgepref.judge",
     "pair_records": "edgepref.pair",
+    "ServerBackend": "edgepref.remote",
+    "merge_runs": "edgepref.merge",
 }
 
 __all__ = [

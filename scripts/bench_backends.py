@@ -1,0 +1,120 @@
+"""Pairs per minute through the local engine, one local server and two local servers, in one run.
+
+    python scripts/bench_backends.py --instructions 8 --json bench_backends.json
+
+The same pipeline (embedded models: 2-model pool, 1 EvolQuality rewrite, overall judge with
+rationales, short completions) on the same first N instructions, three times; only where the
+models run changes:
+
+  local        the batched engine in this process (one model loaded at a time);
+  one server   `edgepref serve` (llama-cpp-python's server, both models) on 127.0.0.1;
+  two servers  two such servers, requests spread over both.
+
+On a machine with few cores, two servers share the same cores and cannot beat one; what this
+measures there is the overhead of the server path (HTTP, one request at a time per
+llama-cpp-python server, no cross-request batching) against the local engine. On a GPU box
+with `llama-server --parallel N`, the same client code keeps N requests in flight per endpoint.
+Writes JSON with local_pairs_per_min, one_server_pairs_per_min, two_servers_pairs_per_min and
+the pairs each wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.engine.serve import ServerProcess
+from edgepref.inputs import read_instructions
+from edgepref.pipeline import run_pipeline
+
+QWEN, SMOL = "qwen2.5-coder-0.5b", "smollm2-135m"
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/instructions.jsonl"
+
+
+def bench_config(max_tokens: int, threads: int) -> PipelineConfig:
+    cfg = PipelineConfig(
+        pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens)],
+        evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens),
+        judge=JudgeConfig(models=[QWEN], mode="rationale"),
+    )
+    cfg.engine.threads = threads
+    return cfg
+
+
+def timed(args, cfg: PipelineConfig) -> dict:
+    batch = read_instructions(args.input, limit=args.instructions)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = run_pipeline(batch, out, cfg)
+        seconds = time.perf_counter() - start
+    return {
+        "seconds": round(seconds, 1),
+        "pairs": len(result.pairs),
+        "pairs_per_min": round(len(result.pairs) / (seconds / 60), 2),
+        "request_errors": result.summary.request_errors,
+        "stage_seconds": result.summary.stage_seconds,
+        "endpoints": result.summary.endpoints,
+    }
+
+
+def on_servers(cfg: PipelineConfig, urls: list[str], in_flight: int) -> PipelineConfig:
+    cfg.models = {m: {"endpoints": urls, "max_in_flight": in_flight} for m in (QWEN, SMOL)}
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    ap.add_argument("--instructions", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--in-flight", type=int, default=2, help="Requests in flight per endpoint.")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    threads = os.cpu_count() or 1
+    report: dict = {"instructions": args.instructions, "max_tokens": args.max_tokens, "threads": threads}
+
+    local = timed(args, bench_config(args.max_tokens, threads))
+    print(f"local engine : {local['pairs']} pairs in {local['seconds']:.0f} s = {local['pairs_per_min']:.2f} pairs/min")
+
+    logs = Path(tempfile.mkdtemp(prefix="edgepref-bench-"))
+    with ServerProcess([QWEN, SMOL], logs / "a.log", threads=threads) as a:
+        one = timed(args, on_servers(bench_config(args.max_tokens, threads), [a.url], args.in_flight))
+        print(f"one server   : {one['pairs']} pairs in {one['seconds']:.0f} s = {one['pairs_per_min']:.2f} pairs/min")
+        # Two servers on one machine split its cores (more threads than cores makes llama.cpp's
+        # spinning workers fight), so each gets half; the first is restarted with half too.
+        a.kill()
+        half = max(1, threads // 2)
+        with ServerProcess([QWEN, SMOL], logs / "a2.log", threads=half) as a2, \
+                ServerProcess([QWEN, SMOL], logs / "b.log", threads=half) as b:
+            two = timed(args, on_servers(bench_config(args.max_tokens, threads), [a2.url, b.url], args.in_flight))
+        print(f"two servers  : {two['pairs']} pairs in {two['seconds']:.0f} s = {two['pairs_per_min']:.2f} pairs/min")
+
+    report.update(
+        local_pairs_per_min=local["pairs_per_min"],
+        one_server_pairs_per_min=one["pairs_per_min"],
+        two_servers_pairs_per_min=two["pairs_per_min"],
+        local_pairs=local["pairs"],
+        one_server_pairs=one["pairs"],
+        two_servers_pairs=two["pairs"],
+        server_overhead=round(one["seconds"] / local["seconds"], 2),
+        runs={"local": local, "one_server": one, "two_servers": two},
+    )
+    print(f"one server takes {report['server_overhead']:.2f}x the local engine's time; "
+          f"two servers: {two['seconds'] / local['seconds']:.2f}x")
+    for name, run in report["runs"].items():
+        for model, stats in run["endpoints"].items():
+            spread = ", ".join(f"{s['url']}: {s['ok']}" for s in stats)
+            print(f"  {name} {model}: {spread}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
