@@ -70,6 +70,7 @@ class ModelEntry:
     api_key_env: str | None = None  # the NAME of an environment variable holding the key
     api: str = "llama.cpp"  # llama.cpp | vllm | openai: how grammars and extra sampling are sent
     max_in_flight: int = 4  # requests in flight per endpoint
+    timeout: float = 600.0  # seconds one request may take before it is retried elsewhere
 
     @property
     def remote(self) -> bool:
@@ -129,6 +130,7 @@ def _parse_entry(name: str, raw: dict, where: str) -> ModelEntry:
             api_key_env=raw.get("api_key_env"),
             api=_api(raw.get("api", "llama.cpp"), name, where),
             max_in_flight=int(raw.get("max_in_flight", 4)),
+            timeout=float(raw.get("timeout", 600.0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: model {name!r} is malformed ({exc})") from exc
@@ -465,7 +467,7 @@ class Availability:
 def availability(entry: ModelEntry) -> Availability:
     """Where a model is now, without hashing or copying anything (cheap, for `models list`)."""
     if entry.remote:
-        return Availability(True, "endpoints")
+        return Availability(True, "server " + ", ".join(entry.endpoints))
     for source in entry.sources:
         if source.kind == "path" and Path(source.path).is_file():
             return Availability(True, "path")

@@ -10,8 +10,9 @@ How requests travel:
     shared queue, so a faster server simply takes more work.
   - Connection errors, timeouts, HTTP 429 and 5xx are retried on the same endpoint with
     exponential backoff (429 honours Retry-After). A sample that still fails because the endpoint
-    cannot be reached goes back to the queue and that endpoint is taken out of this call; the
-    others carry on. When no endpoint is left, `chat` raises `EndpointsDownError` after every
+    cannot be reached (or times out) goes back to the queue and that endpoint is taken out of
+    this call; the others carry on. One that still gets 429/5xx fails alone (reported, not
+    cached, so a rerun tries it again). When no endpoint is left, `chat` raises `EndpointsDownError` after every
     finished result has been handed to `on_result` (which is what the request cache records),
     so a rerun resumes with nothing lost and nothing done twice.
   - 401/403 (bad or missing key) and an unknown model id are errors for the whole run, found by
@@ -128,7 +129,7 @@ class ServerBackend:
     @classmethod
     def from_entry(cls, entry, **kwargs) -> "ServerBackend":
         return cls(entry.name, entry.endpoints, entry.served_model, api_key_env=entry.api_key_env,
-                   api=entry.api, max_in_flight=entry.max_in_flight, **kwargs)
+                   api=entry.api, max_in_flight=entry.max_in_flight, timeout=entry.timeout, **kwargs)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -325,7 +326,14 @@ class ServerBackend:
                     gen, prompt_tokens, probs = self._sample(base, requests[unit.index], unit.k)
                     outbox.put(("ok", unit, (gen, prompt_tokens, probs)))
                     self.stats[base].ok += 1
-                except _Retryable as exc:  # the endpoint is unreachable: hand the sample back
+                except _Retryable as exc:
+                    if not exc.connection:  # 429/5xx after every retry: this request fails
+                        outbox.put(("error", unit, str(exc)))
+                        with cv:
+                            state["in_flight"] -= 1
+                            cv.notify_all()
+                        continue
+                    # The endpoint cannot be reached: hand the sample back for the others.
                     with cv:
                         if not self.stats[base].down:
                             self.stats[base].down = str(exc)

@@ -288,3 +288,70 @@ def test_cli_run_with_the_judge_on_a_server(server, tmp_path) -> None:
     result = CliRunner().invoke(cli, ["run", str(src), "--out", str(tmp_path / "o2"), "--judge", "nowhere",
                                       "--endpoint", f"nowhere=http://127.0.0.1:{free_port()}/v1", *FAST])
     assert result.exit_code != 0 and "cannot reach" in result.output and "run the same command again" in result.output
+
+
+# ---------------------------------------------------------------- retries against a flaky server
+
+
+class FlakyServer:
+    """A real HTTP server on 127.0.0.1 that answers 429, then 503, then a valid completion:
+    the retry path over real sockets (llama-cpp-python's server never answers 429 or 5xx)."""
+
+    def __init__(self, failures: list[int]):
+        import http.server
+        import threading
+
+        self.failures = list(failures)
+        self.calls = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: dict, headers: dict | None = None) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                self._send(200, {"data": [{"id": "flaky"}]})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.calls += 1
+                if outer.failures:
+                    code = outer.failures.pop(0)
+                    self._send(code, {"error": {"message": f"status {code}"}}, {"Retry-After": "0"})
+                    return
+                self._send(200, {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def test_429_and_5xx_are_retried_with_backoff() -> None:
+    flaky = FlakyServer([429, 503])
+    try:
+        backend = ServerBackend("flaky", [flaky.url], retries=3, backoff=0.01)
+        (res,) = backend.chat(prompts(1))
+        assert res.ok and res.text == "ok" and flaky.calls == 3
+        assert backend.endpoint_stats()[0]["retries"] == 2
+        flaky.failures = [500, 500, 500]
+        backend = ServerBackend("flaky", [flaky.url], retries=1, backoff=0.01)
+        (res,) = backend.chat(prompts(1))
+        # A server that keeps failing one request: that request fails (reported, not cached),
+        # while the endpoint stays in service for the others.
+        assert not res.ok and "HTTP 500" in res.error
+    finally:
+        flaky.close()
