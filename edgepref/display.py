@@ -211,6 +211,12 @@ def render_summary(summary) -> None:
         table.add_row("mean margin", f"{summary.mean_margin:.2f}")
     if summary.request_errors:
         table.add_row("request errors", f"[red]{summary.request_errors}[/] (see errors.jsonl)")
+    if summary.shard:
+        table.add_row("shard", f"{summary.shard[0]}/{summary.shard[1]}  (combine with edgepref merge)")
+    for model, stats in sorted((getattr(summary, "endpoints", None) or {}).items()):
+        parts = [f"{s['url']} {s['ok']} ok" + (f", {s['retries']} retries" if s["retries"] else "")
+                 + (f", [red]down[/]: {escape(s['down'])}" if s["down"] else "") for s in stats]
+        table.add_row("servers", f"{model}: " + "; ".join(parts))
     table.add_row("time", f"{summary.wall_seconds:.1f} s, {summary.completion_tokens} tokens generated, "
                   f"{summary.tokens_per_second:.1f} tok/s" + (
                       f", {summary.cached_requests} requests resumed from cache" if summary.cached_requests else ""))
