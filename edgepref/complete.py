@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable
 
 import jinja2
 
 from .backend import Backend, ChatRequest, ChatResult, Sampling
 from .config import PoolMember
 from .errors import ConfigError
-from .records import Completion, Record, content_key
+from .records import Completion, ErrorSink, Record, content_key
 
-ErrorSink = Callable[[Record, str, str], None]  # (record, stage, message)
 
 
 def normalise(text: str) -> str:

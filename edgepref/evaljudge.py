@@ -121,16 +121,6 @@ def judge_config_for(recipe: str, base: JudgeConfig) -> JudgeConfig:
     return cfg
 
 
-def rate_pairs(pairs: list[JudgePair], judges: dict[str, Backend], cfg: JudgeConfig,
-               on_result=None) -> tuple[list[Record], float]:
-    """Run every judge over every pair; returns the rated records and the seconds it took."""
-    records = [pair_record(p) for p in pairs]
-    start = time.perf_counter()
-    for name, backend in judges.items():
-        judge(records, name, backend, cfg, on_result=on_result)
-    return records, time.perf_counter() - start
-
-
 def _pass_values(record: Record, cid: str, key: str) -> list[list[float]] | None:
     """Per judge: [value in pass 0, value in pass 1] for completion cid."""
     out = []
@@ -209,6 +199,26 @@ def bootstrap_ci(hits: list[float], seed: int = 0, rounds: int = 2000) -> tuple[
     return (means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1])
 
 
+def rate_pairs(runner, model: str, pairs: list, jcfg: JudgeConfig) -> tuple[list[Record], float]:
+    """One judge rates every pair through the pipeline's judge stage (cached, resumable);
+    returns the rated records and the seconds it took."""
+    records = [pair_record(p) for p in pairs]
+    start = time.perf_counter()
+    n_ctx = max(runner.cfg.judge.n_ctx, runner.cfg.engine.n_ctx)
+    runner.run_stage(f"eval-{jcfg.mode}-{model}", model, n_ctx, len(records),
+                     lambda be, cb: judge(records, model, be, jcfg, on_result=cb))
+    return records, time.perf_counter() - start
+
+
+def panel_records(pairs: list, rated: list[list[Record]]) -> list[Record]:
+    """Fresh records holding the ratings of every judge in `rated` (a panel from its members)."""
+    merged = [pair_record(p) for p in pairs]
+    for records in rated:
+        for rec, src in zip(merged, records):
+            rec.ratings += src.ratings
+    return merged
+
+
 def run_eval(
     pairs_path: str,
     *,
@@ -239,17 +249,12 @@ def run_eval(
         raise InputError(f"no judge pairs in {pairs_path}")
     cache_dir = Path(str(json_out) + ".cache") if json_out else None
     runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
-    records = [pair_record(p) for p in pairs]
-    start = time.perf_counter()
     try:
-        for name in runner.judges:
-            runner._run_stage(
-                f"eval-{jcfg.mode}-{name}", name, max(cfg.judge.n_ctx, cfg.engine.n_ctx), len(records),
-                lambda be, cb, name=name: judge(records, name, be, jcfg, on_result=cb),
-            )
+        rated = [rate_pairs(runner, name, pairs, jcfg) for name in runner.judges]
     finally:
         runner.close()
-    seconds = time.perf_counter() - start
+    records = panel_records(pairs, [recs for recs, _ in rated])
+    seconds = sum(secs for _, secs in rated)
     if not RECIPES[recipe][2]:
         seconds /= 2  # a one-order recipe needs only one of the two passes we ran
     report = score_recipe(recipe, pairs, records, runner.judges, seconds, cfg.seed)

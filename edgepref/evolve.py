@@ -15,10 +15,10 @@ import random
 import re
 
 from .backend import Backend, ChatRequest, Sampling
-from .complete import ErrorSink, normalise
+from .complete import normalise
 from .config import EvolveConfig
 from .prompts import evol_template_name, render_prompt
-from .records import Completion, Record, content_key
+from .records import Completion, ErrorSink, Record, content_key
 
 # Small models like to announce their answer. These are stripped from the start of a rewrite.
 _LEAKED_HEADING = re.compile(

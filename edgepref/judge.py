@@ -22,11 +22,10 @@ import math
 import random
 
 from .backend import Backend, ChatRequest, ChatResult, Sampling
-from .complete import ErrorSink
 from .config import JudgeConfig
 from .grammars import RatingParseError, build_rating_grammar, build_score_grammar, parse_rating_lines
 from .prompts import judge_template_name, render_prompt
-from .records import Rating, Record, content_key
+from .records import ErrorSink, Rating, Record, content_key
 
 SCORES = ("1", "2", "3", "4", "5")
 

@@ -212,7 +212,8 @@ class Runner:
     def _error(self, record: Record, stage: str, message: str) -> None:
         self.errors.append({"stage": stage, "id": record.id, "reason": message})
 
-    def _run_stage(self, stage: str, model: str, n_ctx: int, total: int, fn) -> None:
+    def run_stage(self, stage: str, model: str, n_ctx: int, total: int, fn) -> None:
+        """Run `fn(backend, progress_callback)` as one stage on `model`: cached, timed, reported."""
         self.on_event(Event("stage-start", stage, model, total=total))
         start = time.perf_counter()
         be = self.backend(stage, model, n_ctx)
@@ -228,7 +229,7 @@ class Runner:
         # The member that shares a model with the next stage goes last: one load fewer.
         members = sorted(self.cfg.pool, key=lambda m: m.model == evolve_model)
         for m in members:
-            self._run_stage(
+            self.run_stage(
                 f"complete-{m.name}", m.model, self.cfg.engine.n_ctx, len(records),
                 lambda be, cb, m=m: complete(
                     records, m, be, seed=self.cfg.seed, similarity_threshold=self.cfg.similarity_threshold,
@@ -245,7 +246,7 @@ class Runner:
         if self.cfg.evolve.num_evolutions < 1:
             return records
         model = self.cfg.evolve.model or self.judges[0]
-        self._run_stage(
+        self.run_stage(
             "evolve", model, self.cfg.engine.n_ctx, len(records),
             lambda be, cb: evolve(records, model, be, self.cfg.evolve, seed=self.cfg.seed,
                                   on_result=cb, on_error=self._error),
@@ -261,7 +262,7 @@ class Runner:
                     "answers (self-preference). Use a judge outside the pool, or a panel with exclude_self."
                 )))
         for j in self.judges:
-            self._run_stage(
+            self.run_stage(
                 f"judge-{j}", j, max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx), len(records),
                 lambda be, cb, j=j: judge(records, j, be, self.cfg.judge, seed=self.cfg.seed,
                                           on_result=cb, on_error=self._error),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
 
 
 def content_key(*parts: object) -> str:
@@ -103,3 +104,7 @@ class Pair:
 
     def to_row(self) -> dict:
         return asdict(self)
+
+
+# How a stage reports a request that failed for one record: (record, stage, message).
+ErrorSink = Callable[[Record, str, str], None]

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from edgepref.config import JudgeConfig, PipelineConfig
-from edgepref.evaljudge import RECIPES, judge_config_for, pair_record, read_judge_pairs, score_recipe
-from edgepref.judge import judge
+from edgepref.evaljudge import RECIPES, judge_config_for, panel_records, rate_pairs, read_judge_pairs, score_recipe
 from edgepref.pipeline import Runner
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/judge_pairs.jsonl"
@@ -46,21 +44,15 @@ def main() -> None:
         seconds: dict[str, float] = {}
         for model in models:
             runner = Runner(PipelineConfig(), None, cache_dir=args.cache)
-            records = [pair_record(p) for p in pairs]
-            start = time.perf_counter()
-            be = runner.backend(f"eval-{mode}-{model}", model, 4096)
-            judge(records, model, be, cfg)
-            seconds[model] = time.perf_counter() - start
-            runner.close()
-            rated[model] = records
-            print(f"[{mode}] {model}: rated {len(records)} pairs in {seconds[model]:.0f} s "
-                  f"({be.hits} requests from cache)", flush=True)
+            try:
+                rated[model], seconds[model] = rate_pairs(runner, model, pairs, cfg)
+            finally:
+                runner.close()
+            print(f"[{mode}] {model}: rated {len(pairs)} pairs in {seconds[model]:.0f} s "
+                  f"({runner.cached_requests} requests from cache)", flush=True)
         judge_sets = [[m] for m in models] + ([models] if len(models) > 1 else [])
         for judges in judge_sets:
-            merged = [pair_record(p) for p in pairs]
-            for m in judges:
-                for rec, src in zip(merged, rated[m]):
-                    rec.ratings += src.ratings
+            merged = panel_records(pairs, [rated[m] for m in judges])
             secs = sum(seconds[m] for m in judges)
             for name in recipes:
                 both = RECIPES[name][2]
