@@ -355,3 +355,47 @@ def test_429_and_5xx_are_retried_with_backoff() -> None:
         assert not res.ok and "HTTP 500" in res.error
     finally:
         flaky.close()
+
+
+def test_cli_run_stops_when_its_server_dies_and_resumes_without_duplicates(tmp_path, key_env) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from .test_cli_pipeline import FAST
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"instruction": f"Name a {w}."}) + "\n"
+                           for w in ("bird", "fruit", "river", "tree", "metal", "planet")))
+    srv = LocalServer([QWEN], tmp_path / "a.log")
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f'[models."remote-judge"]\nendpoints = ["{srv.url}"]\nserved_model = "{QWEN}"\n'
+                      f'api_key_env = "{KEY_ENV}"\n')
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "edgepref", "run", str(src), "--out", str(out), "--config", str(config),
+           "--judge", "remote-judge", *FAST]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    judge_cache = out / "cache" / "judge-remote-judge.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and run.poll() is None:
+        if judge_cache.is_file() and judge_cache.read_text().count("\n") >= 1:
+            srv.kill()  # the only endpoint dies in the middle of the judge stage
+            break
+        time.sleep(0.05)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode != 0, output
+    assert "can be reached" in output and "run the same command again" in output
+    done_before = judge_cache.read_text().count("\n")
+    assert 1 <= done_before < 6
+
+    srv = LocalServer([QWEN], tmp_path / "b.log", port=srv.port)  # back at the same address
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        srv.kill()
+    assert result.returncode == 0, result.stdout + result.stderr
+    keys = [json.loads(line)["key"] for line in judge_cache.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 6  # nothing lost, nothing twice
+    summary = json.loads((out / "run.json").read_text())["summary"]
+    assert summary["ratings"] > 0 and summary["request_errors"] == 0
+    assert summary["cached_requests"] >= done_before
