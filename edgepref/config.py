@@ -103,19 +103,9 @@ class PipelineConfig:
     similarity_threshold: float = 0.9  # near-duplicate completions above this are regenerated
     models_file: str | None = None
     # [models.NAME] tables: new models or overrides of registry fields (endpoints, served_model,
-    # api_key_env, api, max_in_flight, sources...), on top of models.toml and models_file.
+    # api_key_env, api, max_in_flight, sources...), on top of models.toml and models_file;
+    # checked by registry.load_registry when a run starts, before any model loads.
     models: dict = field(default_factory=dict)
-
-    def registry(self):
-        """The model registry this run sees: package, user file, models_file, then [models.*]."""
-        from .registry import entry_with, load_registry
-
-        reg = load_registry(self.models_file)
-        for name, raw in self.models.items():
-            if not isinstance(raw, dict):
-                raise ConfigError(f'[models."{name}"] must be a table')
-            reg.entries[name] = entry_with(reg.entries.get(name), name, raw, "pipeline config")
-        return reg
 
     def validate(self) -> "PipelineConfig":
         if not self.pool:
@@ -268,6 +258,4 @@ def apply_overrides(
             )
         table = cfg.models.setdefault(name.strip(), {})
         table["endpoints"] = [*table.get("endpoints", []), url.strip()]
-    if endpoints:
-        cfg.registry()  # bad URLs fail here, before any model loads
     return cfg.validate()

@@ -97,7 +97,7 @@ class ModelHost:
 
     def __init__(self, cfg: PipelineConfig, provided: dict[str, Backend] | None = None, on_notice=None):
         self.cfg = cfg
-        self.registry = cfg.registry()
+        self.registry = load_registry(cfg.models_file, cfg.models)
         self.provided = provided or {}  # backends owned by the caller (tests, notebooks): never closed
         self.on_notice = on_notice or (lambda message: None)
         self.current: tuple[str, int] | None = None

@@ -204,14 +204,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgepref"
 
 
-def load_registry(models_file: str | Path | None = None) -> Registry:
-    """Package models.toml, then the user's models file, then `models_file`; later wins."""
+def load_registry(models_file: str | Path | None = None, overrides: dict | None = None) -> Registry:
+    """Package models.toml, then the user's models file, then `models_file`, then `overrides`
+    ({name: {field: value}}, a pipeline config's [models.NAME] tables); later wins, and an
+    override changes only the fields it names."""
     entries = read_models_file(PACKAGE_MODELS_FILE)
     user_file = config_dir() / "models.toml"
     if user_file.is_file():
         entries.update(read_models_file(user_file))
     if models_file is not None:
         entries.update(read_models_file(Path(models_file)))
+    for name, raw in (overrides or {}).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f'[models."{name}"] must be a table')
+        entries[name] = entry_with(entries.get(name), name, raw, "pipeline config")
     return Registry(entries)
 
 

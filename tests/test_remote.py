@@ -243,23 +243,27 @@ def test_rejected_answers_are_retried_a_bounded_number_of_times(server):
 
 def test_endpoint_settings_are_checked_up_front() -> None:
     from edgepref.config import apply_overrides, config_from_dict
+    from edgepref.registry import load_registry
+
+    def registry(cfg):
+        return load_registry(cfg.models_file, cfg.models)
 
     cfg = apply_overrides(PipelineConfig(), endpoints=["big=http://gpu:8080/v1", "big=http://gpu2:8080/v1/"])
-    entry = cfg.registry().get("big")
+    entry = registry(cfg).get("big")
     assert entry.remote and entry.endpoints == ("http://gpu:8080/v1", "http://gpu2:8080/v1")
     assert entry.served_model is None and entry.api == "llama.cpp"
     with pytest.raises(ConfigError) as info:
         apply_overrides(PipelineConfig(), endpoints=["big"])
     assert "MODEL=URL" in info.value.message
     with pytest.raises(ConfigError) as info:
-        apply_overrides(PipelineConfig(), endpoints=["big=gpu:8080"])
+        registry(apply_overrides(PipelineConfig(), endpoints=["big=gpu:8080"]))
     assert "http" in info.value.message
     with pytest.raises(ConfigError) as info:
-        config_from_dict({"models": {QWEN: {"endpoints": ["http://x/v1"], "api": "tgi"}}}).registry()
+        registry(config_from_dict({"models": {QWEN: {"endpoints": ["http://x/v1"], "api": "tgi"}}}))
     assert "llama.cpp, vllm, openai" in info.value.hint
     # An override keeps the registry's other fields (the local file stays known).
     cfg = config_from_dict({"models": {QWEN: {"endpoints": ["http://x/v1"], "served_model": "q"}}})
-    entry = cfg.registry().get(QWEN)
+    entry = registry(cfg).get(QWEN)
     assert entry.remote and entry.served_model == "q" and entry.sources and entry.strength == 2
 
 
