@@ -16,6 +16,10 @@ llama-cpp-python server, no cross-request batching) against the local engine. On
 with `llama-server --parallel N`, the same client code keeps N requests in flight per endpoint.
 Writes JSON with local_pairs_per_min, one_server_pairs_per_min, two_servers_pairs_per_min and
 the pairs each wrote.
+
+With --llama-server PATH (a `llama-server` binary built from llama.cpp), a fourth run puts each
+model on its own llama-server with --parallel SLOTS (continuous batching on the server side)
+and writes llama_server_pairs_per_min.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
-from edgepref.engine.serve import ServerProcess
+from edgepref.engine.serve import ServerProcess, free_port
 from edgepref.inputs import read_instructions
 from edgepref.pipeline import run_pipeline
+from edgepref.registry import resolve_model_path
 
 QWEN, SMOL = "qwen2.5-coder-0.5b", "smollm2-135m"
 DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/instructions.jsonl"
@@ -68,12 +75,42 @@ def on_servers(cfg: PipelineConfig, urls: list[str], in_flight: int) -> Pipeline
     return cfg
 
 
+class LlamaServer:
+    """llama.cpp's own `llama-server` for one model, with --parallel slots."""
+
+    def __init__(self, binary: str, model: str, log: Path, slots: int, n_ctx: int, threads: int):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        cmd = [binary, "-m", str(resolve_model_path(model)), "--alias", model, "--host", "127.0.0.1",
+               "--port", str(self.port), "--parallel", str(slots), "-c", str(n_ctx * slots),
+               "-t", str(threads), "--no-webui"]
+        self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited: {log.read_text()[-1500:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"llama-server not ready: {log.read_text()[-1500:]}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     ap.add_argument("--instructions", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--in-flight", type=int, default=2, help="Requests in flight per endpoint.")
+    ap.add_argument("--llama-server", default=None, metavar="PATH", help="Also run on llama.cpp's llama-server.")
+    ap.add_argument("--parallel", type=int, default=16, help="llama-server slots (and requests in flight).")
+    ap.add_argument("--skip-python-server", action="store_true", help="Only local and llama-server.")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     threads = os.cpu_count() or 1
@@ -83,31 +120,51 @@ def main() -> None:
     print(f"local engine : {local['pairs']} pairs in {local['seconds']:.0f} s = {local['pairs_per_min']:.2f} pairs/min")
 
     logs = Path(tempfile.mkdtemp(prefix="edgepref-bench-"))
-    with ServerProcess([QWEN, SMOL], logs / "a.log", threads=threads) as a:
-        one = timed(args, on_servers(bench_config(args.max_tokens, threads), [a.url], args.in_flight))
-        print(f"one server   : {one['pairs']} pairs in {one['seconds']:.0f} s = {one['pairs_per_min']:.2f} pairs/min")
-        # Two servers on one machine split its cores (more threads than cores makes llama.cpp's
-        # spinning workers fight), so each gets half; the first is restarted with half too.
-        a.kill()
-        half = max(1, threads // 2)
-        with ServerProcess([QWEN, SMOL], logs / "a2.log", threads=half) as a2, \
-                ServerProcess([QWEN, SMOL], logs / "b.log", threads=half) as b:
-            two = timed(args, on_servers(bench_config(args.max_tokens, threads), [a2.url, b.url], args.in_flight))
-        print(f"two servers  : {two['pairs']} pairs in {two['seconds']:.0f} s = {two['pairs_per_min']:.2f} pairs/min")
-
-    report.update(
-        local_pairs_per_min=local["pairs_per_min"],
-        one_server_pairs_per_min=one["pairs_per_min"],
-        two_servers_pairs_per_min=two["pairs_per_min"],
-        local_pairs=local["pairs"],
-        one_server_pairs=one["pairs"],
-        two_servers_pairs=two["pairs"],
-        server_overhead=round(one["seconds"] / local["seconds"], 2),
-        runs={"local": local, "one_server": one, "two_servers": two},
-    )
-    print(f"one server takes {report['server_overhead']:.2f}x the local engine's time; "
-          f"two servers: {two['seconds'] / local['seconds']:.2f}x")
-    for name, run in report["runs"].items():
+    runs = {"local": local}
+    if not args.skip_python_server:
+        with ServerProcess([QWEN, SMOL], logs / "a.log", threads=threads) as a:
+            one = timed(args, on_servers(bench_config(args.max_tokens, threads), [a.url], args.in_flight))
+            print(f"one server   : {one['pairs']} pairs in {one['seconds']:.0f} s = {one['pairs_per_min']:.2f} pairs/min")
+            # Two servers on one machine split its cores (more threads than cores makes llama.cpp's
+            # spinning workers fight), so each gets half; the first is restarted with half too.
+            a.kill()
+            half = max(1, threads // 2)
+            with ServerProcess([QWEN, SMOL], logs / "a2.log", threads=half) as a2, \
+                    ServerProcess([QWEN, SMOL], logs / "b.log", threads=half) as b:
+                two = timed(args, on_servers(bench_config(args.max_tokens, threads), [a2.url, b.url], args.in_flight))
+            print(f"two servers  : {two['pairs']} pairs in {two['seconds']:.0f} s = {two['pairs_per_min']:.2f} pairs/min")
+        runs.update(one_server=one, two_servers=two)
+        report.update(
+            local_pairs_per_min=local["pairs_per_min"],
+            one_server_pairs_per_min=one["pairs_per_min"],
+            two_servers_pairs_per_min=two["pairs_per_min"],
+            local_pairs=local["pairs"],
+            one_server_pairs=one["pairs"],
+            two_servers_pairs=two["pairs"],
+            server_overhead=round(one["seconds"] / local["seconds"], 2),
+        )
+        print(f"one server takes {report['server_overhead']:.2f}x the local engine's time; "
+              f"two servers: {two['seconds'] / local['seconds']:.2f}x")
+    else:
+        report.update(local_pairs_per_min=local["pairs_per_min"], local_pairs=local["pairs"])
+    if args.llama_server:
+        servers = {m: LlamaServer(args.llama_server, m, logs / f"llama-{m}.log", args.parallel, 2048, threads)
+                   for m in (QWEN, SMOL)}
+        try:
+            cfg = bench_config(args.max_tokens, threads)
+            cfg.models = {m: {"endpoints": [srv.url], "max_in_flight": args.parallel} for m, srv in servers.items()}
+            ls = timed(args, cfg)
+        finally:
+            for srv in servers.values():
+                srv.kill()
+        runs["llama_server"] = ls
+        report.update(llama_server_pairs_per_min=ls["pairs_per_min"], llama_server_pairs=ls["pairs"],
+                      llama_server_parallel=args.parallel)
+        print(f"llama-server : {ls['pairs']} pairs in {ls['seconds']:.0f} s = {ls['pairs_per_min']:.2f} pairs/min"
+              f"  (--parallel {args.parallel}; {ls['seconds'] / local['seconds']:.2f}x the local engine's time)")
+    report["runs"] = runs
+    for name, run in runs.items():
+        print(f"  {name} stages: {run['stage_seconds']}")
         for model, stats in run["endpoints"].items():
             spread = ", ".join(f"{s['url']}: {s['ok']}" for s in stats)
             print(f"  {name} {model}: {spread}")
