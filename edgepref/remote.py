@@ -228,11 +228,11 @@ class ServerBackend:
 
     def _body(self, req: ChatRequest, seed: int | None, temperature: float) -> dict:
         s = req.sampling
-        want_choices = bool(req.choices)
         body: dict = {
             "messages": req.messages,
             "temperature": temperature,
-            "max_tokens": max(1, s.max_tokens) if want_choices or s.max_tokens > 0 else 1,
+            # max_tokens 0 (choice probabilities only) still needs one token for its logprobs
+            "max_tokens": max(1, s.max_tokens),
             "stream": False,
         }
         if self.served_model:
