@@ -122,20 +122,20 @@ def test_requests_spread_over_two_servers_and_survive_one_dying(server, spare_se
     killed = []
 
     def on_result(progress, result):
-        spare = backend.stats[spare_server.url]
-        if not killed and spare.ok >= 1 and progress.done >= 3:
+        if not killed and backend.stats[spare_server.url].ok >= 1:  # it has served: kill it
             spare_server.kill()
             killed.append(progress.done)
 
-    reqs = prompts(10)
-    results = backend.chat(reqs, on_result=on_result)
+    n = 16
+    results = backend.chat(prompts(n, max_tokens=8), on_result=on_result)
     assert killed, "the spare server was never killed: the test did not exercise failover"
-    assert [r.request.id for r in results] == list(range(10))
+    assert [r.request.id for r in results] == list(range(n))
     assert all(r.ok and r.text for r in results)
     stats = {s["url"]: s for s in backend.endpoint_stats()}
     assert stats[spare_server.url]["ok"] >= 1 and stats[server.url]["ok"] >= 1
-    assert stats[spare_server.url]["down"]  # taken out, its work moved
-    assert stats[server.url]["ok"] + stats[spare_server.url]["ok"] == 10
+    assert stats[server.url]["ok"] + stats[spare_server.url]["ok"] == n
+    if killed[0] < n - 2:  # work was left when it died: its worker found it down and gave the work back
+        assert stats[spare_server.url]["down"]
 
 
 def test_all_endpoints_down_stops_cleanly_and_resumes_without_duplicates(tmp_path, key_env):
