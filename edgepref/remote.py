@@ -40,7 +40,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from .backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback
@@ -89,7 +89,6 @@ class EndpointStats:
 class _Unit:
     index: int  # request index
     k: int  # sample number
-    endpoint_tries: set = field(default_factory=set)
 
 
 class ServerBackend:
@@ -163,7 +162,9 @@ class ServerBackend:
             if exc.code == 429 or exc.code >= 500:
                 raise _Retryable(f"HTTP {exc.code}: {detail}", _retry_after(exc)) from None
             if exc.code == 404 and body is not None and "model" in detail.lower():
-                raise ModelNotFoundError(f"{url}: {detail}", self._models_hint(url)) from None
+                raise ModelNotFoundError(
+                    f"{url}: {detail}", "check served_model in the model entry (GET .../v1/models lists the ids)"
+                ) from None
             raise _RequestFailed(f"HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -171,35 +172,12 @@ class ServerBackend:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _Retryable(f"{url} answered with something that is not JSON ({exc})") from None
 
-    def _models_hint(self, base: str) -> str:
-        try:
-            ids = self.served_ids(base)
-        except EdgeprefError:
-            return "check served_model in the model entry"
-        return f"the server serves: {', '.join(ids) or 'nothing'}; set served_model to one of them"
-
-    def served_ids(self, base: str) -> list[str]:
-        try:
-            data = self._http("GET", f"{base}/models", timeout=min(self.timeout, 30.0))
-        except _Retryable as exc:
-            raise EdgeprefError(str(exc), "start the server or fix the endpoint URL") from None
-        except _RequestFailed as exc:
-            raise EdgeprefError(f"{base}/models: {exc}", "is this an OpenAI-compatible /v1 URL?") from None
-        return [m.get("id", "") for m in data.get("data", []) if isinstance(m, dict)]
-
     def _preflight(self, base: str) -> bool:
         """Check key and model id once per endpoint. False: the endpoint is unreachable now."""
         if base in self._checked:
             return True
         try:
-            for attempt in range(self.retries + 1):
-                try:
-                    data = self._http("GET", f"{base}/models", timeout=min(self.timeout, 30.0))
-                    break
-                except _Retryable:
-                    if attempt == self.retries:
-                        raise
-                    time.sleep(self.backoff * (2 ** attempt))
+            data = self._with_retries("GET", f"{base}/models", timeout=min(self.timeout, 30.0))
         except _Retryable as exc:
             self.stats[base].down = str(exc)
             return False
@@ -271,7 +249,7 @@ class ServerBackend:
             seed = seed0 if attempt == 0 else (seed0 or 0) + 1000 * attempt
             temperature = s.temperature if attempt == 0 else max(s.temperature, 0.7)
             body = self._body(req, seed, temperature)
-            data = self._post_with_retries(base, body, stats)
+            data = self._with_retries("POST", f"{base}/chat/completions", body, stats)
             gen, prompt_tokens, choice_probs = _read_choice(data, req, seed)
             problem = req.validate(gen.text) if (req.validate and not req.choices) else None
             if problem is None:
@@ -279,15 +257,19 @@ class ServerBackend:
             stats.parse_retries += 1
         raise _RequestFailed(f"answer did not match the expected format after {self.parse_retries + 1} tries: {problem}")
 
-    def _post_with_retries(self, base: str, body: dict, stats: EndpointStats) -> dict:
+    def _with_retries(self, method: str, url: str, body: dict | None = None,
+                      stats: EndpointStats | None = None, timeout: float | None = None) -> dict:
+        """`_http` with exponential backoff (and jitter) on _Retryable errors; the last one is raised."""
         for attempt in range(self.retries + 1):
-            stats.sent += 1
+            if stats:
+                stats.sent += 1
             try:
-                return self._http("POST", f"{base}/chat/completions", body)
+                return self._http(method, url, body, timeout)
             except _Retryable as exc:
                 if attempt == self.retries:
                     raise
-                stats.retries += 1
+                if stats:
+                    stats.retries += 1
                 wait = exc.wait if exc.wait is not None else self.backoff * (2 ** attempt)
                 time.sleep(min(wait, 30.0) * (0.75 + 0.5 * random.random()))
         raise AssertionError("unreachable")
@@ -323,31 +305,26 @@ class ServerBackend:
                     unit = todo.pop(0)
                     state["in_flight"] += 1
                 try:
-                    gen, prompt_tokens, probs = self._sample(base, requests[unit.index], unit.k)
-                    outbox.put(("ok", unit, (gen, prompt_tokens, probs)))
+                    outcome = ("ok", unit, self._sample(base, requests[unit.index], unit.k))
                     self.stats[base].ok += 1
                 except _Retryable as exc:
-                    if not exc.connection:  # 429/5xx after every retry: this request fails
-                        outbox.put(("error", unit, str(exc)))
+                    if exc.connection:  # the endpoint cannot be reached: hand the sample back
                         with cv:
+                            if not self.stats[base].down:
+                                self.stats[base].down = str(exc)
+                                outbox.put(("down", base, str(exc)))
+                            todo.insert(0, unit)
                             state["in_flight"] -= 1
                             cv.notify_all()
-                        continue
-                    # The endpoint cannot be reached: hand the sample back for the others.
-                    with cv:
-                        if not self.stats[base].down:
-                            self.stats[base].down = str(exc)
-                            outbox.put(("down", base, str(exc)))
-                        todo.insert(0, unit)
-                        state["in_flight"] -= 1
-                        cv.notify_all()
-                    return
+                        return
+                    outcome = ("error", unit, str(exc))  # 429/5xx after every retry: this request fails
                 except _RequestFailed as exc:
-                    outbox.put(("error", unit, str(exc)))
+                    outcome = ("error", unit, str(exc))
                 except EdgeprefError as exc:  # auth / model id: fatal for the run
-                    outbox.put(("fatal", unit, exc))
+                    outcome = ("fatal", unit, exc)
                 except Exception as exc:  # a bug or an unexpected answer: fail this request only
-                    outbox.put(("error", unit, f"{type(exc).__name__}: {exc}"))
+                    outcome = ("error", unit, f"{type(exc).__name__}: {exc}")
+                outbox.put(outcome)
                 with cv:
                     state["in_flight"] -= 1
                     cv.notify_all()
