@@ -341,9 +341,10 @@ def _captured_stderr():
             lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
-def load_high_level_llama(path: str | os.PathLike, **kwargs):
-    """llama-cpp-python's own `Llama`, loaded with the same buffer-type choice as our engine
-    (its constructor has no such option). Used as the reference in tests and benchmarks."""
+@contextlib.contextmanager
+def engine_buffer_types():
+    """While active, llama-cpp-python's own loaders (`Llama`, its server) load weights with the
+    same buffer-type choice as our engine; their constructors have no such option."""
     import llama_cpp.llama_cpp as raw
 
     original = raw.llama_model_default_params
@@ -356,9 +357,16 @@ def load_high_level_llama(path: str | os.PathLike, **kwargs):
 
     raw.llama_model_default_params = patched
     try:
-        return C.Llama(str(path), verbose=False, **kwargs)
+        yield
     finally:
         raw.llama_model_default_params = original
+
+
+def load_high_level_llama(path: str | os.PathLike, **kwargs):
+    """llama-cpp-python's own `Llama` with our buffer-type choice: the reference in tests and
+    benchmarks."""
+    with engine_buffer_types():
+        return C.Llama(str(path), verbose=False, **kwargs)
 
 
 # ChatML, for GGUFs that carry no template of their own.

@@ -6,7 +6,7 @@ tests and `scripts/bench_backends.py` start. It is llama-cpp-python's server unc
 two things set the way edgepref's engine sets them:
   - the weight buffer types: on CPUs with AMX, llama.cpp's extra buffer types crash on batches
     of more than one token (see handles.default_use_extra_buffers), and the server's loader has
-    no switch for them, so its default model params are patched in this process;
+    no switch for them, so its default model params are patched while it runs;
   - every layer offloaded when llama.cpp was built with a GPU backend, and flash attention on;
 The server answers one request at a time; for parallel slots on a GPU use llama.cpp's own
 `llama-server --parallel N` (see the README's "Scaling out").
@@ -18,24 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EdgeprefError
-from .handles import default_use_extra_buffers
-
-
-def _patch_buffer_types() -> None:
-    import llama_cpp.llama_cpp as raw
-
-    if getattr(raw.llama_model_default_params, "_edgepref", False):
-        return
-    original = raw.llama_model_default_params
-    use_extra = default_use_extra_buffers()
-
-    def patched():
-        params = original()
-        params.use_extra_bufts = use_extra
-        return params
-
-    patched._edgepref = True  # type: ignore[attr-defined]
-    raw.llama_model_default_params = patched
+from .handles import engine_buffer_types
 
 
 def build_app(
@@ -46,7 +29,9 @@ def build_app(
     api_key: str | None = None,
     n_gpu_layers: int | None = None,
 ):
-    """A FastAPI app serving `models` ((served id, gguf path) pairs) at /v1."""
+    """A FastAPI app serving `models` ((served id, gguf path) pairs) at /v1. The server loads
+    models when the app is made and again when a request switches model, so use it inside
+    `engine_buffer_types()` (as `serve` does)."""
     try:
         from llama_cpp.server.app import create_app
         from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -57,7 +42,6 @@ def build_app(
         ) from None
     if not models:
         raise EdgeprefError("nothing to serve", "name at least one model")
-    _patch_buffer_types()
     import os
 
     from .handles import gpu_offload_supported
@@ -87,10 +71,11 @@ def serve(
     log_level: str = "warning",
 ) -> None:
     """Run the server in this process until interrupted."""
-    app = build_app(models, n_ctx=n_ctx, n_threads=n_threads, api_key=api_key, n_gpu_layers=n_gpu_layers)
-    import uvicorn
+    with engine_buffer_types():
+        app = build_app(models, n_ctx=n_ctx, n_threads=n_threads, api_key=api_key, n_gpu_layers=n_gpu_layers)
+        import uvicorn  # in the same [server] extra as what build_app checked for
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 
