@@ -110,8 +110,8 @@ class ModelHost:
 
         if model in self.provided:
             return self.provided[model]
-        entry = self.registry.entries.get(model)
-        if entry is not None and entry.remote:
+        entry = self.registry.remote(model)
+        if entry is not None:
             if model not in self.servers:
                 from .remote import ServerBackend
 
@@ -140,8 +140,8 @@ class ModelHost:
 def model_identity(model: str, registry) -> str:
     """What the request cache keys a model by: its resolved file's name and size, or for a model
     on servers its served id (any endpoint of it gives the same answers)."""
-    entry = registry.entries.get(model)
-    if entry is not None and entry.remote:
+    entry = registry.remote(model)
+    if entry is not None:
         return f"{model}@server:{entry.served_model or '-'}"
     path = resolve_model_path(model, registry)
     return f"{model}@{path.name}:{path.stat().st_size}"
@@ -195,10 +195,11 @@ class Runner:
     def _load(self, stage: str, model: str, n_ctx: int) -> Backend:
         if model in self.judges:  # load a judge once, with the judge's context, for every stage
             n_ctx = max(n_ctx, self.cfg.judge.n_ctx)
-        entry = self.host.registry.entries.get(model)
-        if entry is not None and entry.remote and model not in self.host.servers:
-            self.on_event(Event("notice", stage, model, message=f"{model} runs on {', '.join(entry.endpoints)}"))
-        elif (entry is None or not entry.remote) and (self.host.current is None or self.host.current[0] != model):
+        remote = self.host.registry.remote(model)
+        if remote is not None:
+            if model not in self.host.servers:
+                self.on_event(Event("notice", stage, model, message=f"{model} runs on {', '.join(remote.endpoints)}"))
+        elif self.host.current is None or self.host.current[0] != model:
             self.on_event(Event("notice", stage, model, message=f"loading {model}"))
         return self.host.get(model, n_ctx)
 

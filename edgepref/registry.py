@@ -94,6 +94,11 @@ class Registry:
     def names(self) -> list[str]:
         return list(self.entries)
 
+    def remote(self, name: str) -> ModelEntry | None:
+        """The entry of `name` if it runs on servers (has endpoints), else None."""
+        entry = self.entries.get(name)
+        return entry if entry is not None and entry.remote else None
+
 
 def _parse_source(raw: dict, where: str) -> Source:
     if not isinstance(raw, dict):
