@@ -34,32 +34,22 @@ import time
 import urllib.request
 from pathlib import Path
 
-from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from bench_pipeline import DEFAULT_INPUT, QWEN, SMOL, timed_run  # same workload as bench_pipeline
+from bench_pipeline import bench_config as pipeline_config
+from edgepref.config import PipelineConfig
 from edgepref.engine.serve import ServerProcess, free_port
 from edgepref.inputs import read_instructions
-from edgepref.pipeline import run_pipeline
 from edgepref.registry import resolve_model_path
-
-QWEN, SMOL = "qwen2.5-coder-0.5b", "smollm2-135m"
-DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/instructions.jsonl"
 
 
 def bench_config(max_tokens: int, threads: int) -> PipelineConfig:
-    cfg = PipelineConfig(
-        pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens)],
-        evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens),
-        judge=JudgeConfig(models=[QWEN], mode="rationale"),
-    )
+    cfg = pipeline_config(max_tokens)
     cfg.engine.threads = threads
     return cfg
 
 
 def timed(args, cfg: PipelineConfig) -> dict:
-    batch = read_instructions(args.input, limit=args.instructions)
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        result = run_pipeline(batch, out, cfg)
-        seconds = time.perf_counter() - start
+    seconds, result = timed_run(read_instructions(args.input, limit=args.instructions), cfg)
     return {
         "seconds": round(seconds, 1),
         "pairs": len(result.pairs),
