@@ -13,7 +13,14 @@ from typing import Callable, Protocol, Sequence
 
 @dataclass(frozen=True)
 class Sampling:
-    """Per-request sampling. temperature == 0 means greedy (top_*/min_p/seed are ignored)."""
+    """Per-request sampling. temperature == 0 means greedy (top_*/min_p/seed are ignored).
+
+    With a seed, the local engine gives the same text for the same request whether its prompt
+    is decoded fresh or found in the KV cache, and whatever ran before, as long as the request
+    runs beside the same requests (see edgepref.engine.core, "Determinism"). Across machines,
+    llama.cpp builds, thread counts or different concurrent requests, sampled text may differ:
+    llama.cpp's kernels round differently per batch shape. Servers promise what they promise.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0

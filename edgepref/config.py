@@ -90,6 +90,9 @@ class EngineConfig:
     slots: int = 16
     threads: int | None = None
     gpu_layers: int | None = None
+    # prompts are decoded in blocks of this many tokens and reused at block boundaries (the
+    # engine's determinism rule); one block of n_batch decodes a short prompt in one call
+    prompt_block: int = 32
 
 
 @dataclass

@@ -124,7 +124,7 @@ class ModelHost:
         path = resolve_model_path(model, self.registry)
         self.engine = Engine(
             path, n_ctx=n_ctx, n_slots=e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
-            seed=self.cfg.seed,
+            seed=self.cfg.seed, prompt_block=e.prompt_block,
         )
         self.engine.name = model
         self.current = (model, n_ctx)

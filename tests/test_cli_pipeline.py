@@ -196,3 +196,23 @@ def test_sigkill_mid_stage_then_resume(tmp_path) -> None:
     for f in (out / "cache").glob("*.jsonl"):
         keys = [json.loads(line)["key"] for line in f.read_text().splitlines()]
         assert len(keys) == len(set(keys)), f"duplicate cache rows in {f.name}"
+
+
+def test_a_seeded_run_is_byte_identical_in_two_fresh_processes(tmp_path) -> None:
+    # Sampled completions (temperature > 0), evolutions and rationale ratings: every stage that
+    # draws tokens. Two processes, each loading the models afresh, must write the same bytes.
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "instruction": q}) + "\n" for i, q in enumerate(
+        ["Name a planet and one fact about it.", "Give a tip for learning to cook.", "What is a haiku?"])))
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        subprocess.run(
+            [sys.executable, "-m", "edgepref", "run", str(src), "--out", str(out), "--seed", "5",
+             "--max-tokens", "24", "--evolutions", "1", "--slots", "4", "-q"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
+        )
+        outs.append(out)
+    for name in ("pairs.jsonl", "records.jsonl"):
+        first, second = ((o / name).read_bytes() for o in outs)
+        assert first and first == second, name

@@ -83,7 +83,10 @@ def greedy_config() -> PipelineConfig:
         evolve=EvolveConfig(num_evolutions=1, temperature=0.0, max_tokens=28),
         judge=JudgeConfig(models=[QWEN], n_ctx=2048),
     )
-    cfg.engine.slots = 1  # one sequence: the same arithmetic as the server's one-at-a-time Llama
+    # One sequence, each prompt decoded in one call: the same arithmetic as the server's
+    # one-at-a-time Llama (llama.cpp's kernels round differently for other batch shapes).
+    cfg.engine.slots = 1
+    cfg.engine.prompt_block = 512
     cfg.engine.n_ctx = 2048
     return cfg
 

@@ -9,6 +9,24 @@ copies the longest matching prefix from any sequence (llama_memory_seq_cp on a u
 costs no extra memory) and decodes only the rest. So n samples of one prompt decode it once, and
 requests that share a long system prompt or judge rubric decode it once per run.
 
+Determinism. On CPUs (and GPUs) llama.cpp's kernels round differently for different batch
+shapes: the same token's logits differ in the last bits when it is decoded alone, in a chunk of
+another size, or beside other sequences' tokens; at temperature 1 that changes the draw. So the
+engine computes every prompt one way, whatever the cache holds:
+  - a prompt is decoded from position 0 in fixed blocks of `prompt_block` tokens, each block in a
+    llama_decode call of its own (no other sequence's tokens beside it);
+  - a cached prefix is reused only up to a block boundary, and only the part that was itself
+    decoded as prompt blocks (never generated tokens), so reused KV is exactly what a fresh
+    decode would have produced;
+  - the logits of a prompt's last position are kept with its sequence; a request whose whole
+    prompt is cached samples its first token from those very logits (no decode at all);
+  - generating slots decode together, their rows ordered by (request, sample), not by slot;
+  - each `chat` call starts from a cache holding only whole prompts of its own requests, so
+    earlier requests cannot move where its tokens land or widen the attention window.
+Hence the same request with the same seed gives the same text whatever the cache state, as long
+as it generates beside the same requests (the same `chat` call contents). Text sampled beside
+different concurrent requests, or on another machine or llama.cpp build, may differ.
+
 Knows nothing of instructions, ratings or pairs: messages + sampling + grammar in, text out.
 """
 
@@ -39,6 +57,11 @@ from .handles import (
 # that prefix itself, when the wait saves at least this many prompt tokens.
 _MIN_SHARED_PREFIX = 16
 
+# Prompts are decoded in blocks of this many tokens (see "Determinism" above); a cached prefix is
+# reused up to a multiple of it. Smaller blocks reuse more of a shared prefix and cost one more
+# llama_decode call per block.
+DEFAULT_PROMPT_BLOCK = 32
+
 
 @dataclass
 class EngineStats:
@@ -65,6 +88,7 @@ class _Job:
     seed: int
     trace_tokens: dict[int, str]
     choice_tokens: dict[int, str]
+    key: tuple[int, int] = (0, 0)  # (request index, sample): orders batch rows
     out_bytes: bytearray = field(default_factory=bytearray)
     out_ids: list[int] = field(default_factory=list)
     trace: list = field(default_factory=list)
@@ -83,7 +107,10 @@ class _Slot:
     sampler: LlamaSampler | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_token: int | None = None  # sampled, to be decoded in the next step
-    logit_index: int = -1
+    canon: int = 0  # leading tokens whose KV was decoded as prompt blocks (reusable)
+    # logits after the first `logits_len` tokens, kept from the decode of a whole prompt
+    logits: np.ndarray | None = None
+    logits_len: int = -1
 
     @property
     def n_past(self) -> int:
@@ -96,6 +123,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _reusable(tokens: list[int], canon: int, logits_len: int, prompt: list[int], block: int) -> int:
+    """How many tokens of `prompt` a sequence holding `tokens` can give, so that the prompt's KV
+    and first logits are exactly those of a fresh block-wise decode: the whole prompt when the
+    sequence kept the logits after exactly this prompt, else a whole number of blocks, short of
+    the prompt's last block (which must be decoded to produce its logits)."""
+    common = _common_prefix(tokens[: max(canon, 0)], prompt)
+    if common == len(prompt) == logits_len:
+        return common
+    last_block_start = (len(prompt) - 1) // block * block
+    return min(common // block * block, last_block_start)
 
 
 class Engine:
@@ -119,6 +158,7 @@ class Engine:
         models_file: str | os.PathLike | None = None,
         check_memory: bool = True,
         flash_attn: bool | None = None,
+        prompt_block: int = DEFAULT_PROMPT_BLOCK,
     ):
         from ..registry import load_registry, resolve_model_path
 
@@ -126,6 +166,12 @@ class Engine:
         path = resolve_model_path(model, load_registry(models_file))
         if n_slots < 1 or n_ctx < 16:
             raise EngineError(f"n_slots must be >= 1 and n_ctx >= 16 (got {n_slots}, {n_ctx})")
+        if not 1 <= prompt_block <= n_batch:
+            raise EngineError(
+                f"prompt_block must be between 1 and n_batch={n_batch} (got {prompt_block})",
+                "set [engine] prompt_block in the pipeline config to a value in that range",
+            )
+        self.prompt_block = prompt_block
         if n_gpu_layers is None:
             n_gpu_layers = 999 if gpu_offload_supported() else 0
         self.n_gpu_layers = n_gpu_layers
@@ -268,9 +314,11 @@ class Engine:
             n = max(1, req.n)
             jobs_left[i] = n
             for k in range(n):
-                job = _Job(i, k, prompt, base_seed + k, trace, choices)
+                job = _Job(i, k, prompt, base_seed + k, trace, choices, key=(i, k))
                 jobs_by_req[i].append(job)
                 queue.append(job)
+
+        self._keep_only({tuple(job.prompt) for job in queue})
 
         def job_done(slot: _Slot) -> None:
             job = slot.job
@@ -298,6 +346,31 @@ class Engine:
         self.stats.seconds += time.perf_counter() - start
         return results  # type: ignore[return-value]
 
+    def _keep_only(self, prompts: set[tuple[int, ...]]) -> None:
+        """Start a call with a cache that holds nothing but whole prompts of this call's
+        requests (with their kept logits), so that what ran before cannot change where this
+        call's tokens land in the KV cache, nor the attention window llama.cpp computes over:
+        CPU attention kernels split that window by its size, which changes the rounding."""
+        for s in self.slots:
+            if s.job is not None or not s.tokens:
+                continue
+            if s.logits is not None and tuple(s.tokens[: s.logits_len]) in prompts:
+                self.ctx.seq_rm(s.seq, s.logits_len, -1)
+                del s.tokens[s.logits_len :]
+                s.canon = min(s.canon, s.logits_len)
+            else:
+                self._forget(s)
+
+    def _forget(self, s: _Slot) -> None:
+        self.ctx.seq_rm(s.seq, -1, -1)
+        s.tokens, s.canon, s.logits, s.logits_len = [], 0, None, -1
+
+    def _reusable(self, src: _Slot, prompt: list[int], with_pending: bool = False) -> int:
+        if with_pending:  # what src will hold once its prompt is decoded
+            tokens = src.tokens + src.pending
+            return _reusable(tokens, len(tokens), len(tokens), prompt, self.prompt_block)
+        return _reusable(src.tokens, src.canon, src.logits_len, prompt, self.prompt_block)
+
     def _admit(self, queue, requests, started, job_done) -> None:
         free = [s for s in self.slots if s.job is None]
         if not free or not queue:
@@ -310,11 +383,11 @@ class Engine:
             # Would another slot that is still prefilling give us a longer prefix soon?
             best_src, best_len = None, 0
             for s in self.slots:
-                n = _common_prefix(s.tokens, job.prompt)
+                n = self._reusable(s, job.prompt)
                 if n > best_len or (n == best_len and s in free and best_src not in free):
                     best_src, best_len = s, n
             waiting_for = max(
-                (_common_prefix(s.tokens + s.pending, job.prompt) for s in self.slots if s.job and s.pending),
+                (self._reusable(s, job.prompt, with_pending=True) for s in self.slots if s.job and s.pending),
                 default=0,
             )
             gain = waiting_for - best_len
@@ -324,9 +397,11 @@ class Engine:
             slot = best_src if best_src in free else self._pick_free(free)
             free.remove(slot)
             self._assign(slot, job, best_src, best_len, requests[job.req_index], started)
-            if slot.job is None or slot.job.finish:  # failed on admission (bad grammar)
-                if slot.job is not None:
-                    job_done(slot)
+            if slot.job is not None and not slot.job.finish and not slot.pending:
+                # the whole prompt was cached: sample from the logits kept with it
+                self._sample(slot, requests[job.req_index], job_done, slot.logits)
+            if slot.job is not None and slot.job.finish:  # failed on admission (bad grammar)
+                job_done(slot)
         queue.extendleft(reversed(deferred))
 
     @staticmethod
@@ -343,8 +418,7 @@ class Engine:
         except EngineError as exc:
             job.error, job.finish = exc.message, "error"
             return
-        # Keep at least the last prompt token to decode: its logits start the answer.
-        common = min(common, len(job.prompt) - 1)
+        logits = src.logits if src is not None and common == len(job.prompt) else None
         if src is slot:
             self.ctx.seq_rm(slot.seq, common, -1)
         else:
@@ -353,94 +427,130 @@ class Engine:
                 self.ctx.share_prefix(src.seq, slot.seq, common)
         job.cached = common
         slot.tokens = job.prompt[:common]
+        slot.canon = common
         slot.pending = job.prompt[common:]
+        slot.logits, slot.logits_len = (logits, common) if logits is not None else (None, -1)
         self.stats.prompt_tokens += len(job.prompt)
         self.stats.prompt_tokens_cached += common
 
-    def _build_batch(self, budget: int) -> list[tuple[_Slot, int]]:
-        """Fill the batch; returns (slot, number of prompt tokens added) for prefilling slots."""
-        self.batch.clear()
-        prefill: list[tuple[_Slot, int]] = []
-        for s in self.slots:
-            s.logit_index = -1
-            if s.job and s.next_token is not None and budget > 0:
-                s.logit_index = self.batch.add(s.next_token, s.n_past, s.seq, True)
-                budget -= 1
-        for s in self.slots:
-            if s.job and s.pending and budget > 0:
-                chunk = s.pending[:budget]
-                last = len(chunk) == len(s.pending)
-                for k, tok in enumerate(chunk):
-                    idx = self.batch.add(tok, s.n_past + k, s.seq, last and k == len(chunk) - 1)
-                if last:
-                    s.logit_index = idx
-                prefill.append((s, len(chunk)))
-                budget -= len(chunk)
-        return prefill
-
-    def _step(self, requests, job_done) -> None:
-        budget = self.n_batch
+    def _decode(self, entries: list[tuple[_Slot, int, bool]]) -> list[int] | None:
+        """Decode (slot, token, want_logits) entries in one llama_decode, each at its slot's
+        next positions; returns each entry's batch index, or None if the KV cache has no room
+        even after dropping idle cached sequences."""
         while True:
-            prefill = self._build_batch(budget)
-            if self.batch.n == 0:
-                return
+            self.batch.clear()
+            pos: dict[int, int] = {}
+            index = []
+            for slot, tok, want in entries:
+                p = pos.get(slot.seq, slot.n_past)
+                index.append(self.batch.add(tok, p, slot.seq, want))
+                pos[slot.seq] = p + 1
             code = self.ctx.decode(self.batch)
             self.stats.decode_calls += 1
             if code == 0:
-                break
-            # No room in the KV cache: drop idle cached sequences, then halve the batch
-            # (as llama.cpp's parallel example does), and only then fail the longest request.
-            if self._evict_idle():
+                return index
+            if not self._evict_idle():
+                return None
+
+    def _fail_longest(self, job_done) -> None:
+        victim = max((s for s in self.slots if s.job), key=lambda s: s.n_past)
+        victim.job.error = "the KV cache is full (lower --slots or raise --n-ctx)"
+        victim.job.finish = "error"
+        self._forget(victim)
+        job_done(victim)
+
+    def _step(self, requests, job_done) -> None:
+        # 1. One token for every generating slot, rows in (request, sample) order. With no room
+        #    in the KV cache, halve the batch (as llama.cpp's parallel example does) and only
+        #    then fail the longest request.
+        groups = [sorted((s for s in self.slots if s.job and s.next_token is not None), key=lambda s: s.job.key)]
+        while groups:
+            gen = [s for s in groups.pop() if s.job and s.next_token is not None]
+            if not gen:
                 continue
-            if budget > 1:
-                budget = max(1, budget // 2)
-                self.stats.batch_halvings += 1
+            index = self._decode([(s, s.next_token, True) for s in gen])
+            if index is None:
+                if len(gen) > 1:
+                    self.stats.batch_halvings += 1
+                    groups += [gen[len(gen) // 2 :], gen[: len(gen) // 2]]
+                else:
+                    self._fail_longest(job_done)
+                    groups.append(gen)
                 continue
-            victim = max((s for s in self.slots if s.job), key=lambda s: s.n_past)
-            victim.job.error = "the KV cache is full (lower --slots or raise --n-ctx)"
-            victim.job.finish = "error"
-            self.ctx.seq_rm(victim.seq, -1, -1)
-            victim.tokens = []
-            job_done(victim)
-            budget = self.n_batch
-        for s, n in prefill:
-            s.tokens.extend(s.pending[:n])
-            s.pending = s.pending[n:]
-        for s in self.slots:
-            if not s.job:
-                continue
-            if s.next_token is not None and s.logit_index >= 0:
+            for s, idx in zip(gen, index):
                 s.tokens.append(s.next_token)
                 s.next_token = None
-            if s.logit_index >= 0:
-                self._sample(s, requests[s.job.req_index], job_done)
+                self._sample(s, requests[s.job.req_index], job_done, idx)
+        # 2. Prompt blocks, each decoded alone, up to n_batch prompt tokens per step.
+        budget = self.n_batch
+        for s in sorted((s for s in self.slots if s.job and s.pending), key=lambda s: s.job.key):
+            while s.job and s.pending and budget > 0:
+                if not self._prefill_block(s, requests, job_done):
+                    return
+                budget -= self.prompt_block
+            if budget <= 0:
+                break
+
+    def _prefill_block(self, s: _Slot, requests, job_done) -> bool:
+        """Decode the slot's next prompt block; False if the KV cache is full (a job failed)."""
+        n = min(len(s.pending), self.prompt_block - s.n_past % self.prompt_block)
+        exact = s.canon == s.n_past
+        while True:
+            last = n == len(s.pending)
+            index = self._decode([(s, t, last and k == n - 1) for k, t in enumerate(s.pending[:n])])
+            if index is not None:
+                break
+            if n == 1:
+                self._fail_longest(job_done)
+                return False
+            # No room for the block: decode it in halves. The KV then differs from a fresh
+            # block-wise decode, so it is not offered for reuse.
+            n, exact = n // 2, False
+            self.stats.batch_halvings += 1
+        s.tokens.extend(s.pending[:n])
+        s.pending = s.pending[n:]
+        if exact:
+            s.canon = len(s.tokens)
+        if last:
+            logits = self.ctx.logits(index[-1], self.model.n_vocab).copy()
+            if exact:
+                s.logits, s.logits_len = logits, len(s.tokens)
+            self._sample(s, requests[s.job.req_index], job_done, logits)
+        return True
 
     def _evict_idle(self) -> bool:
         evicted = False
         for s in self.slots:
             if s.job is None and s.tokens:
-                self.ctx.seq_rm(s.seq, -1, -1)
-                s.tokens = []
+                self._forget(s)
                 evicted = True
         return evicted
 
-    def _sample(self, slot: _Slot, req: ChatRequest, job_done) -> None:
+    def _sample(self, slot: _Slot, req: ChatRequest, job_done, source: np.ndarray | int) -> None:
+        """Draw the slot's next token from kept logits (an array: a prompt's last position)
+        or from a batch row of the last decode (an int: a generation step)."""
         job = slot.job
-        idx = slot.logit_index
-        if job.choice_tokens and job.choice_probs is None and not job.out_ids:
-            job.choice_probs = self._distribution(idx, job.choice_tokens)
-        if req.sampling.max_tokens <= 0:
-            job.finish = "stop"
-            job_done(slot)
-            return
-        tok = slot.sampler.sample(self.ctx, idx)
+        if isinstance(source, np.ndarray):
+            logits = source
+            if job.choice_tokens and job.choice_probs is None:
+                job.choice_probs = _distribution(logits, job.choice_tokens)
+            if req.sampling.max_tokens <= 0:
+                job.finish = "stop"
+                job_done(slot)
+                return
+            tok = slot.sampler.sample(logits)
+        else:
+            tok = slot.sampler.sample_at(self.ctx, source, self.model.n_vocab)
+            logits = None
         if self.model.is_eog(tok):
             job.finish = "stop"
             job_done(slot)
             return
         if tok in job.trace_tokens:
+            if logits is None:
+                logits = self.ctx.logits(source, self.model.n_vocab)
             offset = len(bytes(job.out_bytes).decode("utf-8", "ignore"))
-            job.trace.append((offset, self._distribution(idx, job.trace_tokens)))
+            job.trace.append((offset, _distribution(logits, job.trace_tokens)))
         job.out_bytes += self.model.piece(tok)
         job.out_ids.append(tok)
         if req.sampling.stop and _find_stop(
@@ -454,13 +564,13 @@ class Engine:
         else:
             slot.next_token = tok
 
-    def _distribution(self, index: int, candidates: dict[int, str]) -> dict[str, float]:
-        logits = self.ctx.logits(index, self.model.n_vocab)
-        ids = list(candidates)
-        vals = np.asarray(logits[ids], dtype=np.float64)
-        vals = np.exp(vals - vals.max())
-        probs = vals / vals.sum()
-        return {candidates[t]: float(p) for t, p in zip(ids, probs)}
+
+def _distribution(logits: np.ndarray, candidates: dict[int, str]) -> dict[str, float]:
+    ids = list(candidates)
+    vals = np.asarray(logits[ids], dtype=np.float64)
+    vals = np.exp(vals - vals.max())
+    probs = vals / vals.sum()
+    return {candidates[t]: float(p) for t, p in zip(ids, probs)}
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -124,6 +124,11 @@ class LlamaModel:
             n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
         return buf.raw[:n]
 
+    def token_array(self) -> "TokenArray":
+        if getattr(self, "_token_array", None) is None:
+            self._token_array = TokenArray(self.n_vocab)
+        return self._token_array
+
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
 
@@ -237,9 +242,30 @@ class LlamaBatch:
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
+class TokenArray:
+    """A reusable llama_token_data array over the whole vocabulary, for applying samplers to
+    logits held in numpy (one per model; the engine samples from one thread)."""
+
+    def __init__(self, n_vocab: int):
+        self.n_vocab = n_vocab
+        self.buf = (C.llama_token_data * n_vocab)()
+        self.view = np.frombuffer(self.buf, dtype=_TOKEN_DATA)
+        self.ids = np.arange(n_vocab, dtype=np.int32)
+
+    def fill(self, logits: np.ndarray) -> "C.llama_token_data_array":
+        self.view["id"] = self.ids
+        self.view["logit"] = logits
+        self.view["p"] = 0.0
+        return C.llama_token_data_array(self.buf, self.n_vocab, -1, False)
+
+
 class LlamaSampler:
     """A sampler chain ([repeat penalty] -> greedy, or top_k/top_p/min_p/temp/dist) and an
     optional grammar kept beside it.
+
+    It samples from a logits array (numpy), not from a context position, so that a prompt's
+    first token is drawn the same way from freshly decoded logits and from logits the engine
+    kept with a cached prompt.
 
     With a grammar, the chain first picks a token from the unconstrained distribution and the
     grammar checks only that one token; the grammar is applied to the whole vocabulary only when
@@ -250,7 +276,6 @@ class LlamaSampler:
     def __init__(self, model: LlamaModel, sampling, seed: int, grammar: str | None):
         self.ptr = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         self.grammar = None
-        self.n_vocab = model.n_vocab
         try:
             if grammar:
                 _RECENT_LOG.clear()
@@ -277,39 +302,38 @@ class LlamaSampler:
         except Exception:
             self.close()
             raise
-        if self.grammar is not None:
-            self._buf = (C.llama_token_data * self.n_vocab)()
-            self._view = np.frombuffer(self._buf, dtype=_TOKEN_DATA)
-            self._ids = np.arange(self.n_vocab, dtype=np.int32)
-            self._one = (C.llama_token_data * 1)()
+        self.array = model.token_array()
+        self._one = (C.llama_token_data * 1)()
 
     def _add(self, smpl) -> None:
         C.llama_sampler_chain_add(self.ptr, smpl)  # the chain owns it from here
 
-    def sample(self, ctx: LlamaContext, index: int) -> int:
-        if self.grammar is None:
-            return C.llama_sampler_sample(self.ptr, ctx.ptr, index)  # applies and accepts
-        logits = ctx.logits(index, self.n_vocab)
+    def sample(self, logits: np.ndarray) -> int:
+        """Draw the next token from `logits` and advance the chain (and grammar) past it."""
         token = self._pick(logits, with_grammar=False)
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
-        one = C.llama_token_data_array(self._one, 1, -1, False)
-        C.llama_sampler_apply(self.grammar, ctypes.byref(one))
-        if not np.isfinite(self._one[0].logit):
-            token = self._pick(logits, with_grammar=True)
-        C.llama_sampler_accept(self.grammar, token)
+        if self.grammar is not None:
+            self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+            one = C.llama_token_data_array(self._one, 1, -1, False)
+            C.llama_sampler_apply(self.grammar, ctypes.byref(one))
+            if not np.isfinite(self._one[0].logit):
+                token = self._pick(logits, with_grammar=True)
+            C.llama_sampler_accept(self.grammar, token)
         C.llama_sampler_accept(self.ptr, token)
         return token
 
+    def sample_at(self, ctx: "LlamaContext", index: int, n_vocab: int) -> int:
+        """The same draw from batch row `index` of the last decode. Without a grammar llama.cpp
+        reads the logits in place, which is the same arithmetic without a copy into numpy."""
+        if self.grammar is None:
+            return C.llama_sampler_sample(self.ptr, ctx.ptr, index)  # applies and accepts
+        return self.sample(ctx.logits(index, n_vocab))
+
     def _pick(self, logits: np.ndarray, with_grammar: bool) -> int:
-        view = self._view
-        view["id"] = self._ids
-        view["logit"] = logits
-        view["p"] = 0.0
-        cur = C.llama_token_data_array(self._buf, self.n_vocab, -1, False)
+        cur = self.array.fill(logits)
         if with_grammar:
             C.llama_sampler_apply(self.grammar, ctypes.byref(cur))
         C.llama_sampler_apply(self.ptr, ctypes.byref(cur))
-        return int(self._buf[cur.selected].id)
+        return int(self.array.buf[cur.selected].id)
 
     def close(self) -> None:
         if getattr(self, "grammar", None):
