@@ -263,9 +263,9 @@ class LlamaSampler:
     """A sampler chain ([repeat penalty] -> greedy, or top_k/top_p/min_p/temp/dist) and an
     optional grammar kept beside it.
 
-    It samples from a logits array (numpy), not from a context position, so that a prompt's
-    first token is drawn the same way from freshly decoded logits and from logits the engine
-    kept with a cached prompt.
+    `sample(logits)` draws from a numpy array: a prompt's first token goes through it whether
+    its logits were just decoded or kept with a cached prompt, so both draws are one code path.
+    `sample_at` draws a generation step from a row of the last decode.
 
     With a grammar, the chain first picks a token from the unconstrained distribution and the
     grammar checks only that one token; the grammar is applied to the whole vocabulary only when
