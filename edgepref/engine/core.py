@@ -88,7 +88,6 @@ class _Job:
     seed: int
     trace_tokens: dict[int, str]
     choice_tokens: dict[int, str]
-    key: tuple[int, int] = (0, 0)  # (request index, sample): orders batch rows
     out_bytes: bytearray = field(default_factory=bytearray)
     out_ids: list[int] = field(default_factory=list)
     trace: list = field(default_factory=list)
@@ -97,6 +96,11 @@ class _Job:
     finish: str | None = None
     text: str = ""
     error: str | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(request index, sample): the order of batch rows."""
+        return (self.req_index, self.sample)
 
 
 @dataclass
@@ -314,7 +318,7 @@ class Engine:
             n = max(1, req.n)
             jobs_left[i] = n
             for k in range(n):
-                job = _Job(i, k, prompt, base_seed + k, trace, choices, key=(i, k))
+                job = _Job(i, k, prompt, base_seed + k, trace, choices)
                 jobs_by_req[i].append(job)
                 queue.append(job)
 
@@ -481,7 +485,8 @@ class Engine:
                 s.tokens.append(s.next_token)
                 s.next_token = None
                 self._sample(s, requests[s.job.req_index], job_done, idx)
-        # 2. Prompt blocks, each decoded alone, up to n_batch prompt tokens per step.
+        # 2. Prompt blocks, each decoded alone, at most n_batch // prompt_block of them per step
+        #    (a short last block counts as a whole one).
         budget = self.n_batch
         for s in sorted((s for s in self.slots if s.job and s.pending), key=lambda s: s.job.key):
             while s.job and s.pending and budget > 0:

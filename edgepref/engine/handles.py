@@ -99,6 +99,7 @@ class LlamaModel:
         self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
         template = C.llama_model_chat_template(self.ptr, None)
         self.chat_template = template.decode("utf-8") if template else None
+        self._token_array: TokenArray | None = None
 
     def token_text(self, token: int) -> str:
         if token < 0:
@@ -125,7 +126,8 @@ class LlamaModel:
         return buf.raw[:n]
 
     def token_array(self) -> "TokenArray":
-        if getattr(self, "_token_array", None) is None:
+        """The model's one reusable token-data array (made on first use: 1.8 MB for Qwen)."""
+        if self._token_array is None:
             self._token_array = TokenArray(self.n_vocab)
         return self._token_array
 
