@@ -7,6 +7,7 @@ an OpenAI-compatible server. Nothing here knows about instructions, ratings or p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -43,8 +44,11 @@ class ChatRequest:
     grammar:  GBNF text; the answer is constrained to it.
     prefill:  text appended after the chat template's assistant header (the answer starts with it;
               it is not part of the returned text).
-    choices:  candidate strings; the result carries the next-token distribution over their first
-              tokens right after the prompt (and prefill). With max_tokens == 0 nothing is generated.
+    choices:  candidate strings; the result carries how likely each is as the next token right after
+              the prompt (and prefill): `choice_logprobs` over the whole vocabulary and `choice_probs`
+              renormalised over the candidates. A candidate counts the first token of its spellings
+              with and without a leading space ("A" and " A"). With max_tokens == 0 nothing is
+              generated.
     trace_choices: candidate strings; every generated token that is one of their first tokens records
               the distribution over the candidates at that step (see Generation.choice_trace).
     validate: text -> None if the answer is usable, else what is wrong with it. Backends that
@@ -80,9 +84,12 @@ class ChatResult:
     generations: list[Generation]
     prompt_tokens: int
     error: str | None = None
-    choice_probs: dict[str, float] | None = None
+    choice_probs: dict[str, float] | None = None  # renormalised over the candidates
     seconds: float = 0.0
     cached_prompt_tokens: int = 0  # prompt tokens reused from the KV cache instead of decoded
+    # log probability of each candidate over the whole vocabulary (its spellings summed); the
+    # difference of two is the raw log-odds between them, unaffected by the other candidates
+    choice_logprobs: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -91,6 +98,16 @@ class ChatResult:
     @property
     def text(self) -> str:
         return self.generations[0].text if self.generations else ""
+
+
+def renormalised(logprobs: dict[str, float] | None) -> dict[str, float] | None:
+    """Candidate log probabilities -> probabilities that sum to 1 over the candidates."""
+    if not logprobs:
+        return None
+    top = max(logprobs.values())
+    mass = {c: math.exp(v - top) for c, v in logprobs.items()}
+    total = sum(mass.values())
+    return {c: v / total for c, v in mass.items()}
 
 
 @dataclass

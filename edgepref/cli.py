@@ -22,6 +22,9 @@ import click
 
 from . import __version__, display
 from .errors import EdgeprefError
+from .compare import RECIPES as COMPARE_RECIPES
+from .evaljudge import SELF_PREFERENCE_N, recipe_names
+from .pair import DECIDERS
 from .ggufmeta import summarize_gguf
 from .registry import availability, load_registry, pull_model, resolve_model_path
 
@@ -209,6 +212,15 @@ def pipeline_options(func: F) -> F:
                                                     "instruction-following", "truthfulness"]), default=None),
         click.option("--judge-mode", type=click.Choice(["rationale", "score-only", "pairwise"]), default=None),
         click.option("--both-orders/--one-order", default=None, help="Judge twice in opposite orders and average."),
+        click.option("--judge-recipe", type=click.Choice(list(COMPARE_RECIPES)), default=None,
+                     help="Pairwise recipe that decides chosen/rejected (see `edgepref eval-judge`)."),
+        click.option("--decide", type=click.Choice(list(DECIDERS)), default=None,
+                     help="pairwise: a two-order pairwise verdict decides chosen/rejected (default); "
+                     "ratings: the UltraFeedback scores alone."),
+        click.option("--min-confidence", type=float, default=None,
+                     help="Drop a pair as uncertain when its pairwise |margin| is below this."),
+        click.option("--escalate-to", default=None, metavar="MODEL",
+                     help="A second judge that decides the uncertain pairs instead of dropping them."),
         click.option("--exclude-self/--include-self", default=None,
                      help="Panel judges skip their own model's completions."),
         click.option("--evolutions", type=int, default=None, help="EvolQuality rewrites per completion (0: off)."),
@@ -235,7 +247,8 @@ def pipeline_options(func: F) -> F:
 
 _PIPELINE_KEYS = (
     "pool", "system_prompt", "temperature", "max_tokens", "completions", "judges", "aspect", "judge_mode",
-    "both_orders", "exclude_self", "evolutions", "evolve_model", "min_margin", "pair_strategy",
+    "both_orders", "judge_recipe", "decide", "min_confidence", "escalate_to", "exclude_self", "evolutions",
+    "evolve_model", "min_margin", "pair_strategy",
     "pair_format", "pair_score", "seed", "slots", "n_ctx", "threads", "gpu_layers", "models_file",
     "endpoints",
 )
@@ -365,24 +378,29 @@ _stage_command("judge", """Stage 3 alone: UltraFeedback ratings for every comple
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="pairs JSONL to write.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--min-margin", type=float, default=None)
+@click.option("--min-confidence", type=float, default=None)
+@click.option("--decide", type=click.Choice(list(DECIDERS)), default=None)
 @click.option("--pair-strategy", type=click.Choice(["best-worst", "best-random"]), default=None)
 @click.option("--pair-format", type=click.Choice(["standard", "conversational"]), default=None)
 @click.option("--pair-score", type=click.Choice(["score", "expected"]), default=None)
 @click.option("--seed", type=int, default=None)
-def pair_command(input_path, out, config_file, min_margin, pair_strategy, pair_format, pair_score, seed) -> None:
-    """Stage 4 alone: chosen/rejected pairs from rated records (no model needed).
+def pair_command(input_path, out, config_file, min_margin, min_confidence, decide, pair_strategy, pair_format,
+                 pair_score, seed) -> None:
+    """Stage 4 alone: chosen/rejected pairs from rated records (no model needed). Records keep
+    their pairwise verdicts, so a new --min-confidence needs no judge.
 
     \b
     Example:
-      edgepref pair judged.jsonl --out pairs.jsonl --min-margin 0.5 --pair-format conversational
+      edgepref pair judged.jsonl --out pairs.jsonl --min-confidence 0.02 --pair-format conversational
     """
     from .config import apply_overrides, load_config
     from .inputs import read_records
     from .pair import pair_records
     from .store import write_jsonl_atomic
 
-    cfg = apply_overrides(load_config(config_file), min_margin=min_margin, pair_strategy=pair_strategy,
-                          pair_format=pair_format, pair_score=pair_score, seed=seed)
+    cfg = apply_overrides(load_config(config_file), min_margin=min_margin, min_confidence=min_confidence,
+                          decide=decide, pair_strategy=pair_strategy, pair_format=pair_format,
+                          pair_score=pair_score, seed=seed)
     records, problems = read_records(Path(input_path))
     for p in problems:
         display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
@@ -526,28 +544,35 @@ def serve(models, host, port, n_ctx, threads, api_key_env, models_file) -> None:
 @click.argument("pairs_path", metavar="PAIRS")
 @click.option("--judge", "judges", multiple=True, metavar="MODEL",
               help="Judge model; repeat for a panel (default: the pipeline's judge).")
-@click.option("--recipe", default=None, help="Judge recipe (default: the pipeline's default judge settings).")
+@click.option("--recipe", default=None, type=click.Choice(recipe_names()),
+              help="Judge recipe (default: the one the pipeline decides chosen/rejected with).")
 @click.option("--limit", type=int, default=None, help="Use only the first N pairs.")
+@click.option("--self-preference", "self_preference_n", type=int, default=SELF_PREFERENCE_N, show_default=True,
+              metavar="N", help="Judge the judge's own answers to the first N instructions against the "
+              "better response; 0 skips it.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the report here (a .cache dir beside it makes reruns resume).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
 @models_file_option
 @click.option("--quiet", "-q", is_flag=True)
-def eval_judge(pairs_path, judges, recipe, limit, json_out, config_file, models_file, quiet) -> None:
-    """Measure a judge against labelled pairs: agreement (with a 95% CI), ties, parse rate,
-    swap consistency, position and length bias, seconds per pair.
+def eval_judge(pairs_path, judges, recipe, limit, self_preference_n, json_out, config_file, models_file,
+               quiet) -> None:
+    """Measure a judge against labelled pairs: agreement (with a 95% CI), precision at coverage
+    (agreement on the most confident 100/80/50%), ties, swap consistency, position and length
+    bias, seconds per pair, and self-preference (how often it prefers its own answer to the
+    better response).
 
     PAIRS has instruction, response_a, response_b and label (a or b) columns.
 
     \b
     Example:
       edgepref eval-judge judge_pairs.jsonl --json judge_eval.json
-      edgepref eval-judge judge_pairs.jsonl --recipe pairwise --judge smollm2-135m --limit 50
+      edgepref eval-judge judge_pairs.jsonl --recipe rationale-expected --judge smollm2-135m --limit 50
     """
     from .evaljudge import run_eval
 
     report = run_eval(pairs_path, judges=list(judges), recipe=recipe, limit=limit, json_out=json_out,
-                      config_file=config_file, models_file=models_file,
+                      config_file=config_file, models_file=models_file, self_preference_n=self_preference_n,
                       on_event=None if quiet else display.StageProgress(quiet))
     display.render_eval(report)
 

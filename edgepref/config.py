@@ -82,6 +82,12 @@ class JudgeConfig:
     exclude_self: bool = False  # a panel judge does not rate its own model's completions
     max_rationale_chars: int = 120
     n_ctx: int = 4096
+    # the pairwise recipe (edgepref.compare.RECIPES) that verifies chosen/rejected and drives
+    # pairwise mode; the default measured best on the dev pairs (scripts/eval_judge_recipes.py)
+    recipe: str = "headings-ab12"
+    # a model that decides the pairs this judge (or panel) is uncertain about, instead of
+    # dropping them; a bigger local model or a server entry of the registry
+    escalate_to: str | None = None
 
 
 @dataclass
@@ -121,6 +127,9 @@ class PipelineConfig:
             )
         if self.judge.mode not in JUDGE_MODES:
             raise ConfigError(f"judge mode {self.judge.mode!r} is unknown; choose from {', '.join(JUDGE_MODES)}")
+        from .compare import get_recipe
+
+        get_recipe(self.judge.recipe)
         if not 0.0 < self.similarity_threshold <= 1.0:
             raise ConfigError(f"similarity_threshold must be in (0, 1], got {self.similarity_threshold}")
         if self.evolve.num_evolutions < 0:
@@ -203,6 +212,10 @@ def apply_overrides(
     aspect: str | None = None,
     judge_mode: str | None = None,
     both_orders: bool | None = None,
+    judge_recipe: str | None = None,
+    decide: str | None = None,
+    min_confidence: float | None = None,
+    escalate_to: str | None = None,
     exclude_self: bool | None = None,
     evolutions: int | None = None,
     evolve_model: str | None = None,
@@ -234,7 +247,7 @@ def apply_overrides(
     if judges:
         cfg.judge.models = list(judges)
     for attr, value in (("aspect", aspect), ("mode", judge_mode), ("both_orders", both_orders),
-                        ("exclude_self", exclude_self)):
+                        ("recipe", judge_recipe), ("escalate_to", escalate_to), ("exclude_self", exclude_self)):
         if value is not None:
             setattr(cfg.judge, attr, value)
     if evolutions is not None:
@@ -242,7 +255,8 @@ def apply_overrides(
     if evolve_model is not None:
         cfg.evolve.model = evolve_model
     pair_updates = {k: v for k, v in (("min_margin", min_margin), ("strategy", pair_strategy),
-                                      ("format", pair_format), ("score", pair_score)) if v is not None}
+                                      ("format", pair_format), ("score", pair_score), ("decide", decide),
+                                      ("min_confidence", min_confidence)) if v is not None}
     if pair_updates:
         cfg.pair = replace(cfg.pair, **pair_updates)
     if seed is not None:

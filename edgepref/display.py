@@ -207,7 +207,10 @@ def render_summary(summary) -> None:
         table.add_row("scores", f"{_histogram(counts)}  {model}")
     pairs_dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.pairs_dropped.items())) or "none"
     table.add_row("pairs", f"[green]{summary.pairs} written[/]; dropped: {pairs_dropped}")
-    if summary.mean_margin is not None:
+    if getattr(summary, "mean_confidence", None) is not None:
+        deciders = ", ".join(f"{k} {v}" for k, v in sorted(summary.decided_by.items()))
+        table.add_row("pairwise check", f"mean confidence {summary.mean_confidence:.3f}; decided by {deciders}")
+    elif summary.mean_margin is not None:
         table.add_row("mean margin", f"{summary.mean_margin:.2f}")
     if summary.request_errors:
         table.add_row("request errors", f"[red]{summary.request_errors}[/] (see errors.jsonl)")
@@ -268,12 +271,17 @@ def render_try(result, cfg) -> None:
             out.print(Panel(body, title=title, subtitle=scores if rank else "not rated", title_align="left"))
         for d in record.dropped:
             out.print(f"[yellow]dropped[/] {d.get('stage')}: {d.get('reason')} ({d.get('parent_id', '')} {d.get('criterion', '')})")
+        verdict = record.judge_info.get("verdict")
+        if verdict and verdict.get("margin") is not None:
+            out.print(f"[bold]pairwise check:[/] {verdict['x']} over {verdict['y']} by {verdict['margin']:+.3f} "
+                      f"(decided by {', '.join(verdict['decided_by'])})")
+        rule = (f"pairwise |margin| ≥ {cfg.pair.min_confidence}" if cfg.pair.decide == "pairwise"
+                else f"score margin ≥ {cfg.pair.min_margin}, ranked by {cfg.pair.score}")
         if pair:
             out.print(f"[bold]pair:[/] {pair.completion_chosen} ({pair.score_chosen:.2f}) over "
-                      f"{pair.completion_rejected} ({pair.score_rejected:.2f}), margin {pair.margin:.2f} "
-                      f"≥ {cfg.pair.min_margin}")
+                      f"{pair.completion_rejected} ({pair.score_rejected:.2f}); {rule}")
         else:
-            out.print(f"[bold]no pair:[/] {reason} (min margin {cfg.pair.min_margin}, ranked by {cfg.pair.score})")
+            out.print(f"[bold]no pair:[/] {reason} ({rule})")
 
 
 def render_pairs(pairs: list[dict], stats: dict, total: int) -> None:
@@ -334,6 +342,13 @@ def render_eval(report) -> None:
     table.add_row("swap consistency", f"{report.swap_consistency:.1%}  (same winner in both orders)")
     table.add_row("position bias", f"{report.position_bias:.1%}  (wins for the response shown first)")
     table.add_row("length bias", f"{report.length_bias:.1%}  (wins for the longer response)")
+    for share, value in report.precision_at_coverage.items():
+        table.add_row(f"agreement, top {share}", f"{value:.1%}  (the most confident {share}: "
+                      f"|margin| >= {report.confidence_at_coverage[share]:.2f})")
+    if report.self_preference:
+        sp = report.self_preference
+        share = "-" if sp["share"] is None else f"{sp['share']:.1%}"
+        table.add_row("self-preference", f"{share} of {sp['n']}  (own answer preferred to the better response)")
     table.add_row("seconds per pair", f"{report.seconds_per_pair:.2f}")
     for weak, row in report.by_weak_model.items():
         table.add_row(f"vs {weak}", f"{row['agreement']:.1%} of {row['n']}")

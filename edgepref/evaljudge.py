@@ -1,19 +1,27 @@
 """Judge evaluation: how often does a judge recipe agree with strong labels on response pairs?
 
 Input rows: instruction, response_a, response_b, label ("a" or "b"), optionally id and
-weak_model. Each pair becomes a Record with completions "a" and "b" and goes through the very
-same `judge()` as the pipeline, always shown in both orders (a first, then b first), so that one
+weak_model. Every pair is always judged in both showing orders (a first, then b first), so one
 run yields the single-order figures (each order on its own: swap consistency, position bias)
-and the both-orders average.
+and the verdict of the recipe.
 
-A recipe names a judge mode and how scores become a verdict:
-  rationale / score-only / pairwise   what the judge writes (see judge.py)
-  int | expected                      integer scores, or probability-weighted ones
-  one-order | both-orders             the verdict of one showing order, or the mean of both
+Two kinds of recipe:
+  rating recipes (RATING_RECIPES)  UltraFeedback ratings through the pipeline's judge():
+      rationale / score-only       what the judge writes (see judge.py)
+      int | expected               integer scores, or probability-weighted ones
+      one-order | both-orders      the verdict of one showing order, or the mean of both
+  pairwise recipes (compare.RECIPES)  two-order log-odds verdicts, as the pipeline's pairwise
+      check decides chosen and rejected; margin = mean log-odds for a over b
+
+Every verdict has a margin (score difference, or log-odds); its size is the confidence, and
+precision at coverage is the agreement on the most confident 100% / 80% / 50% of the pairs.
+Self-preference: the judge's own greedy answer to an instruction against the pair's better
+response, judged by the same recipe; how often the judge prefers its own.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -24,11 +32,14 @@ from .backend import Backend
 from .config import JudgeConfig
 from .errors import ConfigError, InputError
 from .inputs import iter_jsonl_rows, rows_from_datasets
+from .backend import ChatRequest, Sampling
+from .compare import RECIPES as COMPARE_RECIPES
+from .compare import Verdict, compare, get_recipe
 from .judge import judge
 from .records import Completion, Record, content_key
 
 # name -> (judge mode, score key, both orders)
-RECIPES: dict[str, tuple[str, str, bool]] = {
+RATING_RECIPES: dict[str, tuple[str, str, bool]] = {
     "rationale-int": ("rationale", "score", False),
     "rationale-expected": ("rationale", "expected", False),
     "rationale-expected-both": ("rationale", "expected", True),
@@ -36,8 +47,13 @@ RECIPES: dict[str, tuple[str, str, bool]] = {
     "score-only-int": ("score-only", "score", False),
     "score-only-expected": ("score-only", "expected", False),
     "score-only-expected-both": ("score-only", "expected", True),
-    "pairwise": ("pairwise", "expected", True),
 }
+COVERAGES = (1.0, 0.8, 0.5)
+SELF_PREFERENCE_N = 40
+
+
+def recipe_names() -> list[str]:
+    return list(RATING_RECIPES) + list(COMPARE_RECIPES)
 
 
 @dataclass
@@ -64,6 +80,12 @@ class EvalReport:
     length_bias: float = 0.0  # share of decided verdicts won by the longer response
     one_order_agreement: float = 0.0  # agreement of each showing order on its own
     seconds_per_pair: float = 0.0
+    prompt_tokens_per_pair: float | None = None  # pairwise recipes: the prompts it asks per pair
+    # agreement on the most confident share of pairs ("100%", "80%", "50%") and the |margin|
+    # at which each share starts
+    precision_at_coverage: dict = field(default_factory=dict)
+    confidence_at_coverage: dict = field(default_factory=dict)
+    self_preference: dict | None = None  # {"share": ..., "n": ...}: own answer preferred
     by_weak_model: dict = field(default_factory=dict)
 
     def to_row(self) -> dict:
@@ -103,18 +125,21 @@ def pair_record(p: JudgePair) -> Record:
     )
 
 
-def default_recipe(mode: str, pair_score: str, both_orders: bool) -> str:
-    """The recipe that the pipeline's judge settings amount to."""
-    for name, spec in RECIPES.items():
-        if spec == (mode, "expected" if mode == "pairwise" else pair_score, both_orders or mode == "pairwise"):
+def default_recipe(cfg) -> str:
+    """The recipe that decides chosen/rejected with these pipeline settings (a PipelineConfig)."""
+    if cfg.pair.decide == "pairwise" or cfg.judge.mode == "pairwise":
+        return cfg.judge.recipe
+    key = cfg.pair.score
+    for name, spec in RATING_RECIPES.items():
+        if spec == (cfg.judge.mode, key, cfg.judge.both_orders):
             return name
-    raise ConfigError(f"no recipe matches judge mode {mode!r} with score {pair_score!r}")
+    raise ConfigError(f"no recipe matches judge mode {cfg.judge.mode!r} with score {key!r}")
 
 
 def judge_config_for(recipe: str, base: JudgeConfig) -> JudgeConfig:
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-    mode, _, _ = RECIPES[recipe]
+    if recipe not in RATING_RECIPES:
+        raise ConfigError(f"unknown rating recipe {recipe!r}; choose from {', '.join(RATING_RECIPES)}")
+    mode, _, _ = RATING_RECIPES[recipe]
     cfg = JudgeConfig(**{**asdict(base), "mode": mode})
     # Always both orders, a first: each order on its own gives the one-order figures.
     cfg.both_orders, cfg.shuffle, cfg.expected = True, False, True
@@ -134,42 +159,82 @@ def _pass_values(record: Record, cid: str, key: str) -> list[list[float]] | None
     return out or None
 
 
-def _verdict(a: float, b: float) -> float:
-    """1.0 if a wins, 0.0 if b wins, 0.5 for a tie."""
-    return 1.0 if a > b + 1e-9 else 0.0 if b > a + 1e-9 else 0.5
+@dataclass
+class Judged:
+    """One pair as a recipe saw it. margin > 0: a preferred. `orders`: per single showing order,
+    (a's lead in that order alone, whether a was shown first)."""
+
+    margin: float
+    orders: list[tuple[float, bool]]
 
 
-def score_recipe(recipe: str, pairs: list[JudgePair], records: list[Record], judges: list[str],
-                 seconds: float, seed: int = 0) -> EvalReport:
-    """Metrics of one recipe from records rated in both orders (pass 0: a first, pass 1: b first)."""
-    _, key, both = RECIPES[recipe]
-    rep = EvalReport(recipe=recipe, judges=list(judges))
-    hits, one_hits, first_wins, decided_one, consistent, ties, long_wins, decided = [], [], 0, 0, 0, 0, 0, 0
-    by_weak: dict[str, list[float]] = defaultdict(list)
-    parsed = 0
+def judged_from_ratings(recipe: str, pairs: list[JudgePair], records: list[Record], seed: int = 0) -> list[Judged | None]:
+    """Rating recipes: a panel averages its judges per pass; both-orders recipes average the passes,
+    one-order recipes take one seeded pass, as the pipeline's shuffle would."""
+    _, key, both = RATING_RECIPES[recipe]
+    out: list[Judged | None] = []
     for p, rec in zip(pairs, records):
         va, vb = _pass_values(rec, "a", key), _pass_values(rec, "b", key)
         if va is None or vb is None:
+            out.append(None)
             continue
-        parsed += 1
-        # panel: mean over judges, per pass
-        a_pass = [sum(v[k] for v in va) / len(va) for k in (0, 1)]
-        b_pass = [sum(v[k] for v in vb) / len(vb) for k in (0, 1)]
-        one = [_verdict(a_pass[k], b_pass[k]) for k in (0, 1)]  # P(a wins) per showing order
-        for k, v in enumerate(one):
+        lead = [sum(v[k] for v in va) / len(va) - sum(v[k] for v in vb) / len(vb) for k in (0, 1)]
+        margin = sum(lead) / 2 if both else lead[random.Random(content_key("eval-order", seed, p.id)).randrange(2)]
+        out.append(Judged(margin, [(lead[0], True), (lead[1], False)]))
+    return out
+
+
+def judged_from_verdicts(verdicts: list[Verdict]) -> list[Judged | None]:
+    """Pairwise recipes: one judge's verdicts of x=a over y=b."""
+    return [
+        Judged(v.margin, [(lx, True) for lx, _ in v.logodds] + [(-ly, False) for _, ly in v.logodds])
+        if v.ok else None
+        for v in verdicts
+    ]
+
+
+def _verdict(lead: float) -> float:
+    """1.0 if a wins, 0.0 if b wins, 0.5 for a tie."""
+    return 1.0 if lead > 1e-9 else 0.0 if lead < -1e-9 else 0.5
+
+
+def precision_at_coverage(margins: list[float], hits: list[float],
+                          coverages=COVERAGES) -> tuple[dict[str, float], dict[str, float]]:
+    """Agreement on the most confident share of pairs (confidence = |margin|), and the |margin|
+    from which each share is kept. Pairs of equal confidence keep their input order."""
+    order = sorted(range(len(margins)), key=lambda i: -abs(margins[i]))
+    precision, threshold = {}, {}
+    for c in coverages:
+        k = max(1, math.ceil(c * len(order) - 1e-9))
+        kept = order[:k]
+        precision[f"{c:.0%}"] = sum(hits[i] for i in kept) / k
+        threshold[f"{c:.0%}"] = abs(margins[kept[-1]])
+    return precision, threshold
+
+
+def score_judged(recipe: str, pairs: list[JudgePair], judged: list[Judged | None], judges: list[str],
+                 seconds: float, seed: int = 0) -> EvalReport:
+    """Metrics of one recipe from its view of each pair (None: the judge gave no usable answer).
+    Ties count one half as agreement."""
+    rep = EvalReport(recipe=recipe, judges=list(judges))
+    hits, margins, one_hits = [], [], []
+    first_wins = decided_one = consistent = ties = long_wins = decided = 0
+    by_weak: dict[str, list[float]] = defaultdict(list)
+    for p, j in zip(pairs, judged):
+        if j is None:
+            continue
+        label_a = p.label == "a"
+        one = [_verdict(lead) for lead, _ in j.orders]
+        for v, (_, a_first) in zip(one, j.orders):
             if v != 0.5:
                 decided_one += 1
-                shown_first_won = (v == 1.0) == (k == 0)
-                first_wins += shown_first_won
-        consistent += one[0] == one[1]
-        label_a = p.label == "a"
-        one_hits += [(v if label_a else 1.0 - v) for v in one]
-        if both:
-            v = _verdict(sum(a_pass) / 2, sum(b_pass) / 2)
-        else:  # one seeded showing order, as the pipeline's shuffle would pick
-            v = one[random.Random(content_key("eval-order", seed, p.id)).randrange(2)]
+                first_wins += (v == 1.0) == a_first
+            one_hits.append(v if label_a else 1.0 - v)
+        consistent += len(set(one)) == 1
+        v = _verdict(j.margin)
         hit = v if label_a else 1.0 - v
         hits.append(hit)
+        margins.append(j.margin)
         ties += v == 0.5
         if v != 0.5 and len(p.response_a) != len(p.response_b):
             decided += 1
@@ -177,7 +242,7 @@ def score_recipe(recipe: str, pairs: list[JudgePair], records: list[Record], jud
         by_weak[p.weak_model or "-"].append(hit)
     n = len(hits)
     rep.n = n
-    rep.parse_rate = parsed / len(pairs) if pairs else 0.0
+    rep.parse_rate = n / len(pairs) if pairs else 0.0
     if n:
         rep.agreement = sum(hits) / n
         rep.agreement_ci95 = bootstrap_ci(hits, seed)
@@ -186,10 +251,17 @@ def score_recipe(recipe: str, pairs: list[JudgePair], records: list[Record], jud
         rep.position_bias = first_wins / decided_one if decided_one else 0.5
         rep.length_bias = long_wins / decided if decided else 0.5
         rep.one_order_agreement = sum(one_hits) / len(one_hits)
+        rep.precision_at_coverage, rep.confidence_at_coverage = precision_at_coverage(margins, hits)
     rep.seconds_per_pair = seconds / len(pairs) if pairs else 0.0
     if any(k != "-" for k in by_weak):
         rep.by_weak_model = {k: {"n": len(v), "agreement": sum(v) / len(v)} for k, v in sorted(by_weak.items())}
     return rep
+
+
+def score_recipe(recipe: str, pairs: list[JudgePair], records: list[Record], judges: list[str],
+                 seconds: float, seed: int = 0) -> EvalReport:
+    """Metrics of a rating recipe from records rated in both orders (pass 0: a first)."""
+    return score_judged(recipe, pairs, judged_from_ratings(recipe, pairs, records, seed), judges, seconds, seed)
 
 
 def bootstrap_ci(hits: list[float], seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
@@ -210,13 +282,98 @@ def rate_pairs(runner, model: str, pairs: list, jcfg: JudgeConfig) -> tuple[list
     return records, time.perf_counter() - start
 
 
-def panel_records(pairs: list, rated: list[list[Record]]) -> list[Record]:
-    """Fresh records holding the ratings of every judge in `rated` (a panel from its members)."""
-    merged = [pair_record(p) for p in pairs]
-    for records in rated:
-        for rec, src in zip(merged, records):
-            rec.ratings += src.ratings
-    return merged
+def compare_pairs(runner, model: str, pairs: list, recipes: list) -> tuple[dict[str, list[Verdict]], float]:
+    """One judge gives pairwise verdicts (response_a over response_b) on every pair for each
+    recipe, in one cached, resumable stage; returns recipe name -> verdicts, and the seconds per
+    prompt token of distinct requests (prompts shared by recipes are decoded once)."""
+    out: dict[str, list[Verdict]] = {}
+    stats: dict = {}
+    start = time.perf_counter()
+    n_ctx = max(runner.cfg.judge.n_ctx, runner.cfg.engine.n_ctx)
+    items = [(p.instruction, p.response_a, p.response_b) for p in pairs]
+    runner.run_stage(f"eval-compare-{model}", model, n_ctx, len(items),
+                     lambda be, cb: out.update(compare(items, recipes, be, model, on_result=cb, stats=stats)))
+    return out, (time.perf_counter() - start) / max(1, stats.get("prompt_tokens", 0))
+
+
+@dataclass
+class RecipeRun:
+    judged: list  # Judged | None per pair
+    seconds: float
+    prompt_tokens_per_pair: float | None = None
+
+
+def judge_recipes(runner, recipes: list[str], pairs: list[JudgePair], judges: list[str],
+                  seed: int = 0) -> dict[str, RecipeRun]:
+    """Each recipe's view of every pair with `judges` as a panel, its seconds and prompt tokens.
+    Pairwise recipes are asked together (a prompt shared by recipes is decoded once); each is
+    charged its own prompt tokens at the measured seconds per token, as if asked alone.
+    One-order rating recipes are charged half of their mode's two passes."""
+    per_judge = [judge_recipes_alone(runner, recipes, pairs, model, seed) for model in judges]
+    return {name: panel_run([runs[name] for runs in per_judge]) for name in recipes}
+
+
+def judge_recipes_alone(runner, recipes: list[str], pairs: list[JudgePair], model: str,
+                        seed: int = 0) -> dict[str, RecipeRun]:
+    out: dict[str, RecipeRun] = {}
+    pairwise = [get_recipe(r) for r in recipes if r in COMPARE_RECIPES]
+    if pairwise:
+        got, per_token = compare_pairs(runner, model, pairs, pairwise)
+        for name, vs in got.items():
+            tokens = sum(v.prompt_tokens for v in vs)
+            out[name] = RecipeRun(judged_from_verdicts(vs), per_token * tokens, tokens / max(1, len(pairs)))
+    for mode in dict.fromkeys(RATING_RECIPES[r][0] for r in recipes if r in RATING_RECIPES):
+        names = [r for r in recipes if r in RATING_RECIPES and RATING_RECIPES[r][0] == mode]
+        records, seconds = rate_pairs(runner, model, pairs, judge_config_for(names[0], runner.cfg.judge))
+        for name in names:
+            out[name] = RecipeRun(judged_from_ratings(name, pairs, records, seed),
+                                  seconds if RATING_RECIPES[name][2] else seconds / 2)
+    return out
+
+
+def panel_run(runs: list[RecipeRun]) -> RecipeRun:
+    """A panel from its members' runs of one recipe: the mean margin per pair, every member's
+    single-order leads, the members' seconds and prompt tokens added up."""
+    if len(runs) == 1:
+        return runs[0]
+    judged: list[Judged | None] = []
+    for views in zip(*(r.judged for r in runs)):
+        if any(v is None for v in views):
+            judged.append(None)
+        else:
+            judged.append(Judged(sum(v.margin for v in views) / len(views), [o for v in views for o in v.orders]))
+    tokens = [r.prompt_tokens_per_pair for r in runs]
+    return RecipeRun(judged, sum(r.seconds for r in runs), None if None in tokens else sum(tokens))
+
+
+def own_answers(runner, model: str, pairs: list[JudgePair]) -> list[JudgePair]:
+    """The judge's greedy answer to each instruction (response_a) against the pair's better
+    response (response_b, the label): the pairs of the self-preference check."""
+    reqs = [ChatRequest([{"role": "user", "content": p.instruction}], Sampling(temperature=0.0, max_tokens=512),
+                        id=p.id) for p in pairs]
+    results: list = []
+    runner.run_stage(f"eval-own-{model}", model, runner.cfg.engine.n_ctx, len(reqs),
+                     lambda be, cb: results.extend(be.chat(reqs, on_result=cb)))
+    return [JudgePair(f"own-{p.id}", p.instruction, res.text.strip(),
+                      p.response_a if p.label == "a" else p.response_b, "b", model)
+            for p, res in zip(pairs, results) if res.ok and res.text.strip()]
+
+
+def self_preference(runner, recipes: list[str], pairs: list[JudgePair], judges: list[str],
+                    seed: int = 0) -> dict[str, dict]:
+    """Per recipe: how often each judge prefers its own answer to the better response (ties count
+    half), and the mean over judges. `pairs`: the first N labelled pairs."""
+    by_judge: dict[str, dict[str, float]] = {r: {} for r in recipes}
+    n = 0
+    for model in judges:
+        own = own_answers(runner, model, pairs)
+        n = len(own)
+        for name, run in judge_recipes(runner, recipes, own, [model], seed).items():
+            rep = score_judged(name, own, run.judged, [model], 0.0, seed)
+            by_judge[name][model] = round(1.0 - rep.agreement, 4) if rep.n else None
+    return {name: {"share": (sum(v.values()) / len(v)) if v and None not in v.values() else None,
+                   "n": n, "by_judge": v}
+            for name, v in by_judge.items()}
 
 
 def run_eval(
@@ -230,11 +387,13 @@ def run_eval(
     models_file: str | Path | None = None,
     on_event=None,
     backends: dict[str, Backend] | None = None,
+    self_preference_n: int = SELF_PREFERENCE_N,
 ) -> EvalReport:
-    """Rate labelled pairs through the pipeline's judge stage and score one recipe.
+    """Judge labelled pairs with one recipe and score it, then the self-preference check on the
+    first `self_preference_n` pairs (0: skip it).
 
-    With no judges/recipe, the pipeline's default judge settings are used exactly. Requests are
-    cached beside `json_out`, so an interrupted evaluation resumes.
+    With no judges/recipe, the pipeline's default judge and recipe are used exactly. Requests
+    are cached beside `json_out`, so an interrupted evaluation resumes.
     """
     import json
 
@@ -242,22 +401,23 @@ def run_eval(
     from .pipeline import Runner
 
     cfg = apply_overrides(load_config(config_file), judges=judges or (), models_file=models_file)
-    recipe = recipe or default_recipe(cfg.judge.mode, cfg.pair.score, cfg.judge.both_orders)
-    jcfg = judge_config_for(recipe, cfg.judge)
+    recipe = recipe or default_recipe(cfg)
+    if recipe not in recipe_names():
+        raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(recipe_names())}")
     pairs = read_judge_pairs(str(pairs_path), limit)
     if not pairs:
         raise InputError(f"no judge pairs in {pairs_path}")
     cache_dir = Path(str(json_out) + ".cache") if json_out else None
     runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
     try:
-        rated = [rate_pairs(runner, name, pairs, jcfg) for name in runner.judges]
+        run = judge_recipes(runner, [recipe], pairs, runner.judges, cfg.seed)[recipe]
+        report = score_judged(recipe, pairs, run.judged, runner.judges, run.seconds, cfg.seed)
+        report.prompt_tokens_per_pair = run.prompt_tokens_per_pair
+        if self_preference_n > 0:
+            report.self_preference = self_preference(
+                runner, [recipe], pairs[:self_preference_n], runner.judges, cfg.seed)[recipe]
     finally:
         runner.close()
-    records = panel_records(pairs, [recs for recs, _ in rated])
-    seconds = sum(secs for _, secs in rated)
-    if not RECIPES[recipe][2]:
-        seconds /= 2  # a one-order recipe needs only one of the two passes we ran
-    report = score_recipe(recipe, pairs, records, runner.judges, seconds, cfg.seed)
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_row(), indent=2))
     return report

@@ -20,7 +20,9 @@ from .config import EvolveConfig
 from .prompts import evol_template_name, render_prompt
 from .records import Completion, ErrorSink, Record, content_key
 
-# Small models like to announce their answer. These are stripped from the start of a rewrite.
+# Small models like to announce their answer: a heading or a lead-in sentence that ends in a
+# colon. These are stripped from the start of a rewrite, so that the judge and the dataset see
+# the answer itself.
 _LEAKED_HEADING = re.compile(
     r"""^\s*(?:
         \#{1,6}\s*[^\n]*\b(?:response|answer|rewrite|rewritten|version)\b[^\n]*\n   # "# Improved Response"
@@ -28,6 +30,9 @@ _LEAKED_HEADING = re.compile(
             (?:response|answer|version)\s*\**\s*:?\s*\**\s*(?:\n|(?=\S))            # "Improved Response:"
       | (?:here\s+is|here's)\s+(?:the|an|my)\s+(?:improved|rewritten|revised|better|new)\s+
             (?:response|answer|version)[^\n]*:\s*\n?                                  # "Here is the improved response:"
+      | (?:(?:sure|certainly|of\s+course|okay|ok)\s*[!,.]\s*)?
+        (?:here\s+is|here's|here\s+are|below\s+is)\s+(?:the|an?|my|your)\b[^\n:]{0,100}?
+            \b(?:response|answer|version|rewrite|revision)s?\b[^\n:]{0,160}:[ \t]*\n?    # "Here's a new response that ...:"
       | (?:response|answer)\s*:\s*\n?                                                # "Response:"
     )""",
     re.IGNORECASE | re.VERBOSE,
@@ -35,7 +40,8 @@ _LEAKED_HEADING = re.compile(
 
 
 def strip_leaked_headings(text: str) -> str:
-    """Remove headings a model wrote above its rewrite ("# Improved Response", "Improved Response:")."""
+    """Remove headings and lead-ins a model wrote above its rewrite ("# Improved Response",
+    "Improved Response:", "Here's a new response that includes more details:")."""
     previous = None
     text = text.strip()
     while previous != text:

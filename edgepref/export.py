@@ -104,8 +104,7 @@ Type: preference (DPO).
 3. UltraFeedback judging by {', '.join(f'`{j}`' for j in judges)}: aspect `{judge_cfg.get('aspect')}`, mode
    `{judge_cfg.get('mode')}`, both orders: {judge_cfg.get('both_orders')}, probability-weighted scores:
    {judge_cfg.get('expected')}. Answers were constrained by a GBNF grammar, so every rating parsed.
-4. Pairs: strategy `{cfg.get('pair', {}).get('strategy')}`, ranked by `{cfg.get('pair', {}).get('score')}`,
-   minimum margin {cfg.get('pair', {}).get('min_margin')}; ties and small margins were dropped.
+4. Pairs: {_decision(cfg)}
 
 ## Counts
 
@@ -120,6 +119,19 @@ Generated offline with llama.cpp by [edgepref](https://pypi.org/project/edgepref
 """
 
 
+def _decision(cfg: dict) -> str:
+    pair, judge = cfg.get("pair", {}), cfg.get("judge", {})
+    if pair.get("decide", "ratings") == "pairwise":
+        escalation = (f"; uncertain pairs went to `{judge['escalate_to']}`, whose verdict decided them"
+                      if judge.get("escalate_to") else "")
+        return (f"the ratings (ranked by `{pair.get('score')}`, strategy `{pair.get('strategy')}`) shortlisted two\n"
+                f"   completions; a pairwise judge (recipe `{judge.get('recipe')}`: both showing orders, log-odds)\n"
+                f"   decided which is chosen, and pairs with |margin| under {pair.get('min_confidence')} were dropped\n"
+                f"   as uncertain{escalation}. `confidence` is that margin, `decided_by` the judge.")
+    return (f"strategy `{pair.get('strategy')}`, ranked by `{pair.get('score')}`, minimum margin "
+            f"{pair.get('min_margin')}; ties and small margins were dropped.")
+
+
 def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | None = None,
                  private: bool = True) -> dict[str, str]:
     """Write the pairs in `fmt` under directory `to` with a README.md card; optionally push."""
@@ -131,7 +143,8 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
         raise EdgeprefError(
             f"{run.source} has no pairs to export",
             "every instruction was dropped (see the summary or records.jsonl); try a lower "
-            "--min-margin, more completions (-n) or a stronger --judge, then `edgepref pair`",
+            "--min-confidence (or --min-margin with --decide ratings), more completions (-n), "
+            "--escalate-to a stronger judge, or a stronger --judge, then `edgepref pair`",
         )
     to = Path(to)
     to.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,11 @@ response, `score - rationale` (or only the score in score-only mode). A GBNF gra
 exactly that many responses makes every answer parse; the strict parser double-checks.
 
 Position bias: responses are shown in a seeded shuffled order; `both_orders` judges again in
-the reversed order and averages. Pairwise mode compares every two responses in both orders from
-the probabilities of "A" and "B" and turns the preferences into 1..5 scores (Bradley-Terry).
+the reversed order and averages. A small judge's ratings follow the shown position more than
+the content (see the README's judge table), so they shortlist, and `verify` decides: the
+shortlisted pair of each record gets a two-order pairwise verdict (edgepref.compare), which
+the pair stage uses to pick chosen and rejected or to drop the pair as uncertain. Pairwise
+mode compares every two responses that way and turns the margins into 1..5 scores.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import random
 
 from .backend import Backend, ChatRequest, ChatResult, Sampling
+from .compare import compare, get_recipe
 from .config import JudgeConfig
 from .grammars import RatingParseError, build_rating_grammar, build_score_grammar, parse_rating_lines
 from .prompts import judge_template_name, render_prompt
@@ -170,11 +174,8 @@ def _merge(cid: str, judge_model: str, aspect: str, passes: list) -> Rating:
 # ---------------------------------------------------------------- pairwise
 
 
-def _pairwise_request(record: Record, a: str, b: str) -> ChatRequest:
-    prompt = render_prompt("pairwise", instruction=record.instruction, response_a=a, response_b=b)
-    return ChatRequest(
-        [{"role": "user", "content": prompt}], Sampling(max_tokens=0), choices=("A", "B"), id=record.id
-    )
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -50 else 0.0
 
 
 def bradley_terry(ids: list[str], wins: dict[tuple[str, str], float], iters: int = 200) -> dict[str, float]:
@@ -201,56 +202,106 @@ def judge_pairwise(
     on_result=None,
     on_error: ErrorSink | None = None,
 ) -> list[Record]:
-    """Compare every two completions in both orders; P(i beats j) averages P(A) and P(B) over the
-    two orders, so this judge is order-invariant by construction. Scores are 1 + 4 * the mean win
-    probability against the others (Bradley-Terry strengths are recorded beside them)."""
+    """Compare every two completions with the pairwise recipe (edgepref.compare: both orders,
+    log-odds), so this judge is order-invariant by construction. P(i beats j) = sigmoid(margin);
+    a score is 1 + 4 * the mean win probability against the others (Bradley-Terry strengths are
+    recorded beside them). Each two-completion verdict is kept for the pair stage."""
+    recipe = get_recipe(cfg.recipe)
     jobs: list[tuple[Record, str, str]] = []
-    reqs: list[ChatRequest] = []
+    items: list[tuple[str, str, str]] = []
     for record in records:
         if any(r.judge == judge_model and r.aspect == "pairwise" for r in record.ratings):
             continue
         for i, j in itertools.combinations([c.id for c in record.completions], 2):
-            ti, tj = record.completion(i).text, record.completion(j).text
-            jobs += [(record, i, j), (record, j, i)]
-            reqs += [_pairwise_request(record, ti, tj), _pairwise_request(record, tj, ti)]
-    results = backend.chat(reqs, on_result=on_result)
-    prefs: dict[str, dict[tuple[str, str], list[float]]] = {}
+            jobs.append((record, i, j))
+            items.append((record.instruction, record.completion(i).text, record.completion(j).text))
+    verdicts = compare(items, [recipe], backend, judge_model, on_result=on_result)[recipe.name]
+    margins: dict[str, dict[tuple[str, str], float]] = {}
     failed: set[str] = set()
-    for (record, first, second), res in zip(jobs, results):
-        if not res.ok or not res.choice_probs:
+    for (record, i, j), v in zip(jobs, verdicts):
+        if not v.ok:
             failed.add(record.id)
             if on_error:
-                on_error(record, "judge", f"{judge_model}: {res.error or 'no choice probabilities'}")
+                on_error(record, "judge", f"{judge_model}: {v.error}")
             continue
-        p_first = res.choice_probs["A"]
-        prefs.setdefault(record.id, {}).setdefault((first, second), []).append(p_first)
-        prefs[record.id].setdefault((second, first), []).append(1.0 - p_first)
+        margins.setdefault(record.id, {})[(i, j)] = v.margin
+        record.judge_info.setdefault("margins", {}).setdefault(judge_model, {})[f"{i}>{j}"] = round(v.margin, 4)
     for record in records:
-        if record.id in failed or record.id not in prefs:
+        if record.id in failed or record.id not in margins:
             continue
         ids = [c.id for c in record.completions]
-        wins = {k: sum(v) / len(v) for k, v in prefs[record.id].items()}
+        wins: dict[tuple[str, str], float] = {}
+        for (i, j), m in margins[record.id].items():
+            wins[(i, j)], wins[(j, i)] = _sigmoid(m), _sigmoid(-m)
         strength = bradley_terry(ids, wins)
-        record.judge_info.setdefault("pairwise", {})[judge_model] = {
-            f"{i}>{j}": round(p, 4) for (i, j), p in wins.items() if i < j
-        }
         record.judge_info.setdefault("bradley_terry", {})[judge_model] = {i: round(s, 4) for i, s in strength.items()}
         for c in record.completions:
             if cfg.exclude_self and c.model == judge_model:
                 continue
             mean_win = sum(wins[(c.id, o)] for o in ids if o != c.id) / max(1, len(ids) - 1)
             score = 1.0 + 4.0 * mean_win
-            per_order = [  # the same mean win computed from each showing order alone
-                1.0 + 4.0 * sum(prefs[record.id][(c.id, o)][k] for o in ids if o != c.id) / max(1, len(ids) - 1)
-                for k in range(2)
-            ]
             record.ratings.append(
                 Rating(c.id, judge_model, "pairwise", score=score, expected=score,
-                       rationale=f"mean win probability {mean_win:.2f}",
-                       # pass k: the k-th showing order (k=0: the earlier completion shown first)
-                       positions=([1, 2] if c.id == ids[0] else [2, 1]) if len(ids) == 2 else [],
-                       pass_scores=per_order, pass_expected=list(per_order))
+                       rationale=f"mean win probability {mean_win:.2f}", pass_scores=[score], pass_expected=[score])
             )
+    return records
+
+
+def _known_margin(record: Record, judge_model: str, x: str, y: str) -> float | None:
+    """This judge's margin of x over y from pairwise mode, if it compared them."""
+    known = record.judge_info.get("margins", {}).get(judge_model, {})
+    if f"{x}>{y}" in known:
+        return known[f"{x}>{y}"]
+    return -known[f"{y}>{x}"] if f"{y}>{x}" in known else None
+
+
+def verify(
+    records: list[Record],
+    shortlists: dict[str, tuple[str, str]],
+    judge_model: str,
+    backend: Backend,
+    cfg: JudgeConfig,
+    *,
+    escalated: bool = False,
+    on_result=None,
+    on_error: ErrorSink | None = None,
+) -> list[Record]:
+    """The pairwise check of each record's shortlisted pair (x, y): record.judge_info["verdict"]
+    gets this judge's margin of x over y (> 0: x better). A panel's verdict is the mean of its
+    judges' margins; an escalation judge's (`escalated`) replaces it and is recorded as the decider."""
+    recipe = get_recipe(cfg.recipe)
+    todo: list[tuple[Record, str, str]] = []
+    margins: list[float | None] = []
+    for record in records:
+        if record.id not in shortlists:
+            continue
+        x, y = shortlists[record.id]
+        verdict = record.judge_info.get("verdict")
+        if not verdict or (verdict["x"], verdict["y"]) != (x, y):
+            record.judge_info["verdict"] = {"x": x, "y": y, "margins": {}, "margin": None, "decided_by": []}
+        elif judge_model in verdict["margins"]:
+            continue  # already checked by this judge (a resumed stage)
+        todo.append((record, x, y))
+        margins.append(_known_margin(record, judge_model, x, y))
+    ask = [k for k, m in enumerate(margins) if m is None]
+    items = [(todo[k][0].instruction, todo[k][0].completion(todo[k][1]).text, todo[k][0].completion(todo[k][2]).text)
+             for k in ask]
+    for k, v in zip(ask, compare(items, [recipe], backend, judge_model, on_result=on_result)[recipe.name]):
+        if v.ok:
+            margins[k] = v.margin
+        elif on_error:
+            on_error(todo[k][0], "judge", f"{judge_model} (pairwise check): {v.error}")
+    for (record, _, _), m in zip(todo, margins):
+        if m is None:
+            continue
+        verdict = record.judge_info["verdict"]
+        verdict["margins"][judge_model] = round(m, 4)
+        if escalated:
+            verdict["margin"], verdict["decided_by"], verdict["escalated"] = round(m, 4), [judge_model], True
+        elif not verdict.get("escalated"):
+            panel = [verdict["margins"][j] for j in verdict["margins"]]
+            verdict["margin"] = round(sum(panel) / len(panel), 4)
+            verdict["decided_by"] = list(verdict["margins"])
     return records
 
 

@@ -2,11 +2,23 @@
 
 Reads  Record.instruction, Record.completions (id, text, model), Record.ratings
        (completion_id, score, expected, rationale).
+       Record.judge_info["verdict"] (decide = "pairwise"): the two-order pairwise verdict on
+       the shortlisted pair, written by judge.verify.
 Writes one `Pair` per record that survives, or a drop reason:
   fewer_than_two_rated  fewer than two completions have a rating
   tie                   best and rejected have equal primary score and equal tie-break score
   small_margin          primary-score margin below `min_margin`
   identical_text        every candidate for rejected has the same text as the best one
+  no_verdict            (pairwise) the pairwise check of the shortlist failed
+  uncertain             (pairwise) the pairwise verdict is less confident than `min_confidence`
+
+How chosen and rejected are decided (`decide`):
+  pairwise  the default. The UltraFeedback ranking shortlists two completions (the best and,
+            by `strategy`, the worst or a random other with different text); a two-order
+            pairwise judge (edgepref.compare) decides which of them is chosen, and a verdict
+            whose |margin| is under `min_confidence` drops the pair as uncertain. Score ties
+            and small score margins are not drop reasons here: the verdict decides.
+  ratings   UltraFeedback scores alone decide: best against worst, `min_margin` apart.
 An emitted pair never has chosen text == rejected text (distilabel's max/min without a tie
 check can emit that; a DPO loss on such a pair is zero signal at best, noise at worst).
 """
@@ -22,6 +34,7 @@ from .errors import ConfigError
 from .records import Completion, Pair, Rating, Record, content_key
 
 STRATEGIES = ("best-worst", "best-random")
+DECIDERS = ("pairwise", "ratings")
 SCORES = ("score", "expected")
 FORMATS = ("standard", "conversational")
 
@@ -38,6 +51,10 @@ class PairConfig:
     # probability-weighted score; "score" by the mean integer score.
     score: str = "expected"
     format: str = "standard"
+    decide: str = "pairwise"
+    # |pairwise margin| (mean log-odds) below this drops a pair as uncertain. 0.5 keeps about the
+    # most confident 80% of the dev pairs (scripts/eval_judge_recipes.py, coverage table).
+    min_confidence: float = 0.5
     seed: int = 0
     system_prompt: str | None = None  # conversational format only
 
@@ -46,6 +63,7 @@ class PairConfig:
             ("strategy", self.strategy, STRATEGIES),
             ("score", self.score, SCORES),
             ("format", self.format, FORMATS),
+            ("decide", self.decide, DECIDERS),
         ):
             if value not in allowed:
                 raise ConfigError(
@@ -53,6 +71,8 @@ class PairConfig:
                 )
         if self.min_margin < 0:
             raise ConfigError(f"pair min_margin must be >= 0, got {self.min_margin}")
+        if self.min_confidence < 0:
+            raise ConfigError(f"pair min_confidence must be >= 0, got {self.min_confidence}")
 
 
 @dataclass
@@ -60,6 +80,7 @@ class PairReport:
     pairs: list[Pair] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)  # reason -> number of records
     margins: list[float] = field(default_factory=list)  # one per emitted pair
+    confidences: list[float] = field(default_factory=list)  # pairwise margins of emitted pairs
     unrated_completions: int = 0  # completions with no rating at all, left out of ranking
 
 
@@ -101,11 +122,13 @@ def _normalised(text: str) -> str:
 
 
 def _reject_reason(
-    best: RankedCompletion, other: RankedCompletion, min_margin: float
+    best: RankedCompletion, other: RankedCompletion, min_margin: float, by_scores: bool = True
 ) -> str | None:
     """Why `other` cannot be the rejected side against `best`, or None if it can."""
     if _normalised(best.completion.text) == _normalised(other.completion.text):
         return "identical_text"
+    if not by_scores:
+        return None
     if best.primary == other.primary and best.secondary == other.secondary:
         return "tie"
     if best.primary - other.primary + _EPS < min_margin:
@@ -118,7 +141,8 @@ def _pick_rejected(
 ) -> RankedCompletion | str:
     """The rejected completion against ranked[0], or the reason there is none."""
     best, others = ranked[0], ranked[1:]
-    reasons = [(other, _reject_reason(best, other, cfg.min_margin)) for other in others]
+    by_scores = cfg.decide == "ratings"
+    reasons = [(other, _reject_reason(best, other, cfg.min_margin, by_scores)) for other in others]
     eligible = [other for other, reason in reasons if reason is None]
     if not eligible:
         # The worst candidate with different text names the reason: everyone above it scores
@@ -149,15 +173,35 @@ def _formatted(
     )
 
 
-def pick_pair(record: Record, cfg: PairConfig) -> tuple[Pair | None, str | None]:
-    """The preference pair for `record` and None, or None and the reason it was dropped."""
+def shortlist(record: Record, cfg: PairConfig) -> tuple[RankedCompletion, RankedCompletion] | str:
+    """The two completions the ratings propose (best, then rejected), or the reason there are none."""
     ranked = rank_completions(record, cfg.score)
     if len(ranked) < 2:
-        return None, "fewer_than_two_rated"
+        return "fewer_than_two_rated"
     picked = _pick_rejected(ranked, cfg, record.id)
     if isinstance(picked, str):
-        return None, picked
-    best, worst = ranked[0], picked
+        return picked
+    return ranked[0], picked
+
+
+def pick_pair(record: Record, cfg: PairConfig) -> tuple[Pair | None, str | None]:
+    """The preference pair for `record` and None, or None and the reason it was dropped."""
+    proposed = shortlist(record, cfg)
+    if isinstance(proposed, str):
+        return None, proposed
+    best, worst = proposed
+    confidence, decided_by = None, ""
+    if cfg.decide == "pairwise":
+        verdict = record.judge_info.get("verdict")
+        ids = (best.completion.id, worst.completion.id)
+        if not verdict or verdict.get("margin") is None or {verdict["x"], verdict["y"]} != set(ids):
+            return None, "no_verdict"
+        margin = verdict["margin"] if verdict["x"] == ids[0] else -verdict["margin"]
+        if abs(margin) < cfg.min_confidence:
+            return None, "uncertain"
+        if margin < 0:
+            best, worst, margin = worst, best, -margin
+        confidence, decided_by = margin, "+".join(verdict["decided_by"])
     prompt, chosen, rejected = _formatted(
         cfg, record.instruction, best.completion.text, worst.completion.text
     )
@@ -175,6 +219,8 @@ def pick_pair(record: Record, cfg: PairConfig) -> tuple[Pair | None, str | None]
         rationale_rejected=worst.rationale,
         completion_chosen=best.completion.id,
         completion_rejected=worst.completion.id,
+        confidence=confidence,
+        decided_by=decided_by,
     )
     return pair, None
 
@@ -191,4 +237,6 @@ def pair_records(records: Iterable[Record], cfg: PairConfig) -> PairReport:
         else:
             report.pairs.append(pair)
             report.margins.append(pair.margin)
+            if pair.confidence is not None:
+                report.confidences.append(pair.confidence)
     return report

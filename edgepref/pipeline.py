@@ -24,8 +24,9 @@ from .config import PipelineConfig
 from .errors import EdgeprefError
 from .evolve import evolve
 from .inputs import InputBatch
-from .judge import judge, panel_agreement
-from .pair import pair_records, rank_completions
+from .compare import self_preference_notice
+from .judge import judge, panel_agreement, verify
+from .pair import pair_records, rank_completions, shortlist
 from .records import Record
 from .registry import availability, load_registry, resolve_model_path
 from .store import CachedBackend, write_jsonl_atomic
@@ -59,6 +60,8 @@ class RunSummary:
     pairs: int = 0
     pairs_dropped: dict = field(default_factory=dict)
     mean_margin: float | None = None
+    mean_confidence: float | None = None  # mean pairwise margin of written pairs (decide = pairwise)
+    decided_by: dict = field(default_factory=dict)  # judge(s) -> written pairs they decided
     score_histogram: dict = field(default_factory=dict)  # model -> {"1": n, ..., "5": n}
     request_errors: int = 0
     wall_seconds: float = 0.0
@@ -258,19 +261,48 @@ class Runner:
         pool_models = {m.model for m in self.cfg.pool}
         for j in self.judges:
             if j in pool_models and not (self.cfg.judge.exclude_self and len(self.judges) > 1):
-                self.on_event(Event("notice", "judge", j, message=(
-                    f"{j} judges completions it wrote itself; models tend to prefer their own "
-                    "answers (self-preference). Use a judge outside the pool, or a panel with exclude_self."
-                )))
+                self.on_event(Event("notice", "judge", j, message=self_preference_notice(j, self.cfg.judge.recipe)))
+        n_ctx = max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx)
         for j in self.judges:
             self.run_stage(
-                f"judge-{j}", j, max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx), len(records),
+                f"judge-{j}", j, n_ctx, len(records),
                 lambda be, cb, j=j: judge(records, j, be, self.cfg.judge, seed=self.cfg.seed,
                                           on_result=cb, on_error=self._error),
             )
         if len(self.judges) > 1:
             for r in records:
                 r.judge_info["panel_agreement"] = panel_agreement(r)
+        if self.cfg.pair.decide == "pairwise":
+            self.verify(records)
+        return records
+
+    def verify(self, records: list[Record]) -> list[Record]:
+        """The pairwise check of every shortlisted pair, then the escalation of uncertain ones."""
+        shortlists = {}
+        for r in records:
+            proposed = shortlist(r, self.cfg.pair)
+            if not isinstance(proposed, str):
+                shortlists[r.id] = (proposed[0].completion.id, proposed[1].completion.id)
+        n_ctx = max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx)
+        for j in self.judges:
+            self.run_stage(
+                f"verify-{j}", j, n_ctx, len(shortlists),
+                lambda be, cb, j=j: verify(records, shortlists, j, be, self.cfg.judge,
+                                           on_result=cb, on_error=self._error),
+            )
+        top = self.cfg.judge.escalate_to
+        if top:
+            def uncertain(r: Record) -> bool:
+                v = r.judge_info.get("verdict") or {}
+                return v.get("margin") is not None and abs(v["margin"]) < self.cfg.pair.min_confidence
+
+            by_id = {r.id: r for r in records}
+            doubtful = {i: xy for i, xy in shortlists.items() if uncertain(by_id[i])}
+            self.run_stage(
+                f"escalate-{top}", top, n_ctx, len(doubtful),
+                lambda be, cb: verify(records, doubtful, top, be, self.cfg.judge, escalated=True,
+                                      on_result=cb, on_error=self._error),
+            )
         return records
 
     def pair(self, records: list[Record]):
@@ -346,6 +378,9 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner: R
         s.pairs = len(report.pairs)
         s.pairs_dropped = dict(report.dropped)
         s.mean_margin = sum(report.margins) / len(report.margins) if report.margins else None
+        if report.confidences:
+            s.mean_confidence = sum(report.confidences) / len(report.confidences)
+        s.decided_by = dict(Counter(p.decided_by for p in report.pairs if p.decided_by))
     s.request_errors = sum(1 for e in runner.errors if e["stage"] != "input")
     s.wall_seconds = time.perf_counter() - runner.started
     s.completion_tokens = runner.completion_tokens

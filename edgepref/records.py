@@ -101,6 +101,10 @@ class Pair:
     rationale_rejected: str = ""
     completion_chosen: str = ""
     completion_rejected: str = ""
+    # decide = "pairwise": the pairwise margin of chosen over rejected (mean log-odds, > 0) and
+    # the judge(s) whose verdict decided it
+    confidence: float | None = None
+    decided_by: str = ""
 
     def to_row(self) -> dict:
         return asdict(self)

@@ -43,7 +43,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback
+from .backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback, renormalised
 from .errors import ConfigError, EdgeprefError, ModelNotFoundError
 
 # Alternatives asked for per token. OpenAI and vLLM (by default) allow at most 20; llama.cpp
@@ -250,10 +250,10 @@ class ServerBackend:
             temperature = s.temperature if attempt == 0 else max(s.temperature, 0.7)
             body = self._body(req, seed, temperature)
             data = self._with_retries("POST", f"{base}/chat/completions", body, stats)
-            gen, prompt_tokens, choice_probs = _read_choice(data, req, seed)
+            gen, prompt_tokens, choice_logprobs = _read_choice(data, req, seed)
             problem = req.validate(gen.text) if (req.validate and not req.choices) else None
             if problem is None:
-                return gen, prompt_tokens, choice_probs
+                return gen, prompt_tokens, choice_logprobs
             stats.parse_retries += 1
         raise _RequestFailed(f"answer did not match the expected format after {self.parse_retries + 1} tries: {problem}")
 
@@ -383,13 +383,14 @@ class ServerBackend:
     def _assemble(self, req: ChatRequest, parts: dict[int, object], error: str | None, start: float) -> ChatResult:
         if error is not None:
             return ChatResult(req, [], 0, error=error, seconds=time.perf_counter() - start)
-        gens, prompt_tokens, probs = [], 0, None
+        gens, prompt_tokens, logprobs = [], 0, None
         for k in sorted(parts):
-            gen, pt, cp = parts[k]
+            gen, pt, lp = parts[k]
             gens.append(gen)
             prompt_tokens = pt
-            probs = probs if probs is not None else cp
-        return ChatResult(req, gens, prompt_tokens, choice_probs=probs, seconds=time.perf_counter() - start)
+            logprobs = logprobs if logprobs is not None else lp
+        return ChatResult(req, gens, prompt_tokens, choice_probs=renormalised(logprobs),
+                          seconds=time.perf_counter() - start, choice_logprobs=logprobs)
 
     def _all_down(self, done: int, total: int) -> EndpointsDownError:
         reasons = "; ".join(f"{u}: {self.stats[u].down}" for u in self.endpoints)
@@ -418,29 +419,48 @@ def _read_choice(data: dict, req: ChatRequest, seed: int | None) -> tuple[Genera
     finish = choice.get("finish_reason") or "stop"
     finish = "length" if finish == "length" else "stop"
     content = ((choice.get("logprobs") or {}).get("content")) or []
-    choice_probs = None
     if req.choices:
         if not content:
             raise _RequestFailed("the server returned no logprobs; choice probabilities need logprobs support")
-        choice_probs = candidate_distribution(content[0].get("top_logprobs") or [], req.choices)
-        return Generation("", 0, "stop", seed), int(usage.get("prompt_tokens", 0)), choice_probs
+        choice_logprobs = candidate_logprobs(content[0].get("top_logprobs") or [], req.choices)
+        return Generation("", 0, "stop", seed), int(usage.get("prompt_tokens", 0)), choice_logprobs
     trace = trace_from_logprobs(text, content, req.trace_choices) if req.trace_choices else []
     completion_tokens = int(usage.get("completion_tokens", len(content)))
     return Generation(text, completion_tokens, finish, seed, trace), int(usage.get("prompt_tokens", 0)), None
 
 
+def _candidate_mass(top: list[dict], candidates: Sequence[str], spellings: bool) -> dict[str, float]:
+    mass = {c: 0.0 for c in candidates}
+    for alt in top:
+        tok, logprob = alt.get("token"), alt.get("logprob")
+        if tok is None or logprob is None:
+            continue
+        if tok not in mass and spellings and tok.startswith(" "):
+            tok = tok[1:]
+        if tok in mass:
+            mass[tok] += math.exp(float(logprob))
+    return mass
+
+
 def candidate_distribution(top: list[dict], candidates: Sequence[str]) -> dict[str, float] | None:
     """Probabilities of the candidates among the top alternatives, renormalised over them.
     A candidate outside the top list gets 0; None when none of them is there."""
-    mass = {c: 0.0 for c in candidates}
-    for alt in top:
-        tok = alt.get("token")
-        if tok in mass and alt.get("logprob") is not None:
-            mass[tok] += math.exp(float(alt["logprob"]))
+    mass = _candidate_mass(top, candidates, spellings=False)
     total = sum(mass.values())
     if total <= 0:
         return None
     return {c: v / total for c, v in mass.items()}
+
+
+def candidate_logprobs(top: list[dict], candidates: Sequence[str]) -> dict[str, float] | None:
+    """Log probability of each candidate, its spellings with and without a leading space summed,
+    as the local engine reports it. A candidate outside the top list gets the smallest log
+    probability listed (an upper bound); None when none of them is there."""
+    mass = _candidate_mass(top, candidates, spellings=True)
+    listed = [float(a["logprob"]) for a in top if a.get("logprob") is not None]
+    if not listed or not any(v > 0 for v in mass.values()):
+        return None
+    return {c: math.log(v) if v > 0 else min(listed) for c, v in mass.items()}
 
 
 def trace_from_logprobs(text: str, content: list[dict], candidates: Sequence[str]) -> list[tuple[int, dict]]:

@@ -126,6 +126,7 @@ def _result_row(key: str, result: ChatResult) -> dict:
         "key": key,
         "prompt_tokens": result.prompt_tokens,
         "choice_probs": result.choice_probs,
+        "choice_logprobs": result.choice_logprobs,
         "seconds": round(result.seconds, 3),
         "generations": [
             {
@@ -148,7 +149,8 @@ def _result_from_row(req: ChatRequest, row: dict) -> ChatResult:
         )
         for g in row["generations"]
     ]
-    return ChatResult(req, gens, row["prompt_tokens"], None, row.get("choice_probs"), row.get("seconds", 0.0))
+    return ChatResult(req, gens, row["prompt_tokens"], None, row.get("choice_probs"), row.get("seconds", 0.0),
+                      choice_logprobs=row.get("choice_logprobs"))
 
 
 class CachedBackend:

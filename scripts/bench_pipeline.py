@@ -11,9 +11,13 @@ rewrite per completion, overall UltraFeedback judge with rationales under the GB
             sample at a time (what distilabel's llama.cpp backend does), both models loaded;
   edgepref  the batched engine, one model loaded at a time.
 
-The baseline gets no probability traces (the high-level API has no cheap way to read them),
-so it does slightly less work per judge call. Prints both, the ratio and our yield with drop
-reasons; writes JSON with `pairs_per_min`, `baseline_pairs_per_min`, `ratio`, `yield`.
+The baseline gets no probability traces for the ratings (the high-level API has no cheap way to
+read them), so it does slightly less work per judge call; the pairwise check reads its label
+log-probabilities from the first generated token's top log-probabilities. Prints both, the
+ratio, our yield with drop reasons, and the judge's wall time split into the UltraFeedback
+ratings and the pairwise check of chosen/rejected (with the ratio of the two together to the
+ratings alone, which is what the judge cost before the check); writes JSON with
+`pairs_per_min`, `baseline_pairs_per_min`, `ratio`, `yield`, `judge_seconds`.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgepref.backend import ChatResult, Generation, Progress
+from edgepref.backend import ChatResult, Generation, Progress, renormalised
 from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
 from edgepref.engine.handles import load_high_level_llama
 from edgepref.inputs import read_instructions
 from edgepref.pipeline import run_pipeline
 from edgepref.registry import resolve_model_path
+from edgepref.remote import candidate_logprobs
 
 QWEN, SMOL = "qwen2.5-coder-0.5b", "smollm2-135m"
 DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/instructions.jsonl"
@@ -51,6 +56,12 @@ class SequentialBackend:
         start = time.perf_counter()
         results, tokens = [], 0
         for i, req in enumerate(requests):
+            if req.choices:
+                res = self._choice(req)
+                results.append(res)
+                if on_result:
+                    on_result(Progress(i + 1, len(requests), tokens, 0, time.perf_counter() - start), res)
+                continue
             grammar = self._grammar_cls.from_string(req.grammar, verbose=False) if req.grammar else None
             gens, prompt_tokens = [], 0
             for k in range(max(1, req.n)):
@@ -77,6 +88,16 @@ class SequentialBackend:
                 on_result(Progress(i + 1, len(requests), tokens, 0, time.perf_counter() - start), res)
         return results
 
+    def _choice(self, req) -> ChatResult:
+        """Label log-probabilities at the answer's first token, from its top alternatives."""
+        out = self.llm.create_chat_completion(req.messages, temperature=0.0, max_tokens=1, logprobs=True,
+                                              top_logprobs=20)
+        content = (out["choices"][0].get("logprobs") or {}).get("content") or []
+        logprobs = candidate_logprobs(content[0].get("top_logprobs") or [], req.choices) if content else None
+        return ChatResult(req, [Generation("", 0, "stop", None)], out["usage"]["prompt_tokens"],
+                          None if logprobs else "no log-probabilities", renormalised(logprobs),
+                          choice_logprobs=logprobs)
+
     def close(self):
         pass
 
@@ -94,6 +115,14 @@ def timed_run(batch, cfg, backends=None) -> tuple[float, object]:
         start = time.perf_counter()
         result = run_pipeline(batch, out, cfg, backends=backends)
         return time.perf_counter() - start, result
+
+
+def judge_split(stage_seconds: dict) -> dict:
+    """The judge's wall time: UltraFeedback ratings, and the pairwise check (with escalation)."""
+    ratings = sum(v for k, v in stage_seconds.items() if k.startswith("judge-"))
+    check = sum(v for k, v in stage_seconds.items() if k.startswith(("verify-", "escalate-")))
+    return {"ratings": round(ratings, 1), "check": round(check, 1), "total": round(ratings + check, 1),
+            "ratio_to_ratings": round((ratings + check) / ratings, 2) if ratings else None}
 
 
 def main() -> None:
@@ -125,6 +154,7 @@ def main() -> None:
         "evolutions_dropped": ours.summary.evolutions_dropped,
         "request_errors": ours.summary.request_errors,
         "stage_seconds": ours.summary.stage_seconds,
+        "judge_seconds": judge_split(ours.summary.stage_seconds),
     }
     print(f"edgepref  : {len(ours.pairs)} pairs in {ours_s:.0f} s = {report['pairs_per_min']:.2f} pairs/min"
           f"  (stages: {ours.summary.stage_seconds})")
@@ -143,6 +173,9 @@ def main() -> None:
         print(f"ratio (pairs/min): {report['ratio']:.2f}x   wall-time ratio: {report['seconds_ratio']:.2f}x")
     drops = ", ".join(f"{k} {v}" for k, v in sorted(ours.summary.pairs_dropped.items())) or "none"
     print(f"yield     : {report['yield']:.0%} of instructions gave a pair (dropped: {drops})")
+    j = report["judge_seconds"]
+    print(f"judge     : ratings {j['ratings']:.1f} s + pairwise check {j['check']:.1f} s = {j['total']:.1f} s "
+          f"({j['ratio_to_ratings']:.2f}x the ratings alone)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     sys.exit(0)

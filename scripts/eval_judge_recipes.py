@@ -1,13 +1,21 @@
 """Compare judge recipes on labelled pairs; prints the README's table and writes JSON.
 
-    python scripts/eval_judge_recipes.py --limit 228 --json judge_recipes.json
+    python scripts/eval_judge_recipes.py --json judge_recipes.json
+    python scripts/eval_judge_recipes.py --recipes plain-ab,expert-ab --limit 40
 
-For each judge set (each embedded model alone, and the two as a panel) and each judge mode
-(rationale, score-only, pairwise), the pairs are rated once in both showing orders through
-`edgepref.evaljudge` (the pipeline's judge stage), then every recipe of that mode is scored
-from the same ratings. A panel reuses its members' ratings. One-order recipes are charged
-half the measured seconds (they need one of the two passes). Requests are cached in
---cache, so an interrupted comparison resumes.
+The pairs are split in two halves by a fixed rule: the first half of the file (rounded up) is
+the one recipes were chosen on, the second half is held out; every recipe is reported on both
+halves and on all pairs. For each judge set (each model alone, and the models as a panel) and
+each recipe: agreement with a 95% CI, precision at coverage (agreement on the most confident
+100% / 80% / 50% of the pairs, confidence = |margin|) with the |margin| where each share starts,
+single-order position bias and swap consistency, length bias, prompt tokens and seconds per
+pair, and self-preference (the judge's own greedy answers to the first N instructions against
+the better response of each pair: how often it prefers its own).
+
+Pairwise recipes that share a prompt are asked together and each question is decoded once; each
+recipe is charged the prompt tokens it would decode alone. A panel reuses its members' answers.
+Requests are cached in --cache, so an interrupted comparison resumes and a finished one replays
+(seconds per pair are then those of the replay; prompt tokens per pair do not change).
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import argparse
 import json
 from pathlib import Path
 
-from edgepref.config import JudgeConfig, PipelineConfig
-from edgepref.evaljudge import RECIPES, judge_config_for, panel_records, rate_pairs, read_judge_pairs, score_recipe
+from edgepref.config import PipelineConfig
+from edgepref.evaljudge import (judge_recipes_alone, panel_run, read_judge_pairs, recipe_names, score_judged,
+                                self_preference)
 from edgepref.pipeline import Runner
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/judge_pairs.jsonl"
@@ -27,52 +36,68 @@ MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", default=str(DEFAULT_PAIRS))
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--modes", default="rationale,score-only,pairwise")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--limit", type=int, default=None, help="only the first N pairs (halves of those)")
+    ap.add_argument("--recipes", default=None, help=f"comma-separated (default: all): {', '.join(recipe_names())}")
+    ap.add_argument("--models", default=",".join(MODELS), help="judges; with two or more, also their panel")
+    ap.add_argument("--no-panel", action="store_true")
+    ap.add_argument("--self-preference", type=int, default=40, metavar="N", help="0 skips it")
     ap.add_argument("--cache", type=Path, default=Path("judge_recipes.cache"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     pairs = read_judge_pairs(args.pairs, args.limit)
+    half = (len(pairs) + 1) // 2
+    parts = {"choose": (0, half), "held-out": (half, len(pairs)), "all": (0, len(pairs))}
+    recipes = args.recipes.split(",") if args.recipes else recipe_names()
     models = args.models.split(",")
+    judge_sets = [[m] for m in models] + ([models] if len(models) > 1 and not args.no_panel else [])
+    runner = Runner(PipelineConfig(), None, cache_dir=args.cache)
     rows = []
-    for mode in args.modes.split(","):
-        recipes = [name for name, spec in RECIPES.items() if spec[0] == mode]
-        cfg = judge_config_for(recipes[0], JudgeConfig())
-        rated: dict[str, list] = {}
-        seconds: dict[str, float] = {}
-        for model in models:
-            runner = Runner(PipelineConfig(), None, cache_dir=args.cache)
-            try:
-                rated[model], seconds[model] = rate_pairs(runner, model, pairs, cfg)
-            finally:
-                runner.close()
-            print(f"[{mode}] {model}: rated {len(pairs)} pairs in {seconds[model]:.0f} s "
-                  f"({runner.cached_requests} requests from cache)", flush=True)
-        judge_sets = [[m] for m in models] + ([models] if len(models) > 1 else [])
+    try:
+        runs = {m: judge_recipes_alone(runner, recipes, pairs, m) for m in models}
+        own = {m: self_preference(runner, recipes, pairs[: args.self_preference], [m])
+               for m in models} if args.self_preference else {}
         for judges in judge_sets:
-            merged = panel_records(pairs, [rated[m] for m in judges])
-            secs = sum(seconds[m] for m in judges)
             for name in recipes:
-                both = RECIPES[name][2]
-                rep = score_recipe(name, pairs, merged, judges, secs if both else secs / 2)
-                rows.append(rep.to_row())
-                print(f"{name:<26} {'+'.join(judges):<34} agreement {rep.agreement:.3f} "
-                      f"[{rep.agreement_ci95[0]:.3f}, {rep.agreement_ci95[1]:.3f}]  "
-                      f"swap {rep.swap_consistency:.3f}  pos {rep.position_bias:.3f}  "
-                      f"len {rep.length_bias:.3f}  ties {rep.tie_rate:.3f}  parse {rep.parse_rate:.2f}  "
-                      f"{rep.seconds_per_pair:.2f} s/pair", flush=True)
-    rows.sort(key=lambda r: (-r["agreement"], r["seconds_per_pair"]))
-    print("\n| recipe | judge | agreement (95% CI) | one-order agreement | swap consistency | position bias | length bias | s/pair |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        lo, hi = r["agreement_ci95"]
-        print(f"| {r['recipe']} | {' + '.join(r['judges'])} | {r['agreement']:.1%} ({lo:.1%}–{hi:.1%}) | "
-              f"{r['one_order_agreement']:.1%} | {r['swap_consistency']:.1%} | {r['position_bias']:.1%} | "
-              f"{r['length_bias']:.1%} | {r['seconds_per_pair']:.2f} |")
+                run = panel_run([runs[m][name] for m in judges])
+                row = {"recipe": name, "judges": judges, "n": len(pairs),
+                       "prompt_tokens_per_pair": run.prompt_tokens_per_pair,
+                       "seconds_per_pair": run.seconds / len(pairs)}
+                for part, (lo, hi) in parts.items():
+                    rep = score_judged(name, pairs[lo:hi], run.judged[lo:hi], judges,
+                                       run.seconds * (hi - lo) / len(pairs))
+                    row[part] = rep.to_row()
+                shares = [own[m][name]["share"] for m in judges if own]
+                row["self_preference"] = (sum(shares) / len(shares)) if shares and None not in shares else None
+                rows.append(row)
+                print(_line(row), flush=True)
+    finally:
+        runner.close()
+    print(f"\n{len(pairs)} pairs: choose = first {half}, held-out = the other {len(pairs) - half}\n")
+    print("| recipe | judge | choose half | held-out half | all (95% CI) | top 80% | top 50% | "
+          "swap consistency | position bias | length bias | prompt tokens/pair | s/pair | self-preference |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: -r["choose"]["agreement"]):
+        a = r["all"]
+        lo, hi = a["agreement_ci95"]
+        sp = "-" if r["self_preference"] is None else f"{r['self_preference']:.0%}"
+        tokens = "-" if r["prompt_tokens_per_pair"] is None else f"{r['prompt_tokens_per_pair']:.0f}"
+        print(f"| {r['recipe']} | {' + '.join(r['judges'])} | {r['choose']['agreement']:.1%} | "
+              f"{r['held-out']['agreement']:.1%} | {a['agreement']:.1%} ({lo:.0%}–{hi:.0%}) | "
+              f"{a['precision_at_coverage'].get('80%', 0):.1%} | {a['precision_at_coverage'].get('50%', 0):.1%} | "
+              f"{a['swap_consistency']:.1%} | {a['position_bias']:.1%} | {a['length_bias']:.1%} | {tokens} | "
+              f"{r['seconds_per_pair']:.2f} | {sp} |")
     if args.json:
-        args.json.write_text(json.dumps({"n": len(pairs), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"n": len(pairs), "halves": parts, "rows": rows}, indent=2))
+
+
+def _line(row: dict) -> str:
+    a = row["all"]
+    return (f"{row['recipe']:<16} {'+'.join(row['judges']):<32} choose {row['choose']['agreement']:.3f}  "
+            f"held-out {row['held-out']['agreement']:.3f}  all {a['agreement']:.3f}  "
+            f"top80 {a['precision_at_coverage'].get('80%', 0):.3f} top50 {a['precision_at_coverage'].get('50%', 0):.3f}  "
+            f"|m|@80% {a['confidence_at_coverage'].get('80%', 0):.3f}  swap {a['swap_consistency']:.3f}  "
+            f"pos {a['position_bias']:.3f}  len {a['length_bias']:.3f}  self-pref {row['self_preference']}")
 
 
 if __name__ == "__main__":

@@ -99,12 +99,14 @@ def rated_run_dir(tmp: Path) -> Path:
             Rating("smollm2-135m:0", "qwen2.5-coder-0.5b", "overall", 2, 2.1, "vague"),
         ]) for i in range(3)
     ]
-    report = pair_records(records, PipelineConfig().pair)
+    cfg = PipelineConfig()
+    cfg.pair.decide = "ratings"  # hand-made ratings and no pairwise verdicts
+    report = pair_records(records, cfg.pair)
     out = tmp / "run"
     write_jsonl_atomic(out / "pairs.jsonl", (p.to_row() for p in report.pairs))
     from dataclasses import asdict
 
-    (out / "run.json").write_text(json.dumps({"config": asdict(PipelineConfig()), "judges": ["qwen2.5-coder-0.5b"],
+    (out / "run.json").write_text(json.dumps({"config": asdict(cfg), "judges": ["qwen2.5-coder-0.5b"],
                                               "summary": {"instructions": 3, "pairs_dropped": {}}}, default=str))
     return out
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from edgepref.config import EvolveConfig, JudgeConfig
 from edgepref.evolve import evolve, pick_criterion, strip_leaked_headings
-from edgepref.judge import bradley_terry, judge, panel_agreement, shown_orders
+from edgepref.backend import ChatRequest, Sampling
+from edgepref.compare import RECIPES, compare
+from edgepref.compare import request as compare_request
+from edgepref.judge import bradley_terry, judge, panel_agreement, shown_orders, verify
+from edgepref.pair import PairConfig, pick_pair
 from edgepref.records import Completion, Rating, Record
 
 from .conftest import QWEN, SMOL
@@ -105,11 +111,66 @@ def test_panel_agreement_on_known_ratings() -> None:
 def test_pairwise_mode_is_order_invariant(qwen_engine) -> None:
     record = record_with(3)
     judge([record], QWEN, qwen_engine, JudgeConfig(mode="pairwise"))
-    prefs = record.judge_info["pairwise"][QWEN]
-    assert set(prefs) == {"m:0>m:1", "m:0>m:2", "m:1>m:2"}
+    margins = record.judge_info["margins"][QWEN]
+    assert set(margins) == {"m:0>m:1", "m:0>m:2", "m:1>m:2"}
     scores = {r.completion_id: r.score for r in record.ratings}
     assert all(1.0 <= s <= 5.0 for s in scores.values())
     assert scores["m:0"] > scores["m:2"]  # Paris beats Lyon
+    # the same completions listed in another order ask the same questions, so get the same
+    # scores up to the rounding of another batch layout (see edgepref.engine.core, "Determinism")
+    shuffled = Record(id="k2", instruction=record.instruction, completions=record.completions[::-1])
+    judge([shuffled], QWEN, qwen_engine, JudgeConfig(mode="pairwise"))
+    assert {r.completion_id: r.score for r in shuffled.ratings} == pytest.approx(scores, abs=0.02)
+
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.mark.parametrize("recipe", ["headings-ab12", "prefill-ab", "plain-ab"])
+def test_two_order_log_odds_are_antisymmetric(qwen_engine, recipe) -> None:
+    good, bad = "The capital of France is Paris.", "I think it is Lyon."
+    items = [(QUESTION, good, bad), (QUESTION, bad, good)]
+    first = compare(items, [RECIPES[recipe]], qwen_engine, QWEN)[recipe]
+    again = compare(items[::-1], [RECIPES[recipe]], qwen_engine, QWEN)[recipe][::-1]  # from the KV cache
+    assert all(v.ok for v in first + again)
+    assert first[1].margin == -first[0].margin  # swapping x and y negates the margin exactly
+    assert [v.margin for v in again] == [v.margin for v in first]
+    assert first[0].margin > 0  # Paris beats Lyon
+    assert len(first[0].logodds) == len(RECIPES[recipe].label_sets)
+
+
+def test_choice_log_probabilities_sum_the_spellings(qwen_engine) -> None:
+    req = compare_request(RECIPES["headings-ab"], QUESTION, "Paris.", "Lyon.", ("A", "B"))
+    res = qwen_engine.chat([req])[0]
+    lp, probs = res.choice_logprobs, res.choice_probs
+    assert set(lp) == {"A", "B"} and all(v < 0 for v in lp.values())
+    # renormalised probabilities carry the same log-odds as the raw log probabilities
+    assert math.log(probs["A"] / probs["B"]) == pytest.approx(lp["A"] - lp["B"], abs=1e-9)
+    # a label also owns its spelling with a leading space, so it is more likely than that alone
+    spaced = qwen_engine.chat([ChatRequest(req.messages, Sampling(max_tokens=0), choices=(" A", " B"))])[0]
+    assert spaced.ok and lp["A"] > spaced.choice_logprobs[" A"] and lp["B"] > spaced.choice_logprobs[" B"]
+    # so a candidate list that names both spellings is ambiguous, and says so
+    clash = qwen_engine.chat([ChatRequest(req.messages, Sampling(max_tokens=0), choices=("A", "B", " A"))])[0]
+    assert not clash.ok and "start with the same token" in clash.error
+
+
+def test_verify_and_escalate_record_who_decided(qwen_engine, smol_engine) -> None:
+    records = [record_with(2, "k"), record_with(3, "k2")]
+    shortlists = {"k": ("m:0", "m:1"), "k2": ("m:0", "m:2")}
+    verify(records, shortlists, SMOL, smol_engine, JudgeConfig())
+    for r in records:
+        v = r.judge_info["verdict"]
+        assert v["decided_by"] == [SMOL] and v["margin"] == v["margins"][SMOL]
+    # escalation: the second judge's verdict replaces the first, which stays on record
+    verify(records[1:], shortlists, QWEN, qwen_engine, JudgeConfig(), escalated=True)
+    v = records[1].judge_info["verdict"]
+    assert v["decided_by"] == [QWEN] and v["escalated"] and set(v["margins"]) == {SMOL, QWEN}
+    assert v["margin"] == v["margins"][QWEN] > 0  # Paris over Lyon
+    # the ratings rank Lyon first; the verdict decides
+    records[1].ratings = [Rating("m:0", SMOL, "overall", 2), Rating("m:1", SMOL, "overall", 3),
+                          Rating("m:2", SMOL, "overall", 4)]
+    pair, _ = pick_pair(records[1], PairConfig(min_confidence=0.0, strategy="best-worst"))
+    assert pair is not None and pair.decided_by == QWEN and pair.chosen == ANSWERS[0]
 
 
 def test_bradley_terry_orders_by_wins() -> None:
@@ -126,6 +187,15 @@ def test_bradley_terry_orders_by_wins() -> None:
     ("## Better Version\n# Improved Response\nParis.", "Paris."),
     ("Paris is the capital. Response: yes.", "Paris is the capital. Response: yes."),
     ("# Paris facts\nParis is the capital.", "# Paris facts\nParis is the capital."),
+    # lead-in sentences seen above real rewrites
+    ("Here's a new response that includes more information about the specified countries:\n\n"
+     "1. France: Paris.", "1. France: Paris."),
+    ("Sure! Here is a revised answer with more detail:\nParis is the capital.", "Paris is the capital."),
+    ("Certainly, here's an improved version of the response, focusing on relevance: Paris.", "Paris."),
+    ("Below is the rewritten response:\n\nParis.", "Paris."),
+    # not a lead-in: a sentence of the answer that mentions a response, or no colon
+    ("Here is the answer you asked for, in short. Paris.", "Here is the answer you asked for, in short. Paris."),
+    ("Here are the steps:\n1. Boil water.", "Here are the steps:\n1. Boil water."),
 ])
 def test_leaked_headings_are_stripped(raw: str, clean: str) -> None:
     assert strip_leaked_headings(raw) == clean

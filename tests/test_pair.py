@@ -9,6 +9,11 @@ from edgepref.pair import PairConfig, pair_records, pick_pair, rank_completions
 from edgepref.records import Completion, Rating, Record
 
 
+def Ratings(*args, **kwargs) -> PairConfig:
+    """Chosen and rejected decided by the UltraFeedback scores alone."""
+    return PairConfig(*args, decide="ratings", **kwargs)
+
+
 def make_record(
     rated: list[tuple[str, float | list[float] | None, float | None]],
     record_id: str = "r1",
@@ -34,7 +39,7 @@ def test_best_worst_picks_extremes() -> None:
     record = make_record(
         [("middle", 3, None), ("top", 5, None), ("bottom", 1, None), ("ok", 4, None)]
     )
-    pair, reason = pick_pair(record, PairConfig())
+    pair, reason = pick_pair(record, Ratings())
     assert reason is None and pair is not None
     assert (pair.chosen, pair.rejected) == ("top", "bottom")
     assert (pair.score_chosen, pair.score_rejected, pair.margin) == (5, 1, 4)
@@ -45,7 +50,7 @@ def test_best_worst_picks_extremes() -> None:
 
 def test_scores_are_means_over_judges_and_rationales_joined() -> None:
     record = make_record([("a", [5, 3], None), ("b", [2, 2], None), ("c", [4, 5], None)])
-    pair, _ = pick_pair(record, PairConfig())
+    pair, _ = pick_pair(record, Ratings())
     assert (pair.chosen, pair.rejected) == ("c", "b")
     assert pair.score_chosen == 4.5 and pair.margin == 2.5
     assert pair.rationale_chosen == "why 2.0 | why 2.1"
@@ -56,14 +61,14 @@ def test_scores_are_means_over_judges_and_rationales_joined() -> None:
 def test_equal_ratings_are_dropped_as_tie_never_chosen_equals_rejected(min_margin: float) -> None:
     # distilabel's max/min would emit this record with chosen == rejected
     record = make_record([("first", 4, None), ("second", 4, None), ("third", 4, None)])
-    pair, reason = pick_pair(record, PairConfig(min_margin=min_margin))
+    pair, reason = pick_pair(record, Ratings(min_margin=min_margin))
     assert pair is None and reason == "tie"
 
 
 def test_small_margin_dropped() -> None:
     record = make_record([("a", 4, None), ("b", 3.5, None)])
-    assert pick_pair(record, PairConfig(min_margin=1.0)) == (None, "small_margin")
-    pair, reason = pick_pair(record, PairConfig(min_margin=0.5))
+    assert pick_pair(record, Ratings(min_margin=1.0)) == (None, "small_margin")
+    pair, reason = pick_pair(record, Ratings(min_margin=0.5))
     assert reason is None and pair.margin == 0.5
 
 
@@ -71,7 +76,7 @@ def test_margin_of_exactly_min_margin_is_kept_despite_float_error() -> None:
     # in floats 4.1 - 3.1 is 0.9999999999999996; it must still count as a margin of 1
     assert 4.1 - 3.1 < 1.0
     record = make_record([("a", 4.1, None), ("b", 3.1, None)])
-    pair, reason = pick_pair(record, PairConfig(min_margin=1.0, score="score"))
+    pair, reason = pick_pair(record, Ratings(min_margin=1.0, score="score"))
     assert reason is None and pair.margin == pytest.approx(1.0)
 
 
@@ -81,20 +86,20 @@ def test_expected_score_breaks_ties_on_score() -> None:
     assert ranked == ["high-expected", "low-expected", "worst"]
     # with min_margin 0 the tie-break alone decides a two-way tie on score
     two = make_record([("low-expected", 4, 3.6), ("high-expected", 4, 4.4)])
-    pair, reason = pick_pair(two, PairConfig(min_margin=0.0, score="score"))
+    pair, reason = pick_pair(two, Ratings(min_margin=0.0, score="score"))
     assert reason is None
     assert (pair.chosen, pair.rejected, pair.margin) == ("high-expected", "low-expected", 0.0)
-    assert pick_pair(two, PairConfig(min_margin=0.5, score="score")) == (None, "small_margin")
+    assert pick_pair(two, Ratings(min_margin=0.5, score="score")) == (None, "small_margin")
 
 
 def test_expected_as_primary_with_score_fallback_and_tie_break() -> None:
     record = make_record([("a", 5, 3.0), ("b", 2, None), ("c", 4, 4.8)])
-    pair, _ = pick_pair(record, PairConfig(score="expected", min_margin=1.0))
+    pair, _ = pick_pair(record, Ratings(score="expected", min_margin=1.0))
     # b has no expected score, so its score 2 stands in
     assert (pair.chosen, pair.rejected) == ("c", "b")
     assert (pair.score_chosen, pair.score_rejected) == (4.8, 2.0)
     tied = make_record([("a", 5, 4.0), ("b", 3, 4.0)])
-    pair, reason = pick_pair(tied, PairConfig(score="expected", min_margin=0.0))
+    pair, reason = pick_pair(tied, Ratings(score="expected", min_margin=0.0))
     assert reason is None and (pair.chosen, pair.rejected) == ("a", "b")
 
 
@@ -102,20 +107,20 @@ def test_identical_text_never_emitted_next_candidate_tried() -> None:
     record = make_record(
         [("Same answer.", 5, None), ("  Same\nanswer. ", 1, None), ("other", 2, None)]
     )
-    pair, reason = pick_pair(record, PairConfig())
+    pair, reason = pick_pair(record, Ratings())
     assert reason is None and (pair.chosen, pair.rejected) == ("Same answer.", "other")
     only_copies = make_record([("x y", 5, None), ("x  y", 1, None), ("x\ty\n", 2, None)])
-    assert pick_pair(only_copies, PairConfig()) == (None, "identical_text")
+    assert pick_pair(only_copies, Ratings()) == (None, "identical_text")
     copies_and_close = make_record([("x", 5, None), ("x", 1, None), ("z", 4.5, None)])
-    assert pick_pair(copies_and_close, PairConfig()) == (None, "small_margin")
+    assert pick_pair(copies_and_close, Ratings()) == (None, "small_margin")
 
 
 def test_fewer_than_two_rated_and_unrated_counted() -> None:
     one = make_record([("a", 5, None), ("b", None, None)], record_id="one")
     none = make_record([("a", None, None)], record_id="none")
     good = make_record([("a", 5, None), ("b", 1, None), ("c", None, None)], record_id="good")
-    assert pick_pair(one, PairConfig()) == (None, "fewer_than_two_rated")
-    report = pair_records([one, none, good], PairConfig())
+    assert pick_pair(one, Ratings()) == (None, "fewer_than_two_rated")
+    report = pair_records([one, none, good], Ratings())
     assert [p.id for p in report.pairs] == ["good"]
     assert report.dropped == {"fewer_than_two_rated": 2}
     assert report.unrated_completions == 3
@@ -125,7 +130,7 @@ def test_fewer_than_two_rated_and_unrated_counted() -> None:
 def test_ratings_for_unknown_completion_ids_are_ignored() -> None:
     record = make_record([("a", 5, None), ("b", 1, None)])
     record.ratings.append(Rating("ghost", judge="j", aspect="overall", score=1))
-    pair, _ = pick_pair(record, PairConfig())
+    pair, _ = pick_pair(record, Ratings())
     assert pair.completion_rejected == "m1:0"
 
 
@@ -137,7 +142,7 @@ def test_pair_records_counts_every_reason() -> None:
         make_record([("a", 5, None), ("a", 1, None)], record_id="same"),
         make_record([("a", 5, None)], record_id="single"),
     ]
-    report = pair_records(records, PairConfig())
+    report = pair_records(records, Ratings())
     assert [p.id for p in report.pairs] == ["kept"]
     assert report.dropped == {
         "tie": 1, "small_margin": 1, "identical_text": 1, "fewer_than_two_rated": 1
@@ -150,7 +155,7 @@ def spread_record(record_id: str) -> Record:
 
 
 def test_best_random_is_deterministic_and_respects_margin() -> None:
-    cfg = PairConfig(strategy="best-random", min_margin=1.5, seed=7)
+    cfg = Ratings(strategy="best-random", min_margin=1.5, seed=7)
     seen = set()
     for i in range(60):
         record = spread_record(f"rec-{i}")
@@ -167,7 +172,7 @@ def test_best_random_is_deterministic_and_respects_margin() -> None:
 def test_best_random_depends_on_seed_not_on_order() -> None:
     records = [spread_record(f"rec-{i}") for i in range(40)]
     def rejected(recs: list[Record], seed: int) -> list[str]:
-        return [p.rejected for p in pair_records(recs, PairConfig("best-random", seed=seed)).pairs]
+        return [p.rejected for p in pair_records(recs, Ratings("best-random", seed=seed)).pairs]
 
     by_seed = {seed: rejected(records, seed) for seed in (0, 1)}
     assert by_seed[0] != by_seed[1]
@@ -176,34 +181,34 @@ def test_best_random_depends_on_seed_not_on_order() -> None:
 
 def test_best_random_drops_like_best_worst_when_nothing_is_far_enough() -> None:
     record = make_record([("a", 5, None), ("b", 4.5, None), ("c", 4.5, None)])
-    assert pick_pair(record, PairConfig("best-random")) == (None, "small_margin")
+    assert pick_pair(record, Ratings("best-random")) == (None, "small_margin")
 
 
 def test_conversational_format() -> None:
     record = make_record([("good", 5, None), ("bad", 1, None)])
-    pair, _ = pick_pair(record, PairConfig(format="conversational"))
+    pair, _ = pick_pair(record, Ratings(format="conversational"))
     assert pair.prompt == [{"role": "user", "content": record.instruction}]
     assert pair.chosen == [{"role": "assistant", "content": "good"}]
     assert pair.rejected == [{"role": "assistant", "content": "bad"}]
-    cfg = PairConfig(format="conversational", system_prompt="Be brief.")
+    cfg = Ratings(format="conversational", system_prompt="Be brief.")
     with_system, _ = pick_pair(record, cfg)
     assert with_system.prompt == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": record.instruction},
     ]
-    standard, _ = pick_pair(record, PairConfig(system_prompt="ignored in standard"))
+    standard, _ = pick_pair(record, Ratings(system_prompt="ignored in standard"))
     assert standard.prompt == record.instruction
 
 
 def test_bad_config_raises() -> None:
     with pytest.raises(ConfigError, match="best-worst"):
-        PairConfig(strategy="worst-best")
+        Ratings(strategy="worst-best")
     with pytest.raises(ConfigError):
-        PairConfig(score="median")
+        Ratings(score="median")
     with pytest.raises(ConfigError):
-        PairConfig(format="chatml")
+        Ratings(format="chatml")
     with pytest.raises(ConfigError):
-        PairConfig(min_margin=-1)
+        Ratings(min_margin=-1)
 
 
 @pytest.mark.parametrize("fmt", ["standard", "conversational"])
@@ -213,7 +218,7 @@ def test_rows_load_into_datasets(fmt: str) -> None:
         make_record([(f"good {i}", 5, 4.6), (f"bad {i}", 2, 2.2)], record_id=f"r{i}")
         for i in range(3)
     ]
-    report = pair_records(records, PairConfig(format=fmt))
+    report = pair_records(records, Ratings(format=fmt))
     ds = datasets.Dataset.from_list([p.to_row() for p in report.pairs])
     assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
     assert len(ds) == 3
@@ -223,3 +228,41 @@ def test_rows_load_into_datasets(fmt: str) -> None:
     else:
         assert ds[0]["chosen"] == [{"role": "assistant", "content": "good 0"}]
         assert ds[0]["prompt"][0]["role"] == "user"
+
+
+# ---------------------------------------------------------------- decided by the pairwise verdict
+
+
+def with_verdict(record: Record, x: str, y: str, margin: float | None, by=("judge-0",)) -> Record:
+    record.judge_info["verdict"] = {"x": x, "y": y, "margins": {}, "margin": margin, "decided_by": list(by)}
+    return record
+
+
+def test_pairwise_verdict_decides_and_can_swap_the_ratings() -> None:
+    # the ratings shortlist m0 (5) and m1 (1); the verdict says m1 is better by a clear margin
+    record = with_verdict(make_record([("rated high", 5, None), ("rated low", 1, None)]), "m0:0", "m1:0", -1.2)
+    pair, reason = pick_pair(record, PairConfig())
+    assert reason is None and (pair.chosen, pair.rejected) == ("rated low", "rated high")
+    assert pair.confidence == pytest.approx(1.2) and pair.decided_by == "judge-0"
+    # the same verdict stated as m1 over m0 gives the same pair
+    same = with_verdict(make_record([("rated high", 5, None), ("rated low", 1, None)]), "m1:0", "m0:0", 1.2)
+    assert pick_pair(same, PairConfig())[0].chosen == "rated low"
+
+
+def test_uncertain_and_missing_verdicts_are_drop_reasons() -> None:
+    records = [
+        with_verdict(make_record([("a", 4, None), ("b", 4, None)], "tied"), "m0:0", "m1:0", 0.9),  # a tie is fine
+        with_verdict(make_record([("a", 5, None), ("b", 1, None)], "unsure"), "m0:0", "m1:0", -0.2),
+        make_record([("a", 5, None), ("b", 1, None)], "unchecked"),
+        with_verdict(make_record([("a", 5, None), ("b", 1, None)], "failed"), "m0:0", "m1:0", None),
+    ]
+    report = pair_records(records, PairConfig(min_confidence=0.5))
+    assert [p.id for p in report.pairs] == ["tied"] and report.confidences == [pytest.approx(0.9)]
+    assert report.dropped == {"uncertain": 1, "no_verdict": 2}
+    # a lower threshold keeps the unsure one, decided the other way round from the ratings
+    pair, _ = pick_pair(records[1], PairConfig(min_confidence=0.1))
+    assert (pair.chosen, pair.rejected) == ("b", "a")
+    with pytest.raises(ConfigError, match="min_confidence"):
+        PairConfig(min_confidence=-0.1)
+    with pytest.raises(ConfigError, match="decide"):
+        PairConfig(decide="vibes")

@@ -52,10 +52,13 @@ def test_every_completion_is_rated_and_pairs_are_ordered(first_run) -> None:
         assert {r.completion_id for r in record.ratings} == {c.id for c in record.completions}
         for r in record.ratings:
             assert r.score in {1, 2, 3, 4, 5} and 1.0 <= r.expected <= 5.0
-    assert result.pairs, "no pair at all from three instructions"
+    cfg = small_config()
+    for record in result.records:  # the shortlisted pair of every record got a pairwise verdict
+        verdict = record.judge_info["verdict"]
+        assert verdict["decided_by"] == [QWEN] and isinstance(verdict["margin"], float)
     for pair in result.pairs:
         assert pair.chosen.strip() != pair.rejected.strip()
-        assert pair.score_chosen - pair.score_rejected >= 1.0
+        assert pair.confidence >= cfg.pair.min_confidence and pair.decided_by == QWEN
         assert pair.model_chosen and pair.model_rejected
     assert result.summary.pairs == len(result.pairs)
     assert result.summary.pairs + sum(result.summary.pairs_dropped.values()) == 3
@@ -85,6 +88,41 @@ def test_files_load_with_datasets_as_trl_expects(first_run) -> None:
 def test_self_preference_is_announced(first_run) -> None:
     _, _, events = first_run
     assert any(e.kind == "notice" and "self-preference" in e.message for e in events)
+
+
+def test_uncertain_pairs_are_dropped_and_counted(first_run, engines, tmp_path) -> None:
+    out, result, _ = first_run
+    margins = [abs(r.judge_info["verdict"]["margin"]) for r in result.records]
+    cut = sorted(margins)[1] + 1e-6  # above the two least confident verdicts
+    cfg = small_config()
+    cfg.pair.min_confidence = cut
+    again = run_pipeline(INSTRUCTIONS, out, cfg, backends=engines)  # answered from the cache
+    assert again.summary.completion_tokens == 0
+    assert again.summary.pairs_dropped.get("uncertain") == 2 and again.summary.pairs == 1
+    assert json.loads((out / "run.json").read_text())["summary"]["pairs_dropped"]["uncertain"] == 2
+    run_pipeline(INSTRUCTIONS, out, small_config(), backends=engines)  # leave the module's run as it was
+
+
+def test_escalation_decides_the_uncertain_pairs(engines, tmp_path) -> None:
+    """smollm2 judges; every verdict it gives is uncertain (threshold above any margin), so
+    qwen decides each pair and is recorded as the decider."""
+    cfg = small_config()
+    cfg.evolve.num_evolutions = 0
+    cfg.judge.models, cfg.judge.escalate_to = [SMOL], QWEN
+    cfg.pair.min_confidence = 1e6
+    events = []
+    result = run_pipeline(INSTRUCTIONS[:2], tmp_path, cfg, backends=engines, on_event=events.append)
+    for record in result.records:
+        verdict = record.judge_info["verdict"]
+        assert verdict["escalated"] and verdict["decided_by"] == [QWEN]
+        assert set(verdict["margins"]) == {SMOL, QWEN} and verdict["margin"] == verdict["margins"][QWEN]
+    assert result.summary.pairs_dropped == {"uncertain": 2}  # qwen is no surer than 1e6 either
+    assert any(e.stage == f"escalate-{QWEN}" for e in events if e.kind == "stage-start")
+    cfg.pair.min_confidence = 0.0
+    from edgepref.pair import pair_records
+
+    report = pair_records(result.records, cfg.pair)
+    assert report.pairs and all(p.decided_by == QWEN for p in report.pairs)
 
 
 def test_rerun_resumes_from_cache_with_identical_output(first_run, engines) -> None:

@@ -82,9 +82,14 @@ def test_single_response_asks_for_one_line() -> None:
 
 
 def test_pairwise_renders() -> None:
-    text = render_prompt("pairwise", instruction=INSTRUCTION, response_a="AAA", response_b="BBB")
+    text = render_prompt("pairwise", instruction=INSTRUCTION, first="AAA", second="BBB",
+                         label_first="A", label_second="B")
     assert text.index("Response A:\nAAA") < text.index("Response B:\nBBB")
-    assert text.rstrip().endswith("A or B.")
+    assert text.rstrip().endswith("one letter: A or B.")
+    numbers = render_prompt("pairwise_headings", instruction=INSTRUCTION, first="AAA", second="BBB",
+                            label_first="1", label_second="2", question="repeat")
+    assert numbers.index("# Response 1\nAAA") < numbers.index("# Response 2\nBBB")
+    assert numbers.count(INSTRUCTION) == 2 and numbers.endswith("one number, 1 or 2.")
 
 
 def test_missing_variable_is_a_config_error() -> None:
@@ -116,15 +121,15 @@ def test_unknown_template_lists_available() -> None:
 
 
 def test_list_prompts_has_all_package_templates() -> None:
-    expected = {"pairwise"} | {evol_template_name(c) for c in EVOL_CRITERIA}
+    expected = {"pairwise", "pairwise_headings"} | {evol_template_name(c) for c in EVOL_CRITERIA}
     expected |= {judge_template_name(a) for a in JUDGE_ASPECTS}
     assert set(list_prompts()) == expected
 
 
 def test_override_dir_argument_wins(tmp_path: Path) -> None:
-    (tmp_path / "pairwise.jinja2").write_text("Pick: {{ response_a }} or {{ response_b }}")
+    (tmp_path / "pairwise.jinja2").write_text("Pick: {{ first }} or {{ second }}")
     (tmp_path / "my_prompt.jinja2").write_text("Hello {{ who }}")
-    variables = {"instruction": "i", "response_a": "x", "response_b": "y"}
+    variables = {"instruction": "i", "first": "x", "second": "y", "label_first": "A", "label_second": "B"}
     assert render_prompt("pairwise", override_dir=tmp_path, **variables) == "Pick: x or y"
     assert render_prompt("my_prompt", override_dir=tmp_path, who="you") == "Hello you"
     assert "my_prompt" in list_prompts(tmp_path)

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback
+from ..backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback, renormalised
 from ..errors import EngineError
 from .handles import (
     ChatTemplate,
@@ -91,7 +91,7 @@ class _Job:
     out_bytes: bytearray = field(default_factory=bytearray)
     out_ids: list[int] = field(default_factory=list)
     trace: list = field(default_factory=list)
-    choice_probs: dict[str, float] | None = None
+    choice_logprobs: dict[str, float] | None = None
     cached: int = 0
     finish: str | None = None
     text: str = ""
@@ -234,7 +234,9 @@ class Engine:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.template.tokens(messages))
 
-    def _candidate_tokens(self, candidates: Sequence[str] | None) -> dict[int, str]:
+    def _candidate_tokens(self, candidates: Sequence[str] | None, spellings: bool = False) -> dict[int, str]:
+        """First token -> candidate. With `spellings`, a candidate also owns the token of its
+        spelling with a leading space (" A" beside "A") when that is one token of its own."""
         out: dict[int, str] = {}
         for cand in candidates or ():
             toks = self.model.tokenize(cand, add_special=False, parse_special=False)
@@ -243,6 +245,10 @@ class Engine:
             if toks[0] in out:
                 raise EngineError(f"choices {out[toks[0]]!r} and {cand!r} start with the same token")
             out[toks[0]] = cand
+            if spellings and not cand.startswith(" "):
+                spaced = self.model.tokenize(" " + cand, add_special=False, parse_special=False)
+                if spaced and spaced[0] not in out and self.model.piece(spaced[0]) == (" " + cand).encode():
+                    out[spaced[0]] = cand
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -279,7 +285,8 @@ class Engine:
                 generations=gens,
                 prompt_tokens=prompt_len,
                 error=error,
-                choice_probs=jobs[0].choice_probs if jobs else None,
+                choice_probs=renormalised(jobs[0].choice_logprobs) if jobs else None,
+                choice_logprobs=jobs[0].choice_logprobs if jobs else None,
                 seconds=time.perf_counter() - (started[i] or start),
                 cached_prompt_tokens=sum(j.cached for j in jobs),
             )
@@ -301,7 +308,7 @@ class Engine:
             try:
                 prompt = self.template.tokens(req.messages, req.prefill)
                 trace = self._candidate_tokens(req.trace_choices)
-                choices = self._candidate_tokens(req.choices)
+                choices = self._candidate_tokens(req.choices, spellings=True)
             except EngineError as exc:
                 jobs_by_req[i] = [_Job(i, 0, [], 0, {}, {}, finish="error", error=exc.message)]
                 finish_request(i)
@@ -537,8 +544,8 @@ class Engine:
         job = slot.job
         if isinstance(source, np.ndarray):
             logits = source
-            if job.choice_tokens and job.choice_probs is None:
-                job.choice_probs = _distribution(logits, job.choice_tokens)
+            if job.choice_tokens and job.choice_logprobs is None:
+                job.choice_logprobs = _choice_logprobs(logits, job.choice_tokens)
             if req.sampling.max_tokens <= 0:
                 job.finish = "stop"
                 job_done(slot)
@@ -575,7 +582,26 @@ def _distribution(logits: np.ndarray, candidates: dict[int, str]) -> dict[str, f
     vals = np.asarray(logits[ids], dtype=np.float64)
     vals = np.exp(vals - vals.max())
     probs = vals / vals.sum()
-    return {candidates[t]: float(p) for t, p in zip(ids, probs)}
+    out: dict[str, float] = {}
+    for t, p in zip(ids, probs):
+        out[candidates[t]] = out.get(candidates[t], 0.0) + float(p)
+    return out
+
+
+def _logsumexp(vals: np.ndarray) -> float:
+    top = float(vals.max())
+    return top + float(np.log(np.exp(vals - top).sum()))
+
+
+def _choice_logprobs(logits: np.ndarray, candidates: dict[int, str]) -> dict[str, float]:
+    """Log probability of each candidate over the whole vocabulary, its tokens summed."""
+    full = _logsumexp(np.asarray(logits, dtype=np.float64))
+    ids_of: dict[str, list[int]] = {}
+    for t, cand in candidates.items():
+        ids_of.setdefault(cand, []).append(t)
+    return {
+        cand: _logsumexp(np.asarray(logits[ids], dtype=np.float64)) - full for cand, ids in ids_of.items()
+    }
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:

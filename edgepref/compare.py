@@ -1,0 +1,199 @@
+"""Pairwise verdicts: which of two responses a judge prefers, read as log-odds in both orders.
+
+A recipe fixes the prompt (template, system prompt, closing question), the label sets and an
+optional answer prefill. For responses X and Y and one label set (L1, L2) the judge is asked
+twice, X shown first and then Y shown first. Each answer is read as raw log-odds at its first
+token, lo = log P(L1) - log P(L2), each label's spellings summed ("A" and " A"). Then
+
+    margin(X over Y) = (lo(X shown first) - lo(Y shown first)) / 2
+
+A prior for a label or for the first position adds the same amount to both terms and cancels,
+and swapping X and Y negates the margin exactly: the verdict is order-invariant by
+construction. Margins of several label sets are averaged (each label's own prior cancels too),
+and so are a panel's. Positive: X is better; |margin| is the confidence.
+
+Log-odds rather than probabilities: a small judge is often near-certain of the label it puts
+first (P(A) = 0.99 in both orders); averaging those probabilities leaves nothing, while the
+log-odds still differ by how much the content moved them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .backend import Backend, ChatRequest, ChatResult, Sampling
+from .errors import ConfigError
+from .prompts import render_prompt
+
+STRICT_JUDGE = "You are a strict judge of answer quality."
+EXPERT_JUDGE = (
+    "You are an expert evaluator of AI assistant responses. The better response is the one that "
+    "fulfils the user's instruction: correct, helpful, relevant, complete and clearly written. "
+    "The order in which the responses are shown does not matter."
+)
+LETTERS = ("A", "B")
+NUMBERS = ("1", "2")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one pairwise question is put to a judge and read."""
+
+    name: str
+    template: str = "pairwise_headings"
+    question: str = "better"  # pairwise_headings: better | criteria | repeat
+    system: str | None = STRICT_JUDGE
+    label_sets: tuple[tuple[str, str], ...] = (LETTERS,)
+    prefill: str = ""
+    about: str = ""
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("headings-ab", about="markdown headings, strict-judge system prompt, A/B"),
+        Recipe("headings-12", label_sets=(NUMBERS,), about="as headings-ab with labels 1/2"),
+        Recipe("headings-ab12", label_sets=(LETTERS, NUMBERS), about="headings-ab and headings-12 averaged"),
+        Recipe("criteria-ab", question="criteria", about="headings, the criteria named in the question"),
+        Recipe("criteria-12", question="criteria", label_sets=(NUMBERS,), about="criteria-ab with labels 1/2"),
+        Recipe("criteria-ab12", question="criteria", label_sets=(LETTERS, NUMBERS),
+               about="criteria-ab and criteria-12 averaged"),
+        Recipe("repeat-ab", question="repeat", about="headings, the instruction repeated after the responses"),
+        Recipe("repeat-12", question="repeat", label_sets=(NUMBERS,), about="repeat-ab with labels 1/2"),
+        Recipe("repeat-ab12", question="repeat", label_sets=(LETTERS, NUMBERS),
+               about="repeat-ab and repeat-12 averaged"),
+        Recipe("prefill-ab", prefill="The better response is Response",
+               about="headings-ab with the answer started for the judge"),
+        Recipe("ordinal-ab", template="pairwise_ordinal",
+               about="responses named first/second, the labels only in the question"),
+        Recipe("ordinal-12", template="pairwise_ordinal", label_sets=(NUMBERS,), about="ordinal-ab with 1/2"),
+        Recipe("ordinal-ab12", template="pairwise_ordinal", label_sets=(LETTERS, NUMBERS),
+               about="ordinal-ab and ordinal-12 averaged: one shared prompt body for both label sets"),
+        Recipe("plain-ab", template="pairwise", system=None,
+               about="plain wording with criteria, no system prompt (the model's default)"),
+        Recipe("expert-ab", system=EXPERT_JUDGE, about="headings, a system prompt naming the criteria"),
+    )
+}
+DEFAULT_RECIPE = "headings-ab12"
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown judge recipe {name!r}; choose from {', '.join(RECIPES)}",
+                          "edgepref eval-judge --help lists what each recipe does")
+    return RECIPES[name]
+
+
+@dataclass
+class Verdict:
+    """One judge's verdict on X against Y. `logodds`: per label set, (X shown first, Y shown first)."""
+
+    judge: str
+    margin: float = 0.0
+    logodds: list[tuple[float, float]] = field(default_factory=list)
+    error: str | None = None
+    prompt_tokens: int = 0  # the prompt tokens of its requests, as if asked alone
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def request(recipe: Recipe, instruction: str, first: str, second: str, labels: tuple[str, str]) -> ChatRequest:
+    """The question with `first` shown first, answered by one of `labels`."""
+    user = render_prompt(recipe.template, instruction=instruction, first=first, second=second,
+                         label_first=labels[0], label_second=labels[1], question=recipe.question)
+    messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
+        {"role": "user", "content": user}
+    ]
+    return ChatRequest(messages, Sampling(max_tokens=0), prefill=recipe.prefill, choices=labels)
+
+
+def logodds(result: ChatResult, labels: tuple[str, str]) -> float | None:
+    lp = result.choice_logprobs
+    if not result.ok or not lp or labels[0] not in lp or labels[1] not in lp:
+        return None
+    return lp[labels[0]] - lp[labels[1]]
+
+
+def compare(
+    items: Sequence[tuple[str, str, str]],
+    recipes: Sequence[Recipe],
+    backend: Backend,
+    judge: str,
+    *,
+    on_result=None,
+    stats: dict | None = None,
+) -> dict[str, list[Verdict]]:
+    """Verdicts on (instruction, x, y) items for each recipe, in one batch of requests.
+
+    Identical questions (recipes that share a prompt and label set) are asked once, and the
+    requests of one item and showing order are adjacent so that the engine reuses their common
+    prefix. Returns recipe name -> one Verdict per item (margin > 0: x better). `stats`, if
+    given, gets the number of distinct requests and their prompt tokens.
+    """
+    reqs: list[ChatRequest] = []
+    index: dict[str, int] = {}
+    plan: dict[str, list[list[tuple[int, int]]]] = {r.name: [] for r in recipes}
+    for instruction, x, y in items:
+        where: dict[tuple[str, tuple[str, str], int], int] = {}
+        for k, (first, second) in enumerate(((x, y), (y, x))):
+            for recipe in recipes:
+                for labels in recipe.label_sets:
+                    req = request(recipe, instruction, first, second, labels)
+                    key = json.dumps([req.messages, req.prefill, list(labels)])
+                    if key not in index:
+                        index[key] = len(reqs)
+                        reqs.append(req)
+                    where[(recipe.name, labels, k)] = index[key]
+        for recipe in recipes:
+            plan[recipe.name].append([(where[(recipe.name, lb, 0)], where[(recipe.name, lb, 1)])
+                                      for lb in recipe.label_sets])
+    results = backend.chat(reqs, on_result=on_result)
+    if stats is not None:
+        stats.update(requests=len(results), prompt_tokens=sum(r.prompt_tokens for r in results))
+    out: dict[str, list[Verdict]] = {}
+    for recipe in recipes:
+        verdicts = []
+        for pairs in plan[recipe.name]:
+            v = Verdict(judge)
+            for labels, (i, j) in zip(recipe.label_sets, pairs):
+                v.prompt_tokens += results[i].prompt_tokens + results[j].prompt_tokens
+                lx, ly = logodds(results[i], labels), logodds(results[j], labels)
+                if lx is None or ly is None:
+                    bad = results[i] if lx is None else results[j]
+                    v.error = bad.error or "the judge returned no label probabilities"
+                    break
+                v.logodds.append((lx, ly))
+            if v.ok:
+                v.margin = sum(lx - ly for lx, ly in v.logodds) / (2 * len(v.logodds))
+            verdicts.append(v)
+        out[recipe.name] = verdicts
+    return out
+
+
+def panel_margin(verdicts: Sequence[Verdict]) -> float | None:
+    """Mean margin of the judges that gave one; None if none did."""
+    good = [v.margin for v in verdicts if v.ok]
+    return sum(good) / len(good) if good else None
+
+
+# How often a judge preferred its own greedy answer to the better response of a dev pair
+# (AlpacaEval's strong-model answers), measured by `edgepref eval-judge` on the first 40 dev
+# pairs with each recipe: (judge, recipe) -> (share, n).
+SELF_PREFERENCE: dict[tuple[str, str], tuple[float, int]] = {}
+
+
+def self_preference_notice(judge: str, recipe: str) -> str:
+    text = (f"{judge} judges completions it wrote itself; models tend to prefer their own answers "
+            "(self-preference).")
+    measured = SELF_PREFERENCE.get((judge, recipe))
+    if measured:
+        share, n = measured
+        text += (f" Measured with recipe {recipe}: it preferred its own answer to a strong model's in "
+                 f"{share:.0%} of {n} dev instructions.")
+    else:
+        text += f" Measure it with `edgepref eval-judge PAIRS --judge {judge}` (self_preference)."
+    return text + " Use a judge outside the pool, or a panel with exclude_self."
