@@ -34,6 +34,7 @@ EXPERT_JUDGE = (
     "The order in which the responses are shown does not matter."
 )
 LETTERS = ("A", "B")
+FLIPPED = {"worse", "repeat-worse"}  # questions whose answer names the lesser response
 NUMBERS = ("1", "2")
 
 
@@ -43,7 +44,11 @@ class Recipe:
 
     name: str
     template: str = "pairwise_headings"
-    question: str = "better"  # pairwise_headings: better | criteria | repeat
+    # pairwise_headings: better | criteria | repeat | worse | repeat-worse. A "worse" question
+    # is read with its sign flipped, so a recipe that asks "better" and "worse" cancels a
+    # preference for a label that does not depend on the question, as the two orders cancel
+    # one for a position.
+    questions: tuple[str, ...] = ("better",)
     system: str | None = STRICT_JUDGE
     label_sets: tuple[tuple[str, str], ...] = (LETTERS,)
     prefill: str = ""
@@ -56,14 +61,20 @@ RECIPES: dict[str, Recipe] = {
         Recipe("headings-ab", about="markdown headings, strict-judge system prompt, A/B"),
         Recipe("headings-12", label_sets=(NUMBERS,), about="as headings-ab with labels 1/2"),
         Recipe("headings-ab12", label_sets=(LETTERS, NUMBERS), about="headings-ab and headings-12 averaged"),
-        Recipe("criteria-ab", question="criteria", about="headings, the criteria named in the question"),
-        Recipe("criteria-12", question="criteria", label_sets=(NUMBERS,), about="criteria-ab with labels 1/2"),
-        Recipe("criteria-ab12", question="criteria", label_sets=(LETTERS, NUMBERS),
+        Recipe("criteria-ab", questions=("criteria",), about="headings, the criteria named in the question"),
+        Recipe("criteria-12", questions=("criteria",), label_sets=(NUMBERS,), about="criteria-ab with labels 1/2"),
+        Recipe("criteria-ab12", questions=("criteria",), label_sets=(LETTERS, NUMBERS),
                about="criteria-ab and criteria-12 averaged"),
-        Recipe("repeat-ab", question="repeat", about="headings, the instruction repeated after the responses"),
-        Recipe("repeat-12", question="repeat", label_sets=(NUMBERS,), about="repeat-ab with labels 1/2"),
-        Recipe("repeat-ab12", question="repeat", label_sets=(LETTERS, NUMBERS),
+        Recipe("repeat-ab", questions=("repeat",), about="headings, the instruction repeated after the responses"),
+        Recipe("repeat-12", questions=("repeat",), label_sets=(NUMBERS,), about="repeat-ab with labels 1/2"),
+        Recipe("repeat-ab12", questions=("repeat",), label_sets=(LETTERS, NUMBERS),
                about="repeat-ab and repeat-12 averaged"),
+        Recipe("contrast-ab", questions=("better", "worse"),
+               about="headings-ab, also asked which is worse (read with its sign flipped)"),
+        Recipe("repeat-contrast-ab", questions=("repeat", "repeat-worse"),
+               about="repeat-ab, also asked which answers the instruction worse"),
+        Recipe("contrast4-ab", questions=("better", "worse", "repeat", "repeat-worse"),
+               about="contrast-ab and repeat-contrast-ab together: four questions on one prompt body"),
         Recipe("prefill-ab", prefill="The better response is Response",
                about="headings-ab with the answer started for the judge"),
         Recipe("ordinal-ab", template="pairwise_ordinal",
@@ -74,9 +85,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe("plain-ab", template="pairwise", system=None,
                about="plain wording with criteria, no system prompt (the model's default)"),
         Recipe("expert-ab", system=EXPERT_JUDGE, about="headings, a system prompt naming the criteria"),
+        Recipe("expert-contrast-ab", system=EXPERT_JUDGE, questions=("better", "worse"),
+               about="expert-ab, also asked which is worse"),
     )
 }
-DEFAULT_RECIPE = "headings-ab12"
 
 
 def get_recipe(name: str) -> Recipe:
@@ -88,7 +100,9 @@ def get_recipe(name: str) -> Recipe:
 
 @dataclass
 class Verdict:
-    """One judge's verdict on X against Y. `logodds`: per label set, (X shown first, Y shown first)."""
+    """One judge's verdict on X against Y. `logodds`: per label set and question, (X shown first,
+    Y shown first), each read as a preference for the response it names first, so that a
+    "worse" question's log-odds are negated."""
 
     judge: str
     margin: float = 0.0
@@ -101,14 +115,19 @@ class Verdict:
         return self.error is None
 
 
-def request(recipe: Recipe, instruction: str, first: str, second: str, labels: tuple[str, str]) -> ChatRequest:
-    """The question with `first` shown first, answered by one of `labels`."""
+def request(recipe: Recipe, instruction: str, first: str, second: str, labels: tuple[str, str],
+            question: str | None = None) -> ChatRequest:
+    """The question (default: the recipe's first) with `first` shown first, answered by one of `labels`."""
     user = render_prompt(recipe.template, instruction=instruction, first=first, second=second,
-                         label_first=labels[0], label_second=labels[1], question=recipe.question)
+                         label_first=labels[0], label_second=labels[1], question=question or recipe.questions[0])
     messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
         {"role": "user", "content": user}
     ]
     return ChatRequest(messages, Sampling(max_tokens=0), prefill=recipe.prefill, choices=labels)
+
+
+def _questions(recipe: Recipe) -> list[tuple[tuple[str, str], str]]:
+    return [(labels, q) for labels in recipe.label_sets for q in recipe.questions]
 
 
 def logodds(result: ChatResult, labels: tuple[str, str]) -> float | None:
@@ -136,37 +155,41 @@ def compare(
     """
     reqs: list[ChatRequest] = []
     index: dict[str, int] = {}
-    plan: dict[str, list[list[tuple[int, int]]]] = {r.name: [] for r in recipes}
+    # recipe -> per item: (labels, sign, request with x first, request with y first) per question
+    plan: dict[str, list[list[tuple[tuple[str, str], int, int, int]]]] = {r.name: [] for r in recipes}
     for instruction, x, y in items:
-        where: dict[tuple[str, tuple[str, str], int], int] = {}
+        where: dict[tuple[str, tuple[str, str], str, int], int] = {}
         for k, (first, second) in enumerate(((x, y), (y, x))):
             for recipe in recipes:
-                for labels in recipe.label_sets:
-                    req = request(recipe, instruction, first, second, labels)
+                for labels, question in _questions(recipe):
+                    req = request(recipe, instruction, first, second, labels, question)
                     key = json.dumps([req.messages, req.prefill, list(labels)])
                     if key not in index:
                         index[key] = len(reqs)
                         reqs.append(req)
-                    where[(recipe.name, labels, k)] = index[key]
+                    where[(recipe.name, labels, question, k)] = index[key]
         for recipe in recipes:
-            plan[recipe.name].append([(where[(recipe.name, lb, 0)], where[(recipe.name, lb, 1)])
-                                      for lb in recipe.label_sets])
+            plan[recipe.name].append([
+                (labels, -1 if question in FLIPPED else 1,
+                 where[(recipe.name, labels, question, 0)], where[(recipe.name, labels, question, 1)])
+                for labels, question in _questions(recipe)
+            ])
     results = backend.chat(reqs, on_result=on_result)
     if stats is not None:
         stats.update(requests=len(results), prompt_tokens=sum(r.prompt_tokens for r in results))
     out: dict[str, list[Verdict]] = {}
     for recipe in recipes:
         verdicts = []
-        for pairs in plan[recipe.name]:
+        for asked in plan[recipe.name]:
             v = Verdict(judge)
-            for labels, (i, j) in zip(recipe.label_sets, pairs):
+            for labels, sign, i, j in asked:
                 v.prompt_tokens += results[i].prompt_tokens + results[j].prompt_tokens
                 lx, ly = logodds(results[i], labels), logodds(results[j], labels)
                 if lx is None or ly is None:
                     bad = results[i] if lx is None else results[j]
                     v.error = bad.error or "the judge returned no label probabilities"
                     break
-                v.logodds.append((lx, ly))
+                v.logodds.append((sign * lx, sign * ly))
             if v.ok:
                 v.margin = sum(lx - ly for lx, ly in v.logodds) / (2 * len(v.logodds))
             verdicts.append(v)

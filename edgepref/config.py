@@ -84,7 +84,7 @@ class JudgeConfig:
     n_ctx: int = 4096
     # the pairwise recipe (edgepref.compare.RECIPES) that verifies chosen/rejected and drives
     # pairwise mode; the default measured best on the dev pairs (scripts/eval_judge_recipes.py)
-    recipe: str = "headings-ab12"
+    recipe: str = "headings-ab"
     # a model that decides the pairs this judge (or panel) is uncertain about, instead of
     # dropping them; a bigger local model or a server entry of the registry
     escalate_to: str | None = None

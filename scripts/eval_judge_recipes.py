@@ -37,6 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", default=str(DEFAULT_PAIRS))
     ap.add_argument("--limit", type=int, default=None, help="only the first N pairs (halves of those)")
+    ap.add_argument("--choose-only", action="store_true",
+                    help="judge only the half recipes are chosen on (for recipes dropped there)")
     ap.add_argument("--recipes", default=None, help=f"comma-separated (default: all): {', '.join(recipe_names())}")
     ap.add_argument("--models", default=",".join(MODELS), help="judges; with two or more, also their panel")
     ap.add_argument("--no-panel", action="store_true")
@@ -48,6 +50,8 @@ def main() -> None:
     pairs = read_judge_pairs(args.pairs, args.limit)
     half = (len(pairs) + 1) // 2
     parts = {"choose": (0, half), "held-out": (half, len(pairs)), "all": (0, len(pairs))}
+    if args.choose_only:
+        pairs, parts = pairs[:half], {"choose": (0, half)}
     recipes = args.recipes.split(",") if args.recipes else recipe_names()
     models = args.models.split(",")
     judge_sets = [[m] for m in models] + ([models] if len(models) > 1 and not args.no_panel else [])
@@ -73,17 +77,19 @@ def main() -> None:
                 print(_line(row), flush=True)
     finally:
         runner.close()
-    print(f"\n{len(pairs)} pairs: choose = first {half}, held-out = the other {len(pairs) - half}\n")
+    print(f"\n{len(pairs)} pairs judged: choose = the first {half} of the file"
+          + ("" if args.choose_only else f", held-out = the other {len(pairs) - half}") + "\n")
     print("| recipe | judge | choose half | held-out half | all (95% CI) | top 80% | top 50% | "
           "swap consistency | position bias | length bias | prompt tokens/pair | s/pair | self-preference |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: -r["choose"]["agreement"]):
-        a = r["all"]
+        a = r.get("all", r["choose"])
         lo, hi = a["agreement_ci95"]
         sp = "-" if r["self_preference"] is None else f"{r['self_preference']:.0%}"
         tokens = "-" if r["prompt_tokens_per_pair"] is None else f"{r['prompt_tokens_per_pair']:.0f}"
+        held = f"{r['held-out']['agreement']:.1%}" if "held-out" in r else "-"
         print(f"| {r['recipe']} | {' + '.join(r['judges'])} | {r['choose']['agreement']:.1%} | "
-              f"{r['held-out']['agreement']:.1%} | {a['agreement']:.1%} ({lo:.0%}–{hi:.0%}) | "
+              f"{held} | {a['agreement']:.1%} ({lo:.0%}–{hi:.0%}) | "
               f"{a['precision_at_coverage'].get('80%', 0):.1%} | {a['precision_at_coverage'].get('50%', 0):.1%} | "
               f"{a['swap_consistency']:.1%} | {a['position_bias']:.1%} | {a['length_bias']:.1%} | {tokens} | "
               f"{r['seconds_per_pair']:.2f} | {sp} |")
@@ -92,9 +98,10 @@ def main() -> None:
 
 
 def _line(row: dict) -> str:
-    a = row["all"]
+    a = row.get("all", row["choose"])
+    held = f"{row['held-out']['agreement']:.3f}" if "held-out" in row else "-"
     return (f"{row['recipe']:<16} {'+'.join(row['judges']):<32} choose {row['choose']['agreement']:.3f}  "
-            f"held-out {row['held-out']['agreement']:.3f}  all {a['agreement']:.3f}  "
+            f"held-out {held}  all {a['agreement']:.3f}  "
             f"top80 {a['precision_at_coverage'].get('80%', 0):.3f} top50 {a['precision_at_coverage'].get('50%', 0):.3f}  "
             f"|m|@80% {a['confidence_at_coverage'].get('80%', 0):.3f}  swap {a['swap_consistency']:.3f}  "
             f"pos {a['position_bias']:.3f}  len {a['length_bias']:.3f}  self-pref {row['self_preference']}")

@@ -135,7 +135,7 @@ def test_default_eval_reports_coverage_and_self_preference(tmp_path) -> None:
     res = CliRunner().invoke(cli, ["eval-judge", str(src), "--json", str(out), "--self-preference", "2", "-q"])
     assert res.exit_code == 0, res.output
     saved = json.loads(out.read_text())
-    assert saved["recipe"] == "headings-ab12" and saved["n"] == 3 and saved["parse_rate"] == 1.0
+    assert saved["recipe"] == "headings-ab" and saved["n"] == 3 and saved["parse_rate"] == 1.0
     assert set(saved["precision_at_coverage"]) == {"100%", "80%", "50%"}
     assert saved["self_preference"]["n"] == 2 and 0.0 <= saved["self_preference"]["share"] <= 1.0
     assert saved["prompt_tokens_per_pair"] > 0

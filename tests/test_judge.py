@@ -126,7 +126,7 @@ def test_pairwise_mode_is_order_invariant(qwen_engine) -> None:
 QUESTION = "What is the capital of France?"
 
 
-@pytest.mark.parametrize("recipe", ["headings-ab12", "prefill-ab", "plain-ab"])
+@pytest.mark.parametrize("recipe", ["headings-ab12", "contrast-ab", "prefill-ab", "plain-ab"])
 def test_two_order_log_odds_are_antisymmetric(qwen_engine, recipe) -> None:
     good, bad = "The capital of France is Paris.", "I think it is Lyon."
     items = [(QUESTION, good, bad), (QUESTION, bad, good)]
@@ -221,3 +221,17 @@ def test_criterion_draw_is_seeded_and_covers_all() -> None:
     draws = {pick_criterion(cfg, 0, f"r{i}", "c", 1) for i in range(60)}
     assert draws == set(cfg.criteria)
     assert pick_criterion(cfg, 0, "r1", "c", 1) == pick_criterion(cfg, 0, "r1", "c", 1)
+
+
+def test_two_orders_of_a_pair_share_the_instructions_prefix(qwen_engine) -> None:
+    instruction = "Summarise the following notes in one sentence. " + " ".join(
+        f"Note {i}: the meeting moved to room {i}." for i in range(12))
+    seen = []
+    compare([(instruction, "Meetings moved rooms.", "Room numbers changed often, up to room 11.")],
+            [RECIPES["headings-ab12"]], qwen_engine, QWEN, on_result=lambda progress, res: seen.append(res))
+    assert len(seen) == 4 and all(r.ok for r in seen)
+    shared = qwen_engine.count_tokens([{"role": "system", "content": RECIPES["headings-ab12"].system},
+                                       {"role": "user", "content": "# Instruction\n" + instruction}])
+    # every question after the first reuses at least the whole blocks of system prompt + instruction
+    reused = sorted(r.cached_prompt_tokens for r in seen)
+    assert reused[0] == 0 and all(n >= (shared // 32 - 1) * 32 for n in reused[1:])

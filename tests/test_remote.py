@@ -9,6 +9,7 @@ request in flight per endpoint and checks that both endpoints answered some.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,7 @@ def test_grammar_and_choice_probabilities_on_a_server(server):
     assert g.text in ("red", "blue")
     assert c.choice_probs is not None and set(c.choice_probs) == {"Y", "N"}
     assert sum(c.choice_probs.values()) == pytest.approx(1.0)
+    assert set(c.choice_logprobs) == {"Y", "N"} and all(v <= 0 for v in c.choice_logprobs.values())
     assert c.generations[0].text == "" and c.generations[0].completion_tokens == 0
 
 
@@ -406,3 +408,15 @@ def test_cli_run_stops_when_its_server_dies_and_resumes_without_duplicates(tmp_p
     summary = json.loads((out / "run.json").read_text())["summary"]
     assert summary["ratings"] > 0 and summary["request_errors"] == 0
     assert summary["cached_requests"] >= done_before
+
+
+def test_candidate_log_probabilities_from_top_alternatives() -> None:
+    from edgepref.remote import candidate_logprobs
+
+    top = [{"token": "A", "logprob": math.log(0.5)}, {"token": " A", "logprob": math.log(0.2)},
+           {"token": "The", "logprob": math.log(0.1)}, {"token": " B", "logprob": math.log(0.05)}]
+    lp = candidate_logprobs(top, ["A", "B"])
+    assert lp["A"] == pytest.approx(math.log(0.7)) and lp["B"] == pytest.approx(math.log(0.05))
+    # a candidate outside the list gets the smallest listed log probability, an upper bound
+    assert candidate_logprobs(top, ["A", "C"])["C"] == pytest.approx(math.log(0.05))
+    assert candidate_logprobs(top, ["X", "Y"]) is None
