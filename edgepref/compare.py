@@ -77,11 +77,6 @@ RECIPES: dict[str, Recipe] = {
                about="contrast-ab and repeat-contrast-ab together: four questions on one prompt body"),
         Recipe("prefill-ab", prefill="The better response is Response",
                about="headings-ab with the answer started for the judge"),
-        Recipe("ordinal-ab", template="pairwise_ordinal",
-               about="responses named first/second, the labels only in the question"),
-        Recipe("ordinal-12", template="pairwise_ordinal", label_sets=(NUMBERS,), about="ordinal-ab with 1/2"),
-        Recipe("ordinal-ab12", template="pairwise_ordinal", label_sets=(LETTERS, NUMBERS),
-               about="ordinal-ab and ordinal-12 averaged: one shared prompt body for both label sets"),
         Recipe("plain-ab", template="pairwise", system=None,
                about="plain wording with criteria, no system prompt (the model's default)"),
         Recipe("expert-ab", system=EXPERT_JUDGE, about="headings, a system prompt naming the criteria"),
@@ -206,7 +201,12 @@ def panel_margin(verdicts: Sequence[Verdict]) -> float | None:
 # How often a judge preferred its own greedy answer to the better response of a dev pair
 # (AlpacaEval's strong-model answers), measured by `edgepref eval-judge` on the first 40 dev
 # pairs with each recipe: (judge, recipe) -> (share, n).
-SELF_PREFERENCE: dict[tuple[str, str], tuple[float, int]] = {}
+SELF_PREFERENCE: dict[tuple[str, str], tuple[float, int]] = {
+    ("qwen2.5-coder-0.5b", "headings-ab"): (0.175, 40),
+    ("qwen2.5-coder-0.5b", "contrast-ab"): (0.35, 40),
+    ("qwen2.5-coder-0.5b", "repeat-ab"): (0.225, 40),
+    ("qwen2.5-coder-0.5b", "criteria-ab"): (0.30, 40),
+}
 
 
 def self_preference_notice(judge: str, recipe: str) -> str:
