@@ -8,7 +8,7 @@ import pytest
 
 from edgepref.config import EvolveConfig, JudgeConfig
 from edgepref.evolve import evolve, pick_criterion, strip_leaked_headings
-from edgepref.backend import ChatRequest, Sampling
+from edgepref.backend import ChatRequest, ChatResult, Sampling
 from edgepref.compare import RECIPES, compare
 from edgepref.compare import request as compare_request
 from edgepref.judge import bradley_terry, judge, panel_agreement, shown_orders, verify
@@ -126,7 +126,7 @@ def test_pairwise_mode_is_order_invariant(qwen_engine) -> None:
 QUESTION = "What is the capital of France?"
 
 
-@pytest.mark.parametrize("recipe", ["headings-ab12", "contrast-ab", "prefill-ab", "plain-ab"])
+@pytest.mark.parametrize("recipe", ["headings-ab12", "prefill-ab", "plain-ab"])
 def test_two_order_log_odds_are_antisymmetric(qwen_engine, recipe) -> None:
     good, bad = "The capital of France is Paris.", "I think it is Lyon."
     items = [(QUESTION, good, bad), (QUESTION, bad, good)]
@@ -137,6 +137,39 @@ def test_two_order_log_odds_are_antisymmetric(qwen_engine, recipe) -> None:
     assert [v.margin for v in again] == [v.margin for v in first]
     assert first[0].margin > 0  # Paris beats Lyon
     assert len(first[0].logodds) == len(RECIPES[recipe].label_sets)
+
+
+class ScriptedJudge:
+    """A Backend whose answer to each question is fixed log-odds for the first label: +2 when the
+    Paris answer is shown first, -1 otherwise, plus 0.5 for a "worse" question (a label prior
+    that does not depend on the question's meaning)."""
+
+    def __init__(self):
+        self.asked = []
+
+    def chat(self, requests, on_result=None):
+        out = []
+        for req in requests:
+            self.asked.append(req)
+            text = req.messages[-1]["content"]
+            lo = (2.0 if text.index("Paris") < text.index("Lyon") else -1.0) + (0.5 if "worse" in text else 0.0)
+            first, second = req.choices
+            out.append(ChatResult(req, [], 10, choice_logprobs={first: lo - 3.0, second: -3.0}))
+        return out
+
+
+def test_margin_arithmetic_and_worse_questions() -> None:
+    judge_ = ScriptedJudge()
+    items = [(QUESTION, "Paris.", "Lyon."), (QUESTION, "Lyon.", "Paris.")]
+    got = compare(items, [RECIPES["headings-ab"], RECIPES["contrast-ab"]], judge_, "scripted")
+    # one question per (order, question): 2 orders x (better, worse), shared by both items and recipes
+    assert len(judge_.asked) == 4
+    plain, contrast = got["headings-ab"], got["contrast-ab"]
+    assert plain[0].margin == pytest.approx((2.0 - -1.0) / 2) and plain[1].margin == -plain[0].margin
+    # "worse": read with the sign flipped, so its constant 0.5 cancels between the two orders too
+    assert contrast[0].logodds == [(2.0, -1.0), (-2.5, 0.5)]
+    assert contrast[0].margin == pytest.approx(((2.0 + 1.0) + (-2.5 - 0.5)) / 4)
+    assert contrast[0].prompt_tokens == 40
 
 
 def test_choice_log_probabilities_sum_the_spellings(qwen_engine) -> None:

@@ -155,7 +155,7 @@ def test_changed_settings_do_not_reuse_stale_answers(first_run, engines) -> None
 
 def test_conversational_format(engines, tmp_path) -> None:
     cfg = small_config()
-    cfg.pair = PairConfig(min_margin=0.0, format="conversational")
+    cfg.pair = PairConfig(min_confidence=0.0, format="conversational")  # every verdict makes a pair
     cfg.evolve.num_evolutions = 0
     result = run_pipeline(INSTRUCTIONS[:2], tmp_path, cfg, backends=engines)
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"), split="train")
