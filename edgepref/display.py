@@ -165,7 +165,12 @@ class StageProgress:
             elif not self.quiet:
                 self.console.print(f"[{event.stage}] start: {event.model}, {event.total} items", markup=False)
         elif event.kind == "progress":
-            rate = f"{event.tokens_per_second:.0f} tok/s" if event.tokens_per_second else "cached"
+            if event.tokens_per_second:
+                rate = f"{event.tokens_per_second:.0f} tok/s"
+            elif event.prompt_tokens_per_second:
+                rate = f"{event.prompt_tokens_per_second:.0f} prompt tok/s"
+            else:
+                rate = "cached"
             if self.live and event.stage in self.tasks:
                 self.progress.update(self.tasks[event.stage], completed=event.done, total=event.total, rate=rate)
             elif not self.quiet and event.total:

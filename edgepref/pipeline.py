@@ -41,6 +41,7 @@ class Event:
     total: int = 0
     tokens: int = 0
     tokens_per_second: float = 0.0
+    prompt_tokens_per_second: float = 0.0  # what a stage that only reads prompts (a pairwise check) shows
     message: str = ""
 
 
@@ -209,8 +210,9 @@ class Runner:
     def _progress(self, stage: str, model: str):
         def callback(progress, result) -> None:
             self.completion_tokens += sum(g.completion_tokens for g in result.generations)
+            prompt_rate = progress.prompt_tokens / progress.elapsed if progress.elapsed > 0 else 0.0
             self.on_event(Event("progress", stage, model, progress.done, progress.total,
-                                progress.completion_tokens, progress.tokens_per_second))
+                                progress.completion_tokens, progress.tokens_per_second, prompt_rate))
         return callback
 
     def _error(self, record: Record, stage: str, message: str) -> None:
