@@ -276,8 +276,7 @@ def rate_pairs(runner, model: str, pairs: list, jcfg: JudgeConfig) -> tuple[list
     returns the rated records and the seconds it took."""
     records = [pair_record(p) for p in pairs]
     start = time.perf_counter()
-    n_ctx = max(runner.cfg.judge.n_ctx, runner.cfg.engine.n_ctx)
-    runner.run_stage(f"eval-{jcfg.mode}-{model}", model, n_ctx, len(records),
+    runner.run_stage(f"eval-{jcfg.mode}-{model}", model, runner.judge_n_ctx, len(records),
                      lambda be, cb: judge(records, model, be, jcfg, on_result=cb))
     return records, time.perf_counter() - start
 
@@ -289,9 +288,8 @@ def compare_pairs(runner, model: str, pairs: list, recipes: list) -> tuple[dict[
     out: dict[str, list[Verdict]] = {}
     stats: dict = {}
     start = time.perf_counter()
-    n_ctx = max(runner.cfg.judge.n_ctx, runner.cfg.engine.n_ctx)
     items = [(p.instruction, p.response_a, p.response_b) for p in pairs]
-    runner.run_stage(f"eval-compare-{model}", model, n_ctx, len(items),
+    runner.run_stage(f"eval-compare-{model}", model, runner.judge_n_ctx, len(items),
                      lambda be, cb: out.update(compare(items, recipes, be, model, on_result=cb, stats=stats)))
     return out, (time.perf_counter() - start) / max(1, stats.get("prompt_tokens", 0))
 

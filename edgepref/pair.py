@@ -174,6 +174,11 @@ def _formatted(
     )
 
 
+def uncertain(margin: float, cfg: PairConfig) -> bool:
+    """Whether a pairwise verdict is too weak to decide a pair."""
+    return abs(margin) < cfg.min_confidence
+
+
 def shortlist(record: Record, cfg: PairConfig) -> tuple[RankedCompletion, RankedCompletion] | str:
     """The two completions the ratings propose (best, then rejected), or the reason there are none."""
     ranked = rank_completions(record, cfg.score)
@@ -198,7 +203,7 @@ def pick_pair(record: Record, cfg: PairConfig) -> tuple[Pair | None, str | None]
         if not verdict or verdict.get("margin") is None or {verdict["x"], verdict["y"]} != set(ids):
             return None, "no_verdict"
         margin = verdict["margin"] if verdict["x"] == ids[0] else -verdict["margin"]
-        if abs(margin) < cfg.min_confidence:
+        if uncertain(margin, cfg):
             return None, "uncertain"
         if margin < 0:
             best, worst, margin = worst, best, -margin

@@ -26,7 +26,7 @@ from .evolve import evolve
 from .inputs import InputBatch
 from .compare import self_preference_notice
 from .judge import judge, panel_agreement, verify
-from .pair import pair_records, rank_completions, shortlist
+from .pair import pair_records, rank_completions, shortlist, uncertain
 from .records import Record
 from .registry import availability, load_registry, resolve_model_path
 from .store import CachedBackend, write_jsonl_atomic
@@ -218,6 +218,11 @@ class Runner:
     def _error(self, record: Record, stage: str, message: str) -> None:
         self.errors.append({"stage": stage, "id": record.id, "reason": message})
 
+    @property
+    def judge_n_ctx(self) -> int:
+        """Context per slot for judge prompts: they hold several responses."""
+        return max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx)
+
     def run_stage(self, stage: str, model: str, n_ctx: int, total: int, fn) -> None:
         """Run `fn(backend, progress_callback)` as one stage on `model`: cached, timed, reported."""
         self.on_event(Event("stage-start", stage, model, total=total))
@@ -264,10 +269,9 @@ class Runner:
         for j in self.judges:
             if j in pool_models and not (self.cfg.judge.exclude_self and len(self.judges) > 1):
                 self.on_event(Event("notice", "judge", j, message=self_preference_notice(j, self.cfg.judge.recipe)))
-        n_ctx = max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx)
         for j in self.judges:
             self.run_stage(
-                f"judge-{j}", j, n_ctx, len(records),
+                f"judge-{j}", j, self.judge_n_ctx, len(records),
                 lambda be, cb, j=j: judge(records, j, be, self.cfg.judge, seed=self.cfg.seed,
                                           on_result=cb, on_error=self._error),
             )
@@ -285,23 +289,19 @@ class Runner:
             proposed = shortlist(r, self.cfg.pair)
             if not isinstance(proposed, str):
                 shortlists[r.id] = (proposed[0].completion.id, proposed[1].completion.id)
-        n_ctx = max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx)
         for j in self.judges:
             self.run_stage(
-                f"verify-{j}", j, n_ctx, len(shortlists),
+                f"verify-{j}", j, self.judge_n_ctx, len(shortlists),
                 lambda be, cb, j=j: verify(records, shortlists, j, be, self.cfg.judge,
                                            on_result=cb, on_error=self._error),
             )
         top = self.cfg.judge.escalate_to
-        if top:
-            def uncertain(r: Record) -> bool:
-                v = r.judge_info.get("verdict") or {}
-                return v.get("margin") is not None and abs(v["margin"]) < self.cfg.pair.min_confidence
-
-            by_id = {r.id: r for r in records}
-            doubtful = {i: xy for i, xy in shortlists.items() if uncertain(by_id[i])}
+        margins = {r.id: (r.judge_info.get("verdict") or {}).get("margin") for r in records}
+        doubtful = {i: xy for i, xy in shortlists.items()
+                    if margins[i] is not None and uncertain(margins[i], self.cfg.pair)}
+        if top and doubtful:
             self.run_stage(
-                f"escalate-{top}", top, n_ctx, len(doubtful),
+                f"escalate-{top}", top, self.judge_n_ctx, len(doubtful),
                 lambda be, cb: verify(records, doubtful, top, be, self.cfg.judge, escalated=True,
                                       on_result=cb, on_error=self._error),
             )

@@ -582,10 +582,7 @@ def _distribution(logits: np.ndarray, candidates: dict[int, str]) -> dict[str, f
     vals = np.asarray(logits[ids], dtype=np.float64)
     vals = np.exp(vals - vals.max())
     probs = vals / vals.sum()
-    out: dict[str, float] = {}
-    for t, p in zip(ids, probs):
-        out[candidates[t]] = out.get(candidates[t], 0.0) + float(p)
-    return out
+    return {candidates[t]: float(p) for t, p in zip(ids, probs)}
 
 
 def _logsumexp(vals: np.ndarray) -> float:
