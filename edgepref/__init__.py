@@ -1,8 +1,8 @@
 """edgepref: turn a list of instructions into a DPO preference dataset, offline, with llama.cpp.
 
-The public Python API lives here. `import edgepref` stays cheap: registry and errors use only
-the standard library at import time, and anything heavy (llama_cpp, datasets) is listed in
-`_LAZY` and imported on first attribute access.
+The public Python API lives here. `import edgepref` stays cheap: it imports the registry, model
+files and errors, which use only the standard library at import time; every other export is
+listed in `_LAZY` and imported on first attribute access (the engine loads llama_cpp).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 
 from .errors import EdgeprefError
-from .registry import ModelEntry, load_registry, pull_model, resolve_model_path
+from .modelfiles import pull_model, resolve_model_path
+from .registry import ModelEntry, load_registry
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it; imported on first use (see __getattr__).
-# Add heavy exports here, e.g. "Engine": "edgepref.engine".
+# public name -> module that defines it; imported on first use (see __getattr__)
 _LAZY: dict[str, str] = {
     "Engine": "edgepref.engine",
     "ChatRequest": "edgepref.backend",

@@ -8,6 +8,7 @@ an OpenAI-compatible server. Nothing here knows about instructions, ratings or p
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -35,6 +36,11 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def recorded(self) -> dict:
+        """The settings a completion records as its `sampling`."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "max_tokens": self.max_tokens}
 
 
 @dataclass
@@ -128,13 +134,32 @@ class Progress:
 ProgressCallback = Callable[[Progress, ChatResult], None]
 
 
+class ProgressCounter:
+    """The bookkeeping of one `chat` call: counts each finished request and reports it to the
+    caller's callback. `done_before`: requests of the call already answered elsewhere (a cache)."""
+
+    def __init__(self, total: int, on_result: ProgressCallback | None, done_before: int = 0):
+        self.total, self.on_result = total, on_result
+        self.done = done_before
+        self.completion_tokens = self.prompt_tokens = 0
+        self.start = time.perf_counter()
+
+    def finished(self, result: ChatResult) -> None:
+        self.done += 1
+        self.completion_tokens += sum(g.completion_tokens for g in result.generations)
+        self.prompt_tokens += result.prompt_tokens
+        if self.on_result:
+            progress = Progress(self.done, self.total, self.completion_tokens, self.prompt_tokens,
+                                time.perf_counter() - self.start)
+            self.on_result(progress, result)
+
+
 class Backend(Protocol):
-    """Where a model runs. `chat` returns results in request order; failures are per request."""
+    """Where a model runs. `chat` returns results in request order; failures are per request.
+    Whoever makes a backend owns what it holds (the engine's llama.cpp memory: `Engine.close`)."""
 
     name: str
 
     def chat(
         self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None
     ) -> list[ChatResult]: ...
-
-    def close(self) -> None: ...

@@ -12,24 +12,18 @@ hotter sampling and a new seed; the completion records `regenerated` and a note 
 from __future__ import annotations
 
 import difflib
-import re
 
 import jinja2
 
 from .backend import Backend, ChatRequest, ChatResult, Sampling
 from .config import PoolMember
 from .errors import ConfigError
-from .records import Completion, ErrorSink, Record, content_key
-
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.lower()).strip()
+from .records import Completion, ErrorSink, Record, content_key, normalise_text
 
 
 def similarity(a: str, b: str) -> float:
     """Similarity in [0, 1] of two texts after normalising case and whitespace."""
-    a, b = normalise(a), normalise(b)
+    a, b = normalise_text(a), normalise_text(b)
     if not a or not b:
         return 1.0 if a == b else 0.0
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
@@ -67,12 +61,12 @@ def _completion(member: PoolMember, req: ChatRequest, res: ChatResult, k: int, g
         model=member.model,
         source="pool",
         system_prompt=member.system_prompt,
-        sampling={"temperature": req.sampling.temperature, "top_p": req.sampling.top_p,
-                  "top_k": req.sampling.top_k, "max_tokens": req.sampling.max_tokens},
+        sampling=req.sampling.recorded(),
         seed=gen.seed,
         prompt_tokens=res.prompt_tokens,
         completion_tokens=gen.completion_tokens,
         finish_reason=gen.finish_reason,
+        member=member.name,
     )
 
 
@@ -87,7 +81,7 @@ def complete(
     on_error: ErrorSink | None = None,
 ) -> list[Record]:
     """Add `member.n` completions to every record (in place; returns the records)."""
-    todo = [r for r in records if not any(c.id.startswith(member.name + ":") for c in r.completions)]
+    todo = [r for r in records if not any(c.member == member.name for c in r.completions)]
     reqs = [_request(member, r, member_seed(seed, member, r.id), member.temperature, member.n) for r in todo]
     results = backend.chat(reqs, on_result=on_result)
     retry: list[tuple[Record, int, Completion]] = []

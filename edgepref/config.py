@@ -68,6 +68,8 @@ class EvolveConfig:
         default_factory=lambda: ["helpfulness", "relevance", "deepening", "creativity", "details"]
     )
     temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
     max_tokens: int = 320
 
 
@@ -137,15 +139,20 @@ class PipelineConfig:
         return self
 
 
+def _course() -> PipelineConfig:
+    cfg = PipelineConfig(pool=[PoolMember(m) for m in COURSE_POOL])
+    cfg.judge.models = ["qwen2.5-1.5b"]
+    return cfg
+
+
+# Named starting points: the offline default and the course chapter's pool and judge.
+PRESETS = {"embedded": PipelineConfig, "course": _course}
+
+
 def preset(name: str) -> PipelineConfig:
-    """Named starting points: "embedded" (offline default) and "course" (the chapter's pool)."""
-    if name == "embedded":
-        return PipelineConfig()
-    if name == "course":
-        cfg = PipelineConfig(pool=[PoolMember(m) for m in COURSE_POOL])
-        cfg.judge.models = ["qwen2.5-1.5b"]
-        return cfg
-    raise ConfigError(f"unknown preset {name!r}; choose embedded or course")
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]()
 
 
 def _build(cls, raw: dict, where: str):
@@ -198,81 +205,3 @@ def load_config(path: str | Path | None = None, base: PipelineConfig | None = No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     return config_from_dict(raw, base)
-
-
-def apply_overrides(
-    cfg: PipelineConfig,
-    *,
-    pool: tuple[str, ...] | list[str] = (),
-    system_prompt: str | None = None,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    completions: int | None = None,
-    judges: tuple[str, ...] | list[str] = (),
-    aspect: str | None = None,
-    judge_mode: str | None = None,
-    both_orders: bool | None = None,
-    judge_recipe: str | None = None,
-    decide: str | None = None,
-    min_confidence: float | None = None,
-    escalate_to: str | None = None,
-    exclude_self: bool | None = None,
-    evolutions: int | None = None,
-    evolve_model: str | None = None,
-    min_margin: float | None = None,
-    pair_strategy: str | None = None,
-    pair_format: str | None = None,
-    pair_score: str | None = None,
-    seed: int | None = None,
-    slots: int | None = None,
-    n_ctx: int | None = None,
-    threads: int | None = None,
-    gpu_layers: int | None = None,
-    models_file: str | None = None,
-    endpoints: tuple[str, ...] | list[str] = (),
-) -> PipelineConfig:
-    """Command-line flags on top of a config: a flag left unset (None/empty) keeps the config's value.
-    Pool-wide flags (system prompt, temperature, ...) apply to every pool member."""
-    if pool:
-        cfg.pool = [PoolMember(m) for m in pool]
-    for member in cfg.pool:
-        if system_prompt is not None:
-            member.system_prompt = system_prompt
-        if temperature is not None:
-            member.temperature = temperature
-        if max_tokens is not None:
-            member.max_tokens = max_tokens
-        if completions is not None:
-            member.n = completions
-    if judges:
-        cfg.judge.models = list(judges)
-    for attr, value in (("aspect", aspect), ("mode", judge_mode), ("both_orders", both_orders),
-                        ("recipe", judge_recipe), ("escalate_to", escalate_to), ("exclude_self", exclude_self)):
-        if value is not None:
-            setattr(cfg.judge, attr, value)
-    if evolutions is not None:
-        cfg.evolve.num_evolutions = evolutions
-    if evolve_model is not None:
-        cfg.evolve.model = evolve_model
-    pair_updates = {k: v for k, v in (("min_margin", min_margin), ("strategy", pair_strategy),
-                                      ("format", pair_format), ("score", pair_score), ("decide", decide),
-                                      ("min_confidence", min_confidence)) if v is not None}
-    if pair_updates:
-        cfg.pair = replace(cfg.pair, **pair_updates)
-    if seed is not None:
-        cfg.seed = seed
-        cfg.pair = replace(cfg.pair, seed=seed)
-    for attr, value in (("slots", slots), ("n_ctx", n_ctx), ("threads", threads), ("gpu_layers", gpu_layers)):
-        if value is not None:
-            setattr(cfg.engine, attr, value)
-    if models_file is not None:
-        cfg.models_file = str(models_file)
-    for spec in endpoints:
-        name, sep, url = spec.partition("=")
-        if not sep or not name.strip() or not url.strip():
-            raise ConfigError(
-                f"--endpoint {spec!r} is not MODEL=URL", "example: --endpoint qwen2.5-7b=http://gpu-box:8080/v1"
-            )
-        table = cfg.models.setdefault(name.strip(), {})
-        table["endpoints"] = [*table.get("endpoints", []), url.strip()]
-    return cfg.validate()

@@ -18,7 +18,8 @@ from rich.text import Text
 
 from .errors import EdgeprefError
 from .ggufmeta import GgufSummary
-from .registry import Availability, ModelEntry
+from .modelfiles import Availability
+from .registry import ModelEntry
 
 
 # Piped output is read by people and grep, not cropped to rich's default 80 columns.
@@ -245,15 +246,12 @@ def render_try(result, cfg) -> None:
     """Each instruction: its candidates with model, settings, scores and reasons; the verdict."""
     from rich.panel import Panel
 
-    from .pair import pick_pair, rank_completions
-
     out = _out()
+    pairs = {p.id: p for p in result.pairs}
     for record in result.records:
         out.rule(f"[bold]{record.instruction}")
-        ranked = {r.completion.id: r for r in rank_completions(record, cfg.pair.score)}
-        pair, reason = pick_pair(record, cfg.pair)
+        pair, reason = pairs.get(record.id), result.drop_reasons.get(record.id)
         for c in record.completions:
-            rank = ranked.get(c.id)
             ratings = [r for r in record.ratings if r.completion_id == c.id]
             scores = "  ".join(
                 f"{r.judge}: {r.score:g}" + (f" (expected {r.expected:.2f})" if r.expected is not None else "")
@@ -273,7 +271,7 @@ def render_try(result, cfg) -> None:
             if c.note:
                 body.append(f"\n[{c.note}]", style="yellow")
             title = f"{tag}{c.id} · {c.model} · {origin} · {c.completion_tokens} tok"
-            out.print(Panel(body, title=title, subtitle=scores if rank else "not rated", title_align="left"))
+            out.print(Panel(body, title=title, subtitle=scores, title_align="left"))
         for d in record.dropped:
             out.print(f"[yellow]dropped[/] {d.get('stage')}: {d.get('reason')} ({d.get('parent_id', '')} {d.get('criterion', '')})")
         verdict = record.judge_info.get("verdict")

@@ -395,7 +395,8 @@ def run_eval(
     """
     import json
 
-    from .config import apply_overrides, load_config
+    from .config import load_config
+    from .settings import apply_overrides
     from .pipeline import Runner
 
     cfg = apply_overrides(load_config(config_file), judges=judges or (), models_file=models_file)

@@ -15,10 +15,9 @@ import random
 import re
 
 from .backend import Backend, ChatRequest, Sampling
-from .complete import normalise
 from .config import EvolveConfig
 from .prompts import evol_template_name, render_prompt
-from .records import Completion, ErrorSink, Record, content_key
+from .records import Completion, ErrorSink, Record, content_key, normalise_text
 
 # Small models like to announce their answer: a heading or a lead-in sentence that ends in a
 # colon. These are stripped from the start of a rewrite, so that the judge and the dataset see
@@ -59,8 +58,8 @@ def _request(record: Record, parent: Completion, criterion: str, cfg: EvolveConf
     prompt = render_prompt(evol_template_name(criterion), instruction=record.instruction, response=parent.text)
     sampling = Sampling(
         temperature=cfg.temperature,
-        top_p=0.95,
-        top_k=40,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
         max_tokens=cfg.max_tokens,
         seed=int(content_key("evolve-seed", seed, record.id, parent.id)[:8], 16),
     )
@@ -83,7 +82,7 @@ def evolve(
         if any(c.source == "evol" for c in record.completions):
             continue  # already evolved (a rerun of this stage on its own output)
         for c in record.completions:
-            if c.source == "pool" and (cfg.members is None or c.id.split(":")[0] in cfg.members):
+            if c.source == "pool" and (cfg.members is None or c.member in cfg.members):
                 frontier.append((record, c, c.id))
     for step in range(1, cfg.num_evolutions + 1):
         if not frontier:
@@ -99,7 +98,7 @@ def evolve(
                 continue
             gen = res.generations[0]
             text = strip_leaked_headings(gen.text)
-            reason = "empty" if not text else "identical" if normalise(text) == normalise(parent.text) else None
+            reason = "empty" if not text else "identical" if normalise_text(text) == normalise_text(parent.text) else None
             if reason:
                 record.dropped.append(
                     {"stage": "evolve", "reason": reason, "parent_id": parent.id, "criterion": crit}
@@ -110,14 +109,14 @@ def evolve(
                 text=text,
                 model=model,
                 source="evol",
-                sampling={"temperature": req.sampling.temperature, "top_p": req.sampling.top_p,
-                          "max_tokens": req.sampling.max_tokens},
+                sampling=req.sampling.recorded(),
                 seed=gen.seed,
                 prompt_tokens=res.prompt_tokens,
                 completion_tokens=gen.completion_tokens,
                 finish_reason=gen.finish_reason,
                 parent_id=parent.id,
                 criterion=crit,
+                member=parent.member,
             )
             record.completions.append(child)
             next_frontier.append((record, child, root))

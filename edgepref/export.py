@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EdgeprefError, InputError
-from .registry import hub_offline
+from .paths import hub_offline
 from .store import read_jsonl
 
 FORMATS = ("jsonl", "parquet", "hf")

@@ -237,3 +237,27 @@ def read_records(path: str | Path) -> tuple[list[Record], list[InputProblem]]:
             continue
         records.append(Record.from_row(row))
     return records, problems
+
+
+def is_records_file(path: Path) -> bool:
+    """Whether `path` is records JSONL written by a stage (its first row has completions)."""
+    if path.suffix != ".jsonl" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    return '"completions"' in first
+
+
+def read_stage_input(
+    source: str | Path, *, shard: tuple[int, int] | None = None, **instruction_options
+) -> tuple[list[Record], list[InputProblem]]:
+    """What a single stage reads: records from a previous stage's JSONL (only shard `shard` of
+    them when given), or fresh records from any instructions source (`read_instructions`)."""
+    path = Path(source)
+    if is_records_file(path):
+        records, problems = read_records(path)
+        if shard:
+            records = [r for r in records if shard_index(r.instruction, shard[1]) == shard[0]]
+        return records, problems
+    batch = read_instructions(source, shard=shard, **instruction_options)
+    return batch.records, batch.problems

@@ -111,7 +111,7 @@ def judge(
 ) -> list[Record]:
     """Add this judge's ratings to every record (in place)."""
     if cfg.mode == "pairwise":
-        return judge_pairwise(records, judge_model, backend, cfg, seed=seed, on_result=on_result, on_error=on_error)
+        return _judge_pairwise(records, judge_model, backend, cfg, on_result, on_error)
     jobs: list[tuple[Record, list[str]]] = []
     reqs: list[ChatRequest] = []
     for record in records:
@@ -192,16 +192,8 @@ def bradley_terry(ids: list[str], wins: dict[tuple[str, str], float], iters: int
     return strength
 
 
-def judge_pairwise(
-    records: list[Record],
-    judge_model: str,
-    backend: Backend,
-    cfg: JudgeConfig,
-    *,
-    seed: int = 0,
-    on_result=None,
-    on_error: ErrorSink | None = None,
-) -> list[Record]:
+def _judge_pairwise(records: list[Record], judge_model: str, backend: Backend, cfg: JudgeConfig,
+                    on_result, on_error: ErrorSink | None) -> list[Record]:
     """Compare every two completions with the pairwise recipe (edgepref.compare: both orders,
     log-odds), so this judge is order-invariant by construction. P(i beats j) = sigmoid(margin);
     a score is 1 + 4 * the mean win probability against the others (Bradley-Terry strengths are

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ConfigError
-from .records import Completion, Pair, Rating, Record, content_key
+from .records import Completion, Pair, Rating, Record, content_key, normalise_text
 
 STRATEGIES = ("best-worst", "best-random")
 DECIDERS = ("pairwise", "ratings")
@@ -80,6 +80,7 @@ class PairConfig:
 class PairReport:
     pairs: list[Pair] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)  # reason -> number of records
+    drop_reasons: dict[str, str] = field(default_factory=dict)  # record id -> why it has no pair
     margins: list[float] = field(default_factory=list)  # one per emitted pair
     confidences: list[float] = field(default_factory=list)  # pairwise margins of emitted pairs
     unrated_completions: int = 0  # completions with no rating at all, left out of ranking
@@ -118,15 +119,11 @@ def rank_completions(record: Record, score: str = "score") -> list[RankedComplet
     return scored
 
 
-def _normalised(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _reject_reason(
     best: RankedCompletion, other: RankedCompletion, min_margin: float, by_scores: bool = True
 ) -> str | None:
     """Why `other` cannot be the rejected side against `best`, or None if it can."""
-    if _normalised(best.completion.text) == _normalised(other.completion.text):
+    if normalise_text(best.completion.text) == normalise_text(other.completion.text):
         return "identical_text"
     if not by_scores:
         return None
@@ -240,6 +237,7 @@ def pair_records(records: Iterable[Record], cfg: PairConfig) -> PairReport:
         pair, reason = pick_pair(record, cfg)
         if pair is None:
             report.dropped[reason] += 1
+            report.drop_reasons[record.id] = reason
         else:
             report.pairs.append(pair)
             report.margins.append(pair.margin)

@@ -13,7 +13,6 @@ run.json (config and summary), cache/ (resume data).
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,10 +25,11 @@ from .evolve import evolve
 from .inputs import InputBatch
 from .compare import self_preference_notice
 from .judge import judge, panel_agreement, verify
-from .pair import pair_records, rank_completions, shortlist, uncertain
+from .pair import pair_records, shortlist, uncertain
 from .records import Record
-from .registry import availability, load_registry, resolve_model_path
+from .hosting import ModelHost, model_identity, strongest_available_model
 from .store import CachedBackend, write_jsonl_atomic
+from .summary import RunSummary, summarize
 
 
 @dataclass
@@ -49,106 +49,11 @@ EventCallback = Callable[[Event], None]
 
 
 @dataclass
-class RunSummary:
-    out_dir: str | None
-    instructions: int = 0
-    input_problems: int = 0
-    duplicates: int = 0
-    completions_per_model: dict = field(default_factory=dict)
-    evolutions_kept: int = 0
-    evolutions_dropped: dict = field(default_factory=dict)
-    ratings: int = 0
-    pairs: int = 0
-    pairs_dropped: dict = field(default_factory=dict)
-    mean_margin: float | None = None
-    mean_confidence: float | None = None  # mean pairwise margin of written pairs (decide = pairwise)
-    decided_by: dict = field(default_factory=dict)  # judge(s) -> written pairs they decided
-    score_histogram: dict = field(default_factory=dict)  # model -> {"1": n, ..., "5": n}
-    request_errors: int = 0
-    wall_seconds: float = 0.0
-    completion_tokens: int = 0
-    tokens_per_second: float = 0.0
-    cached_requests: int = 0
-    stage_seconds: dict = field(default_factory=dict)
-    judges: list = field(default_factory=list)
-    files: dict = field(default_factory=dict)
-    shard: list | None = None  # [index, count] when the run was one shard of its input
-    endpoints: dict = field(default_factory=dict)  # model -> per-endpoint request counts
-
-
-@dataclass
 class RunResult:
     records: list[Record]
     pairs: list
     summary: RunSummary
-
-
-def strongest_available_model(models_file: str | None = None, registry=None) -> str:
-    registry = registry or load_registry(models_file)
-    ranked = sorted(registry.entries.values(), key=lambda e: -e.strength)
-    for entry in ranked:
-        if availability(entry).available:
-            return entry.name
-    raise EdgeprefError(
-        "no model is available locally to act as the judge",
-        "install the embedded models: pip install 'edgepref[models]'",
-    )
-
-
-class ModelHost:
-    """Holds at most one loaded local engine; asking for another model closes the current one
-    first. Models with endpoints run on servers (remote.ServerBackend) and take no local memory."""
-
-    def __init__(self, cfg: PipelineConfig, provided: dict[str, Backend] | None = None, on_notice=None):
-        self.cfg = cfg
-        self.registry = load_registry(cfg.models_file, cfg.models)
-        self.provided = provided or {}  # backends owned by the caller (tests, notebooks): never closed
-        self.on_notice = on_notice or (lambda message: None)
-        self.current: tuple[str, int] | None = None
-        self.engine = None
-        self.servers: dict[str, Backend] = {}
-        self.loads: list[str] = []
-
-    def get(self, model: str, n_ctx: int) -> Backend:
-        from .engine import Engine
-
-        if model in self.provided:
-            return self.provided[model]
-        entry = self.registry.remote(model)
-        if entry is not None:
-            if model not in self.servers:
-                from .remote import ServerBackend
-
-                self.servers[model] = ServerBackend.from_entry(entry, on_notice=self.on_notice)
-            return self.servers[model]
-        if self.current and self.current[0] == model and self.current[1] >= n_ctx:
-            return self.engine
-        self.close()
-        e = self.cfg.engine
-        path = resolve_model_path(model, self.registry)
-        self.engine = Engine(
-            path, n_ctx=n_ctx, n_slots=e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
-            seed=self.cfg.seed, prompt_block=e.prompt_block,
-        )
-        self.engine.name = model
-        self.current = (model, n_ctx)
-        self.loads.append(model)
-        return self.engine
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-        self.engine, self.current = None, None
-
-
-def model_identity(model: str, registry) -> str:
-    """What the request cache keys a model by: its resolved file's name and size, or for a model
-    on servers its served id (any endpoint of it gives the same answers)."""
-    entry = registry.remote(model)
-    if entry is not None:
-        return f"{model}@server:{entry.served_model or '-'}"
-    path = resolve_model_path(model, registry)
-    return f"{model}@{path.name}:{path.stat().st_size}"
+    drop_reasons: dict[str, str] = field(default_factory=dict)  # record id -> why it has no pair
 
 
 class Runner:
@@ -250,7 +155,7 @@ class Runner:
         # Put members back in pool order inside each record, whatever order they ran in.
         order = {m.name: i for i, m in enumerate(self.cfg.pool)}
         for r in records:
-            r.completions.sort(key=lambda c: (c.source != "pool", order.get(c.id.split(":")[0], 99), c.id))
+            r.completions.sort(key=lambda c: (c.source != "pool", order.get(c.member, 99), c.id))
         return records
 
     def evolve(self, records: list[Record]) -> list[Record]:
@@ -329,7 +234,7 @@ class Runner:
             report = self.pair(records)
         finally:
             self.host.close()
-        return RunResult(records, report.pairs, self._write(records, report, batch))
+        return RunResult(records, report.pairs, self._write(records, report, batch), report.drop_reasons)
 
     def _write(self, records: list[Record], report, batch: InputBatch | None) -> RunSummary:
         summary = summarize(records, report, batch, self)
@@ -353,45 +258,6 @@ class Runner:
         self.host.close()
         if self._tmp_cache is not None:
             self._tmp_cache.cleanup()
-
-
-def summarize(records: list[Record], report, batch: InputBatch | None, runner: Runner) -> RunSummary:
-    s = RunSummary(out_dir=str(runner.out_dir) if runner.out_dir else None)
-    s.instructions = len(records)
-    if batch is not None:
-        s.input_problems, s.duplicates = len(batch.problems), batch.duplicates
-        s.shard = list(batch.shard) if batch.shard else None
-    per_model: Counter = Counter()
-    hist: dict[str, Counter] = defaultdict(Counter)
-    dropped: Counter = Counter()
-    for r in records:
-        for c in r.completions:
-            per_model[f"{c.model} ({c.source})"] += 1
-        s.evolutions_kept += sum(1 for c in r.completions if c.source == "evol")
-        dropped.update(d["reason"] for d in r.dropped if d.get("stage") == "evolve")
-        s.ratings += len(r.ratings)
-        models = {c.id: c.model for c in r.completions}
-        for rank in rank_completions(r, runner.cfg.pair.score):
-            hist[models[rank.completion.id]][str(int(round(rank.primary)))] += 1
-    s.completions_per_model = dict(per_model)
-    s.evolutions_dropped = dict(dropped)
-    s.score_histogram = {m: {str(k): h.get(str(k), 0) for k in range(1, 6)} for m, h in hist.items()}
-    if report is not None:
-        s.pairs = len(report.pairs)
-        s.pairs_dropped = dict(report.dropped)
-        s.mean_margin = sum(report.margins) / len(report.margins) if report.margins else None
-        if report.confidences:
-            s.mean_confidence = sum(report.confidences) / len(report.confidences)
-        s.decided_by = dict(Counter(p.decided_by for p in report.pairs if p.decided_by))
-    s.request_errors = sum(1 for e in runner.errors if e["stage"] != "input")
-    s.wall_seconds = time.perf_counter() - runner.started
-    s.completion_tokens = runner.completion_tokens
-    s.tokens_per_second = s.completion_tokens / s.wall_seconds if s.wall_seconds else 0.0
-    s.cached_requests = runner.cached_requests
-    s.stage_seconds = dict(runner.stage_seconds)
-    s.judges = list(runner.judges)
-    s.endpoints = {name: be.endpoint_stats() for name, be in runner.host.servers.items()}
-    return s
 
 
 def run_pipeline(
@@ -424,3 +290,29 @@ def run_pipeline(
     finally:
         runner.close()
 
+
+
+STAGES = ("complete", "evolve", "judge")
+
+
+def run_single_stage(
+    stage: str,
+    records: list[Record],
+    out: str | Path,
+    cfg: PipelineConfig,
+    on_event: EventCallback | None = None,
+    backends: dict[str, Backend] | None = None,
+) -> tuple[int, list[dict]]:
+    """One stage over `records`, written to the records JSONL `out`; a `.cache` directory beside
+    it makes a rerun resume. Returns the rows written and the per-request errors."""
+    if stage not in STAGES:
+        raise EdgeprefError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    if not records:
+        raise EdgeprefError("no usable records to process", "check the input; see the warnings above")
+    out = Path(out)
+    runner = Runner(cfg, None, on_event, cache_dir=out.with_name(out.name + ".cache"), backends=backends)
+    try:
+        getattr(runner, stage)(records)
+    finally:
+        runner.close()
+    return write_jsonl_atomic(out, (r.to_row() for r in records)), runner.errors

@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import ConfigError
-from .registry import config_dir
+from .paths import config_dir
 
 PACKAGE_PROMPTS_DIR = Path(__file__).with_name("prompts")
 SUFFIX = ".jinja2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -19,9 +20,14 @@ def content_key(*parts: object) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def normalise_text(text: str) -> str:
+    """What "the same text" means everywhere: case and runs of whitespace ignored."""
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
 @dataclass
 class Completion:
-    id: str  # unique within its record: "<model>:<k>" for pool, "<parent>>evol<k>" for evolutions
+    id: str  # unique within its record: "<member>:<k>" for pool, "<root id>+evol<k>" for evolutions
     text: str
     model: str
     source: str = "pool"  # "pool" | "evol"
@@ -35,6 +41,13 @@ class Completion:
     criterion: str | None = None  # evol: helpfulness|relevance|deepening|creativity|details
     regenerated: bool = False  # diversity guard replaced a near-duplicate
     note: str | None = None
+    # the pool member that wrote it (an evolution: the member that wrote its root). Rows written
+    # before this field existed get it from their id, the one place an id is read for it.
+    member: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.member:
+            self.member = self.id.partition(":")[0]
 
 
 @dataclass

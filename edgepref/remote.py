@@ -32,7 +32,6 @@ the Authorization header and never written to a file or a message.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import random
@@ -43,8 +42,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Sequence
 
-from .backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback, renormalised
+from .backend import ChatRequest, ChatResult, Generation, ProgressCallback, ProgressCounter, renormalised
 from .errors import ConfigError, EdgeprefError, ModelNotFoundError
+from .logprobs import AnswerError, read_choice
 
 # Alternatives asked for per token. OpenAI and vLLM (by default) allow at most 20; llama.cpp
 # servers take more, and at a score position of a small judge the five digits are not always
@@ -71,6 +71,13 @@ class _RequestFailed(Exception):
     """The server answered this one request with an error that retrying will not fix."""
 
 
+def _read_choice(data: dict, req: ChatRequest, seed: int | None) -> tuple[Generation, int, dict | None]:
+    try:
+        return read_choice(data, req, seed)
+    except AnswerError as exc:
+        raise _RequestFailed(str(exc)) from None
+
+
 @dataclass
 class EndpointStats:
     url: str
@@ -89,6 +96,18 @@ class EndpointStats:
 class _Unit:
     index: int  # request index
     k: int  # sample number
+
+
+@dataclass
+class _Outcome:
+    """What a worker thread hands the collecting thread: one sample's answer or failure, or an
+    endpoint that went down (unit None)."""
+
+    unit: _Unit | None
+    sample: tuple | None = None  # (Generation, prompt tokens, choice log-probabilities)
+    error: str | None = None  # this request fails
+    fatal: EdgeprefError | None = None  # the run stops (bad key, unknown model)
+    down: tuple[str, str] | None = None  # (endpoint, reason)
 
 
 class ServerBackend:
@@ -305,25 +324,25 @@ class ServerBackend:
                     unit = todo.pop(0)
                     state["in_flight"] += 1
                 try:
-                    outcome = ("ok", unit, self._sample(base, requests[unit.index], unit.k))
+                    outcome = _Outcome(unit, sample=self._sample(base, requests[unit.index], unit.k))
                     self.stats[base].ok += 1
                 except _Retryable as exc:
                     if exc.connection:  # the endpoint cannot be reached: hand the sample back
                         with cv:
                             if not self.stats[base].down:
                                 self.stats[base].down = str(exc)
-                                outbox.put(("down", base, str(exc)))
+                                outbox.put(_Outcome(None, down=(base, str(exc))))
                             todo.insert(0, unit)
                             state["in_flight"] -= 1
                             cv.notify_all()
                         return
-                    outcome = ("error", unit, str(exc))  # 429/5xx after every retry: this request fails
+                    outcome = _Outcome(unit, error=str(exc))  # 429/5xx after every retry
                 except _RequestFailed as exc:
-                    outcome = ("error", unit, str(exc))
+                    outcome = _Outcome(unit, error=str(exc))
                 except EdgeprefError as exc:  # auth / model id: fatal for the run
-                    outcome = ("fatal", unit, exc)
+                    outcome = _Outcome(unit, fatal=exc)
                 except Exception as exc:  # a bug or an unexpected answer: fail this request only
-                    outcome = ("error", unit, f"{type(exc).__name__}: {exc}")
+                    outcome = _Outcome(unit, error=f"{type(exc).__name__}: {exc}")
                 outbox.put(outcome)
                 with cv:
                     state["in_flight"] -= 1
@@ -335,41 +354,36 @@ class ServerBackend:
         ]
         for t in threads:
             t.start()
-        done = 0
-        totals = {"completion": 0, "prompt": 0}
+        counter = ProgressCounter(len(requests), on_result)
         remaining = len(units)
         fatal: EdgeprefError | None = None
         try:
             while remaining > 0:
                 try:
-                    kind, a, b = outbox.get(timeout=0.2)
+                    outcome = outbox.get(timeout=0.2)
                 except queue.Empty:
                     if not any(t.is_alive() for t in threads):
                         break  # every endpoint is down
                     continue
-                if kind == "down":
+                if outcome.down:
+                    base, reason = outcome.down
                     left = [u for u in live if not self.stats[u].down]
-                    self.on_notice(f"{self.name}: endpoint {a} is down ({b}); "
+                    self.on_notice(f"{self.name}: endpoint {base} is down ({reason}); "
                                    f"{'moving its requests to ' + ', '.join(left) if left else 'no endpoint left'}")
                     continue
-                if kind == "fatal":
-                    fatal = b
+                if outcome.fatal:
+                    fatal = outcome.fatal
                     break
                 remaining -= 1
-                unit = a
-                if kind == "error":
-                    errors.setdefault(unit.index, b)
-                parts[unit.index][unit.k] = b
+                unit = outcome.unit
+                if outcome.error is not None:
+                    errors.setdefault(unit.index, outcome.error)
+                parts[unit.index][unit.k] = outcome.sample
                 req = requests[unit.index]
                 if len(parts[unit.index]) == max(1, req.n):
                     res = self._assemble(req, parts[unit.index], errors.get(unit.index), start)
                     results[unit.index] = res
-                    done += 1
-                    totals["completion"] += sum(g.completion_tokens for g in res.generations)
-                    totals["prompt"] += res.prompt_tokens
-                    if on_result:
-                        on_result(Progress(done, len(requests), totals["completion"], totals["prompt"],
-                                           time.perf_counter() - start), res)
+                    counter.finished(res)
         finally:
             with cv:
                 state["stop"] = True
@@ -377,7 +391,7 @@ class ServerBackend:
         if fatal is not None:
             raise fatal
         if remaining > 0:
-            raise self._all_down(done, len(requests))
+            raise self._all_down(counter.done, len(requests))
         return results  # type: ignore[return-value]
 
     def _assemble(self, req: ChatRequest, parts: dict[int, object], error: str | None, start: float) -> ChatResult:
@@ -402,88 +416,8 @@ class ServerBackend:
     def endpoint_stats(self) -> list[dict]:
         return [s.as_dict() for s in self.stats.values()]
 
-    def close(self) -> None:
-        pass
-
 
 # ---------------------------------------------------------------------- answers
-
-
-def _read_choice(data: dict, req: ChatRequest, seed: int | None) -> tuple[Generation, int, dict | None]:
-    try:
-        choice = data["choices"][0]
-        text = (choice.get("message") or {}).get("content") or ""
-        usage = data.get("usage") or {}
-    except (KeyError, IndexError, TypeError) as exc:
-        raise _RequestFailed(f"unexpected answer shape ({exc}): {str(data)[:200]}") from None
-    finish = choice.get("finish_reason") or "stop"
-    finish = "length" if finish == "length" else "stop"
-    content = ((choice.get("logprobs") or {}).get("content")) or []
-    if req.choices:
-        if not content:
-            raise _RequestFailed("the server returned no logprobs; choice probabilities need logprobs support")
-        choice_logprobs = candidate_logprobs(content[0].get("top_logprobs") or [], req.choices)
-        return Generation("", 0, "stop", seed), int(usage.get("prompt_tokens", 0)), choice_logprobs
-    trace = trace_from_logprobs(text, content, req.trace_choices) if req.trace_choices else []
-    completion_tokens = int(usage.get("completion_tokens", len(content)))
-    return Generation(text, completion_tokens, finish, seed, trace), int(usage.get("prompt_tokens", 0)), None
-
-
-def _candidate_mass(top: list[dict], candidates: Sequence[str], spellings: bool) -> dict[str, float]:
-    mass = {c: 0.0 for c in candidates}
-    for alt in top:
-        tok, logprob = alt.get("token"), alt.get("logprob")
-        if tok is None or logprob is None:
-            continue
-        if tok not in mass and spellings and tok.startswith(" "):
-            tok = tok[1:]
-        if tok in mass:
-            mass[tok] += math.exp(float(logprob))
-    return mass
-
-
-def candidate_distribution(top: list[dict], candidates: Sequence[str]) -> dict[str, float] | None:
-    """Probabilities of the candidates among the top alternatives, renormalised over them.
-    A candidate outside the top list gets 0; None when none of them is there."""
-    mass = _candidate_mass(top, candidates, spellings=False)
-    total = sum(mass.values())
-    if total <= 0:
-        return None
-    return {c: v / total for c, v in mass.items()}
-
-
-def candidate_logprobs(top: list[dict], candidates: Sequence[str]) -> dict[str, float] | None:
-    """Log probability of each candidate, its spellings with and without a leading space summed,
-    as the local engine reports it. A candidate outside the top list gets the smallest log
-    probability listed (an upper bound); None when none of them is there."""
-    mass = _candidate_mass(top, candidates, spellings=True)
-    listed = [float(a["logprob"]) for a in top if a.get("logprob") is not None]
-    if not listed or not any(v > 0 for v in mass.values()):
-        return None
-    return {c: math.log(v) if v > 0 else min(listed) for c, v in mass.items()}
-
-
-def trace_from_logprobs(text: str, content: list[dict], candidates: Sequence[str]) -> list[tuple[int, dict]]:
-    """(char offset, distribution) for each generated token that is one of the candidates,
-    the same shape as the local engine's Generation.choice_trace."""
-    cands = set(candidates)
-    trace: list[tuple[int, dict]] = []
-    cursor = slack = 0
-    for entry in content:
-        tok = entry.get("token") or ""
-        slack += tok.count("\ufffd")  # a split character shown as U+FFFD per piece overcounts
-        if tok in cands:
-            # Token strings can drop or replace bytes of split multi-byte characters, so find the
-            # token in the text rather than trusting summed lengths.
-            at = text.find(tok, max(0, cursor - slack))
-            if at >= 0:
-                dist = candidate_distribution(entry.get("top_logprobs") or [], candidates)
-                if dist is not None:
-                    trace.append((at, dist))
-                cursor = at + len(tok)
-                continue
-        cursor += len(tok)
-    return trace
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .backend import Backend, ChatRequest, ChatResult, Generation, Progress, ProgressCallback
+from .backend import Backend, ChatRequest, ChatResult, Generation, Progress, ProgressCallback, ProgressCounter
 from .records import content_key
 
 
@@ -188,30 +188,22 @@ class CachedBackend:
                 todo.append(i)
         self.hits += len(requests) - len(todo)
         self.misses += len(todo)
-        # on_result is called for generated results only; their Progress counts the replayed ones.
-        done_before = len(requests) - len(todo)
         if not todo:
             return results  # type: ignore[return-value]
+        # on_result is called for generated results only; their Progress counts the replayed ones.
+        counter = ProgressCounter(len(requests), on_result, done_before=len(requests) - len(todo))
         backend = self._open()
         with JsonlAppender(self.cache_path) as out:
 
-            def record(progress: Progress, result: ChatResult) -> None:
+            def record(_progress: Progress, result: ChatResult) -> None:
                 if result.ok:
                     key = request_key(self.stage, self.model_id, result.request)
                     row = _result_row(key, result)
                     out.append(row)
                     self._rows[key] = row
-                if on_result:
-                    on_result(
-                        Progress(done_before + progress.done, len(requests), progress.completion_tokens,
-                                 progress.prompt_tokens, progress.elapsed),
-                        result,
-                    )
+                counter.finished(result)
 
             fresh = backend.chat([requests[i] for i in todo], on_result=record)
         for i, res in zip(todo, fresh):
             results[i] = res
         return results  # type: ignore[return-value]
-
-    def close(self) -> None:
-        pass

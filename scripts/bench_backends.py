@@ -39,7 +39,7 @@ from bench_pipeline import bench_config as pipeline_config
 from edgepref.config import PipelineConfig
 from edgepref.engine.serve import ServerProcess, free_port
 from edgepref.inputs import read_instructions
-from edgepref.registry import resolve_model_path
+from edgepref.modelfiles import resolve_model_path
 
 
 def bench_config(max_tokens: int, threads: int) -> PipelineConfig:

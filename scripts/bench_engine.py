@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared/data/alpaca_eval_dev/instructions.jsonl"
+DEFAULT_INPUT = Path(__file__).resolve().parent / "data/bench_instructions.jsonl"  # see data/README.md
 FALLBACK = [
     "Explain how a rainbow forms.",
     "Write a short poem about the sea.",
@@ -50,7 +50,7 @@ def _peak_rss_mb() -> float:
 
 def run_sequential(model: str, prompts: list[str], max_tokens: int, n_threads: int, out) -> None:
     from edgepref.engine.handles import load_high_level_llama
-    from edgepref.registry import resolve_model_path
+    from edgepref.modelfiles import resolve_model_path
 
     llm = load_high_level_llama(resolve_model_path(model), n_ctx=2048, n_threads=n_threads)
     start = time.perf_counter()

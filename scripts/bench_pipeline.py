@@ -4,8 +4,9 @@
 
 Both runs use the embedded models and the same stage code (2-model pool, 1 EvolQuality
 rewrite per completion, overall UltraFeedback judge with rationales under the GBNF grammar,
-128-token completions) on the first N instructions of FILE (default: the AlpacaEval dev set in
-../shared). Only the backend differs:
+128-token completions) on the first N instructions of --input (default: the 48 instructions in
+scripts/data/bench_instructions.jsonl; the README's figures name the input they used). Only the
+backend differs:
 
   baseline  llama-cpp-python's high-level `Llama.create_chat_completion`, one request and one
             sample at a time (what distilabel's llama.cpp backend does), both models loaded;
@@ -35,11 +36,11 @@ from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMembe
 from edgepref.engine.handles import load_high_level_llama
 from edgepref.inputs import read_instructions
 from edgepref.pipeline import run_pipeline
-from edgepref.registry import resolve_model_path
-from edgepref.remote import candidate_logprobs
+from edgepref.modelfiles import resolve_model_path
+from edgepref.logprobs import candidate_logprobs
 
 QWEN, SMOL = "qwen2.5-coder-0.5b", "smollm2-135m"
-DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/instructions.jsonl"
+DEFAULT_INPUT = Path(__file__).resolve().parent / "data/bench_instructions.jsonl"  # see data/README.md
 
 
 class SequentialBackend:

@@ -29,7 +29,7 @@ from edgepref.evaljudge import (judge_recipes_alone, panel_run, read_judge_pairs
                                 self_preference)
 from edgepref.pipeline import Runner
 
-DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared/data/alpaca_eval_dev/judge_pairs.jsonl"
+DEFAULT_PAIRS = Path(__file__).resolve().parent / "data/judge_pairs_smoke.jsonl"  # see data/README.md
 MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m")
 
 

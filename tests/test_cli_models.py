@@ -16,7 +16,8 @@ from click.testing import CliRunner, Result
 from edgepref import __version__
 from edgepref.cli import cli
 from edgepref.errors import ModelNotFoundError
-from edgepref.registry import load_registry, sha256_file
+from edgepref.modelfiles import sha256_file
+from edgepref.registry import load_registry
 
 
 def run(*args: str) -> Result:

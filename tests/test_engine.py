@@ -11,7 +11,7 @@ from edgepref.backend import ChatRequest, Sampling
 from edgepref.engine import Engine
 from edgepref.engine.handles import load_high_level_llama
 from edgepref.grammars import build_rating_grammar, parse_rating_lines
-from edgepref.registry import resolve_model_path
+from edgepref.modelfiles import resolve_model_path
 
 from .conftest import QWEN, SMOL
 

@@ -9,7 +9,8 @@ import pytest
 
 from edgepref.errors import EdgeprefError
 from edgepref.ggufmeta import GgufArray, read_gguf_metadata, summarize_gguf
-from edgepref.registry import load_registry, resolve_model_path
+from edgepref.modelfiles import resolve_model_path
+from edgepref.registry import load_registry
 
 
 def test_smollm2_summary() -> None:

@@ -11,17 +11,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from edgepref import registry
+from edgepref import modelfiles
 from edgepref.errors import ConfigError, IntegrityError, ModelNotFoundError
-from edgepref.registry import (
-    availability,
-    cache_dir,
-    hf_cache_dir,
-    load_registry,
-    pull_model,
-    resolve_model_path,
-    sha256_file,
-)
+from edgepref.modelfiles import availability, pull_model, resolve_model_path, sha256_file
+from edgepref.paths import cache_dir, hf_cache_dir
+from edgepref.registry import load_registry
 
 
 @pytest.fixture
@@ -61,7 +55,7 @@ def test_qwen_parts_joined_once_into_cache(
     before = path.stat()
 
     joins: list[object] = []
-    monkeypatch.setattr(registry, "assemble_parts", lambda *a: joins.append(a))
+    monkeypatch.setattr(modelfiles, "assemble_parts", lambda *a: joins.append(a))
     again = resolve_model_path("qwen2.5-coder-0.5b")
     after = again.stat()
     assert again == path
@@ -72,7 +66,7 @@ def test_qwen_parts_joined_once_into_cache(
 def test_embedded_models_are_available_via_pypi() -> None:
     reg = load_registry()
     for name in ("smollm2-135m", "qwen2.5-coder-0.5b"):
-        assert availability(reg.get(name)) == registry.Availability(True, "pypi")
+        assert availability(reg.get(name)) == modelfiles.Availability(True, "pypi")
 
 
 # ---------------------------------------------------------------- PyPI parts (small fake package)
@@ -162,7 +156,7 @@ def test_verified_file_is_hashed_once(make_gguf, write_models_file, monkeypatch)
     )
     assert resolve_model_path("ok") == path
     hashed: list[Path] = []
-    monkeypatch.setattr(registry, "sha256_file", lambda p, *a: hashed.append(p) or "")
+    monkeypatch.setattr(modelfiles, "sha256_file", lambda p, *a: hashed.append(p) or "")
     assert resolve_model_path("ok") == path
     assert hashed == []
 
@@ -193,7 +187,7 @@ def test_hub_only_model_offline(no_network: None) -> None:
             resolve_model_path("qwen2.5-1.5b", allow_download=allow_download)
         assert "edgepref models pull qwen2.5-1.5b" in (info.value.hint or "")
     avail = availability(load_registry().get("qwen2.5-1.5b"))
-    assert avail == registry.Availability(False, "edgepref models pull qwen2.5-1.5b")
+    assert avail == modelfiles.Availability(False, "edgepref models pull qwen2.5-1.5b")
 
 
 # ---------------------------------------------------------------- models files
@@ -217,7 +211,7 @@ def test_user_and_explicit_models_files_merge_and_override(
     reg = load_registry(explicit)
     assert reg.get("smollm2-135m").description == "overridden by the user"
     assert reg.get("smollm2-135m").sources == ()  # an override replaces the whole entry
-    assert {"mine", "user-only", "extra", "qwen2.5-coder-0.5b"} <= set(reg.names())
+    assert {"mine", "user-only", "extra", "qwen2.5-coder-0.5b"} <= set(reg.entries)
     assert resolve_model_path("mine", reg) == mine_explicit
     assert resolve_model_path("mine") == mine_user  # without the explicit file
     assert resolve_model_path("user-only", reg) == mine_user
@@ -260,7 +254,7 @@ def test_found_in_fake_hf_cache(fake_hf_cache, make_gguf, write_models_file, no_
     path = resolve_model_path("tiny")
     assert path == link
     assert path.read_bytes() == data
-    assert availability(load_registry().get("tiny")) == registry.Availability(True, "hf-cache")
+    assert availability(load_registry().get("tiny")) == modelfiles.Availability(True, "hf-cache")
 
 
 def test_builtin_hub_entry_found_in_fake_hf_cache(fake_hf_cache, make_gguf, no_network) -> None:

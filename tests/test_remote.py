@@ -262,7 +262,8 @@ def test_rejected_answers_are_retried_a_bounded_number_of_times(server):
 
 
 def test_endpoint_settings_are_checked_up_front() -> None:
-    from edgepref.config import apply_overrides, config_from_dict
+    from edgepref.config import config_from_dict
+    from edgepref.settings import apply_overrides
     from edgepref.registry import load_registry
 
     def registry(cfg):
@@ -426,7 +427,7 @@ def test_cli_run_stops_when_its_server_dies_and_resumes_without_duplicates(tmp_p
 
 
 def test_candidate_log_probabilities_from_top_alternatives() -> None:
-    from edgepref.remote import candidate_logprobs
+    from edgepref.logprobs import candidate_logprobs
 
     top = [{"token": "A", "logprob": math.log(0.5)}, {"token": " A", "logprob": math.log(0.2)},
            {"token": "The", "logprob": math.log(0.1)}, {"token": " B", "logprob": math.log(0.05)}]

@@ -34,23 +34,26 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..backend import ChatRequest, ChatResult, Generation, Progress, ProgressCallback, renormalised
+from ..backend import ChatRequest, ChatResult, ProgressCallback
 from ..errors import EngineError
+from ..logprobs import choice_logprobs, distribution
+from .jobs import Call, Job, Slot, find_stop, reusable
+from .template import ChatTemplate
 from .handles import (
-    ChatTemplate,
     LlamaBatch,
     LlamaContext,
     LlamaModel,
     LlamaSampler,
     default_use_extra_buffers,
-    gpu_offload_supported,
+    available_memory,
+    default_gpu_layers,
 )
 
 # A request waits for a slot that is still prefilling a prompt it shares, rather than decoding
@@ -78,69 +81,6 @@ class EngineStats:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass
-class _Job:
-    """One sample of one request."""
-
-    req_index: int
-    sample: int
-    prompt: list[int]
-    seed: int
-    trace_tokens: dict[int, str]
-    choice_tokens: dict[int, str]
-    out_bytes: bytearray = field(default_factory=bytearray)
-    out_ids: list[int] = field(default_factory=list)
-    trace: list = field(default_factory=list)
-    choice_logprobs: dict[str, float] | None = None
-    cached: int = 0
-    finish: str | None = None
-    text: str = ""
-    error: str | None = None
-
-    @property
-    def key(self) -> tuple[int, int]:
-        """(request index, sample): the order of batch rows."""
-        return (self.req_index, self.sample)
-
-
-@dataclass
-class _Slot:
-    seq: int
-    tokens: list[int] = field(default_factory=list)  # what this sequence holds in the KV cache
-    job: _Job | None = None
-    sampler: LlamaSampler | None = None
-    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
-    next_token: int | None = None  # sampled, to be decoded in the next step
-    canon: int = 0  # leading tokens whose KV was decoded as prompt blocks (reusable)
-    # logits after the first `logits_len` tokens, kept from the decode of a whole prompt
-    logits: np.ndarray | None = None
-    logits_len: int = -1
-
-    @property
-    def n_past(self) -> int:
-        return len(self.tokens)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _reusable(tokens: list[int], canon: int, logits_len: int, prompt: list[int], block: int) -> int:
-    """How many tokens of `prompt` a sequence holding `tokens` can give, so that the prompt's KV
-    and first logits are exactly those of a fresh block-wise decode: the whole prompt when the
-    sequence kept the logits after exactly this prompt, else a whole number of blocks, short of
-    the prompt's last block (which must be decoded to produce its logits)."""
-    common = _common_prefix(tokens[: max(canon, 0)], prompt)
-    if common == len(prompt) == logits_len:
-        return common
-    last_block_start = (len(prompt) - 1) // block * block
-    return min(common // block * block, last_block_start)
-
-
 class Engine:
     """A GGUF model loaded in llama.cpp, serving batches of chat requests.
 
@@ -164,7 +104,8 @@ class Engine:
         flash_attn: bool | None = None,
         prompt_block: int = DEFAULT_PROMPT_BLOCK,
     ):
-        from ..registry import load_registry, resolve_model_path
+        from ..modelfiles import resolve_model_path
+        from ..registry import load_registry
 
         self.name = str(model)
         path = resolve_model_path(model, load_registry(models_file))
@@ -177,26 +118,29 @@ class Engine:
             )
         self.prompt_block = prompt_block
         if n_gpu_layers is None:
-            n_gpu_layers = 999 if gpu_offload_supported() else 0
+            n_gpu_layers = default_gpu_layers()
         self.n_gpu_layers = n_gpu_layers
         self.n_threads = n_threads or os.cpu_count() or 1
         self.seed = seed
-        self.model = LlamaModel(Path(path), n_gpu_layers, default_use_extra_buffers())
-        try:
+        # Handles close in the reverse order of their opening (batch, context, model): a context
+        # never outlives its model, whatever fails halfway through __init__.
+        self._handles = ExitStack()
+        with self._handles:
+            self.model = self._handles.enter_context(
+                closing(LlamaModel(Path(path), n_gpu_layers, default_use_extra_buffers()))
+            )
             self.n_ctx = min(n_ctx, self.model.n_ctx_train)
             self.n_slots = n_slots
             if check_memory:
                 self._check_kv_budget()
-            self.ctx = LlamaContext(
-                self.model, self.n_ctx * n_slots, n_batch, n_slots, self.n_threads, flash_attn
-            )
-            self.batch = LlamaBatch(n_batch)
-        except Exception:
-            self.model.close()
-            raise
+            self.ctx = self._handles.enter_context(closing(
+                LlamaContext(self.model, self.n_ctx * n_slots, n_batch, n_slots, self.n_threads, flash_attn)
+            ))
+            self.batch = self._handles.enter_context(closing(LlamaBatch(n_batch)))
+            self._handles = self._handles.pop_all()  # opened: kept open until close()
         self.n_batch = n_batch
         self.template = ChatTemplate(self.model)
-        self.slots = [_Slot(seq=i) for i in range(n_slots)]
+        self.slots = [Slot(seq=i) for i in range(n_slots)]
         self.stats = EngineStats()
 
     # ------------------------------------------------------------------ lifecycle
@@ -205,10 +149,10 @@ class Engine:
         for slot in getattr(self, "slots", []):
             if slot.sampler:
                 slot.sampler.close()
-        for name in ("batch", "ctx", "model"):
-            handle = getattr(self, name, None)
-            if handle is not None:
-                handle.close()
+                slot.sampler = None
+        handles = getattr(self, "_handles", None)
+        if handles is not None:
+            handles.close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -221,7 +165,7 @@ class Engine:
 
     def _check_kv_budget(self) -> None:
         need = self.model.kv_bytes_per_token * self.n_ctx * self.n_slots
-        avail = _available_memory()
+        avail = available_memory()
         if avail is not None and need > 0.7 * avail:
             raise EngineError(
                 f"the KV cache for {self.n_slots} slots x {self.n_ctx} tokens needs "
@@ -261,101 +205,38 @@ class Engine:
         A request that cannot run (prompt too long, bad grammar) fails alone: its result has
         `error` set and finish_reason "error"; the others go on.
         """
-        start = time.perf_counter()
-        results: list[ChatResult | None] = [None] * len(requests)
-        jobs_left = [0] * len(requests)
-        jobs_by_req: list[list[_Job]] = [[] for _ in requests]
-        started: list[float | None] = [None] * len(requests)
-        queue: deque[_Job] = deque()
-        done = 0
-        totals = {"completion": 0, "prompt": 0}
-
-        def finish_request(i: int) -> None:
-            nonlocal done
-            req = requests[i]
-            jobs = sorted(jobs_by_req[i], key=lambda j: j.sample)
-            error = next((j.error for j in jobs if j.error), None)
-            gens = [
-                Generation(j.text, len(j.out_ids), j.finish or "error", j.seed, j.trace, j.out_ids)
-                for j in jobs
-            ]
-            prompt_len = len(jobs[0].prompt) if jobs else 0
-            result = ChatResult(
-                request=req,
-                generations=gens,
-                prompt_tokens=prompt_len,
-                error=error,
-                choice_probs=renormalised(jobs[0].choice_logprobs) if jobs else None,
-                choice_logprobs=jobs[0].choice_logprobs if jobs else None,
-                seconds=time.perf_counter() - (started[i] or start),
-                cached_prompt_tokens=sum(j.cached for j in jobs),
-            )
-            results[i] = result
-            done += 1
-            totals["completion"] += sum(g.completion_tokens for g in gens)
-            totals["prompt"] += prompt_len
-            self.stats.requests += 1
-            if on_result:
-                on_result(
-                    Progress(
-                        done, len(requests), totals["completion"], totals["prompt"],
-                        time.perf_counter() - start,
-                    ),
-                    result,
-                )
-
+        call = Call(requests, on_result)
         for i, req in enumerate(requests):
             try:
                 prompt = self.template.tokens(req.messages, req.prefill)
                 trace = self._candidate_tokens(req.trace_choices)
                 choices = self._candidate_tokens(req.choices, spellings=True)
             except EngineError as exc:
-                jobs_by_req[i] = [_Job(i, 0, [], 0, {}, {}, finish="error", error=exc.message)]
-                finish_request(i)
+                call.fail(i, [], exc.message)
                 continue
             if len(prompt) + 1 > self.n_ctx:
-                msg = (
-                    f"prompt is {len(prompt)} tokens; a slot holds {self.n_ctx} "
-                    "(raise --n-ctx, or shorten the input)"
-                )
-                jobs_by_req[i] = [_Job(i, 0, prompt, 0, {}, {}, finish="error", error=msg)]
-                finish_request(i)
+                call.fail(i, prompt, f"prompt is {len(prompt)} tokens; a slot holds {self.n_ctx} "
+                                     "(raise --n-ctx, or shorten the input)")
                 continue
             base_seed = req.sampling.seed if req.sampling.seed is not None else self.seed
-            n = max(1, req.n)
-            jobs_left[i] = n
-            for k in range(n):
-                job = _Job(i, k, prompt, base_seed + k, trace, choices)
-                jobs_by_req[i].append(job)
-                queue.append(job)
+            call.enqueue(i, prompt, base_seed, trace, choices)
 
-        self._keep_only({tuple(job.prompt) for job in queue})
-
-        def job_done(slot: _Slot) -> None:
-            job = slot.job
-            job.text = bytes(job.out_bytes).decode("utf-8", "replace")
-            stop_at = _find_stop(job.text, requests[job.req_index].sampling.stop)
-            if stop_at is not None:
-                job.text = job.text[:stop_at]
-            if slot.sampler:
-                slot.sampler.close()
-                slot.sampler = None
-            slot.job = None
-            slot.pending = []
-            slot.next_token = None
-            self.stats.completion_tokens += len(job.out_ids)
-            jobs_left[job.req_index] -= 1
-            if jobs_left[job.req_index] == 0:
-                finish_request(job.req_index)
-
-        while queue or any(s.job for s in self.slots):
-            self._admit(queue, requests, started, job_done)
+        self._keep_only({tuple(job.prompt) for job in call.queue})
+        while call.queue or any(s.job for s in self.slots):
+            self._admit(call)
             if not any(s.job for s in self.slots):
                 continue
-            self._step(requests, job_done)
+            self._step(call)
 
-        self.stats.seconds += time.perf_counter() - start
-        return results  # type: ignore[return-value]
+        self.stats.requests += len(requests)
+        self.stats.seconds += time.perf_counter() - call.progress.start
+        return call.results  # type: ignore[return-value]
+
+    def _job_done(self, call: Call, slot: Slot) -> None:
+        """The slot's job has finished: its text is final and the slot is free."""
+        job = slot.release()
+        self.stats.completion_tokens += len(job.out_ids)
+        call.job_finished(job)
 
     def _keep_only(self, prompts: set[tuple[int, ...]]) -> None:
         """Start a call with a cache that holds nothing but whole prompts of this call's
@@ -372,21 +253,22 @@ class Engine:
             else:
                 self._forget(s)
 
-    def _forget(self, s: _Slot) -> None:
+    def _forget(self, s: Slot) -> None:
         self.ctx.seq_rm(s.seq, -1, -1)
         s.tokens, s.canon, s.logits, s.logits_len = [], 0, None, -1
 
-    def _reusable(self, src: _Slot, prompt: list[int], with_pending: bool = False) -> int:
+    def _reusable(self, src: Slot, prompt: list[int], with_pending: bool = False) -> int:
         if with_pending:  # what src will hold once its prompt is decoded
             tokens = src.tokens + src.pending
-            return _reusable(tokens, len(tokens), len(tokens), prompt, self.prompt_block)
-        return _reusable(src.tokens, src.canon, src.logits_len, prompt, self.prompt_block)
+            return reusable(tokens, len(tokens), len(tokens), prompt, self.prompt_block)
+        return reusable(src.tokens, src.canon, src.logits_len, prompt, self.prompt_block)
 
-    def _admit(self, queue, requests, started, job_done) -> None:
+    def _admit(self, call: Call) -> None:
+        queue = call.queue
         free = [s for s in self.slots if s.job is None]
         if not free or not queue:
             return
-        deferred: list[_Job] = []
+        deferred: list[Job] = []
         # Look a bounded way down the queue so that a long queue of jobs waiting for one shared
         # prefix does not cost a full scan every step.
         while free and queue and len(deferred) < 2 * self.n_slots:
@@ -407,23 +289,23 @@ class Engine:
                 continue
             slot = best_src if best_src in free else self._pick_free(free)
             free.remove(slot)
-            self._assign(slot, job, best_src, best_len, requests[job.req_index], started)
+            call.job_started(job)
+            self._assign(slot, job, best_src, best_len)
             if slot.job is not None and not slot.job.finish and not slot.pending:
                 # the whole prompt was cached: sample from the logits kept with it
-                self._sample(slot, requests[job.req_index], job_done, slot.logits)
+                self._sample(call, slot, slot.logits)
             if slot.job is not None and slot.job.finish:  # failed on admission (bad grammar)
-                job_done(slot)
+                self._job_done(call, slot)
         queue.extendleft(reversed(deferred))
 
     @staticmethod
-    def _pick_free(free: list[_Slot]) -> _Slot:
+    def _pick_free(free: list[Slot]) -> Slot:
         # Prefer a slot whose cached tokens are worth least (fewest), keeping long prefixes alive.
         return min(free, key=lambda s: s.n_past)
 
-    def _assign(self, slot, job, src, common, req, started) -> None:
+    def _assign(self, slot: Slot, job: Job, src: Slot | None, common: int) -> None:
         slot.job = job
-        if started[job.req_index] is None:
-            started[job.req_index] = time.perf_counter()
+        req = job.request
         try:
             slot.sampler = LlamaSampler(self.model, req.sampling, job.seed, req.grammar)
         except EngineError as exc:
@@ -444,7 +326,7 @@ class Engine:
         self.stats.prompt_tokens += len(job.prompt)
         self.stats.prompt_tokens_cached += common
 
-    def _decode(self, entries: list[tuple[_Slot, int, bool]]) -> list[int] | None:
+    def _decode(self, entries: list[tuple[Slot, int, bool]]) -> list[int] | None:
         """Decode (slot, token, want_logits) entries in one llama_decode, each at its slot's
         next positions; returns each entry's batch index, or None if the KV cache has no room
         even after dropping idle cached sequences."""
@@ -463,14 +345,14 @@ class Engine:
             if not self._evict_idle():
                 return None
 
-    def _fail_longest(self, job_done) -> None:
+    def _fail_longest(self, call: Call) -> None:
         victim = max((s for s in self.slots if s.job), key=lambda s: s.n_past)
         victim.job.error = "the KV cache is full (lower --slots or raise --n-ctx)"
         victim.job.finish = "error"
         self._forget(victim)
-        job_done(victim)
+        self._job_done(call, victim)
 
-    def _step(self, requests, job_done) -> None:
+    def _step(self, call: Call) -> None:
         # 1. One token for every generating slot, rows in (request, sample) order. With no room
         #    in the KV cache, halve the batch (as llama.cpp's parallel example does) and only
         #    then fail the longest request.
@@ -485,25 +367,25 @@ class Engine:
                     self.stats.batch_halvings += 1
                     groups += [gen[len(gen) // 2 :], gen[: len(gen) // 2]]
                 else:
-                    self._fail_longest(job_done)
+                    self._fail_longest(call)
                     groups.append(gen)
                 continue
             for s, idx in zip(gen, index):
                 s.tokens.append(s.next_token)
                 s.next_token = None
-                self._sample(s, requests[s.job.req_index], job_done, idx)
+                self._sample(call, s, idx)
         # 2. Prompt blocks, each decoded alone, at most n_batch // prompt_block of them per step
         #    (a short last block counts as a whole one).
         budget = self.n_batch
         for s in sorted((s for s in self.slots if s.job and s.pending), key=lambda s: s.job.key):
             while s.job and s.pending and budget > 0:
-                if not self._prefill_block(s, requests, job_done):
+                if not self._prefill_block(call, s):
                     return
                 budget -= self.prompt_block
             if budget <= 0:
                 break
 
-    def _prefill_block(self, s: _Slot, requests, job_done) -> bool:
+    def _prefill_block(self, call: Call, s: Slot) -> bool:
         """Decode the slot's next prompt block; False if the KV cache is full (a job failed)."""
         n = min(len(s.pending), self.prompt_block - s.n_past % self.prompt_block)
         exact = s.canon == s.n_past
@@ -513,7 +395,7 @@ class Engine:
             if index is not None:
                 break
             if n == 1:
-                self._fail_longest(job_done)
+                self._fail_longest(call)
                 return False
             # No room for the block: decode it in halves. The KV then differs from a fresh
             # block-wise decode, so it is not offered for reuse.
@@ -527,7 +409,7 @@ class Engine:
             logits = self.ctx.logits(index[-1], self.model.n_vocab).copy()
             if exact:
                 s.logits, s.logits_len = logits, len(s.tokens)
-            self._sample(s, requests[s.job.req_index], job_done, logits)
+            self._sample(call, s, logits)
         return True
 
     def _evict_idle(self) -> bool:
@@ -538,17 +420,18 @@ class Engine:
                 evicted = True
         return evicted
 
-    def _sample(self, slot: _Slot, req: ChatRequest, job_done, source: np.ndarray | int) -> None:
+    def _sample(self, call: Call, slot: Slot, source: np.ndarray | int) -> None:
         """Draw the slot's next token from kept logits (an array: a prompt's last position)
         or from a batch row of the last decode (an int: a generation step)."""
         job = slot.job
+        req = job.request
         if isinstance(source, np.ndarray):
             logits = source
             if job.choice_tokens and job.choice_logprobs is None:
-                job.choice_logprobs = _choice_logprobs(logits, job.choice_tokens)
+                job.choice_logprobs = choice_logprobs(logits, job.choice_tokens)
             if req.sampling.max_tokens <= 0:
                 job.finish = "stop"
-                job_done(slot)
+                self._job_done(call, slot)
                 return
             tok = slot.sampler.sample(logits)
         else:
@@ -556,67 +439,22 @@ class Engine:
             logits = None
         if self.model.is_eog(tok):
             job.finish = "stop"
-            job_done(slot)
+            self._job_done(call, slot)
             return
         if tok in job.trace_tokens:
             if logits is None:
                 logits = self.ctx.logits(source, self.model.n_vocab)
             offset = len(bytes(job.out_bytes).decode("utf-8", "ignore"))
-            job.trace.append((offset, _distribution(logits, job.trace_tokens)))
+            job.trace.append((offset, distribution(logits, job.trace_tokens)))
         job.out_bytes += self.model.piece(tok)
         job.out_ids.append(tok)
-        if req.sampling.stop and _find_stop(
+        if req.sampling.stop and find_stop(
             bytes(job.out_bytes[-256:]).decode("utf-8", "ignore"), req.sampling.stop
         ) is not None:
             job.finish = "stop"
-            job_done(slot)
+            self._job_done(call, slot)
         elif len(job.out_ids) >= req.sampling.max_tokens or slot.n_past + 1 >= self.n_ctx:
             job.finish = "length"
-            job_done(slot)
+            self._job_done(call, slot)
         else:
             slot.next_token = tok
-
-
-def _distribution(logits: np.ndarray, candidates: dict[int, str]) -> dict[str, float]:
-    ids = list(candidates)
-    vals = np.asarray(logits[ids], dtype=np.float64)
-    vals = np.exp(vals - vals.max())
-    probs = vals / vals.sum()
-    return {candidates[t]: float(p) for t, p in zip(ids, probs)}
-
-
-def _logsumexp(vals: np.ndarray) -> float:
-    top = float(vals.max())
-    return top + float(np.log(np.exp(vals - top).sum()))
-
-
-def _choice_logprobs(logits: np.ndarray, candidates: dict[int, str]) -> dict[str, float]:
-    """Log probability of each candidate over the whole vocabulary, its tokens summed."""
-    full = _logsumexp(np.asarray(logits, dtype=np.float64))
-    ids_of: dict[str, list[int]] = {}
-    for t, cand in candidates.items():
-        ids_of.setdefault(cand, []).append(t)
-    return {
-        cand: _logsumexp(np.asarray(logits[ids], dtype=np.float64)) - full for cand, ids in ids_of.items()
-    }
-
-
-def _find_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s]
-    hits = [h for h in hits if h >= 0]
-    return min(hits) if hits else None
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-

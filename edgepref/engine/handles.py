@@ -12,13 +12,10 @@ import ctypes
 import os
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
 import llama_cpp as C
 import numpy as np
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import EngineError
 
@@ -68,8 +65,17 @@ def default_use_extra_buffers() -> bool:
     return not cpu_has_amx()
 
 
+# n_gpu_layers that offloads every layer (llama-cpp-python maps its -1 to this same value)
+ALL_LAYERS = 2**31 - 1
+
+
 def gpu_offload_supported() -> bool:
     return bool(C.llama_supports_gpu_offload())
+
+
+def default_gpu_layers() -> int:
+    """Every layer on the GPU when llama.cpp was built with a GPU backend (CUDA, Metal), else none."""
+    return ALL_LAYERS if gpu_offload_supported() else 0
 
 
 class LlamaModel:
@@ -396,39 +402,16 @@ def load_high_level_llama(path: str | os.PathLike, **kwargs):
 
 
 # ChatML, for GGUFs that carry no template of their own.
-_FALLBACK_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-class ChatTemplate:
-    """Renders messages with the model's own jinja2 chat template (as transformers does)."""
-
-    def __init__(self, model: LlamaModel):
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
-        )
-        self.template = env.from_string(model.chat_template or _FALLBACK_TEMPLATE)
-        self.bos_text = model.token_text(model.bos_id)
-        self.eos_text = model.token_text(model.eos_id)
-        self.model = model
-
-    def render(self, messages: list[dict[str, str]]) -> str:
-        def raise_exception(message: str) -> None:
-            raise EngineError(f"the model's chat template rejected the messages: {message}")
-
-        return self.template.render(
-            messages=messages,
-            add_generation_prompt=True,
-            bos_token=self.bos_text,
-            eos_token=self.eos_text,
-            raise_exception=raise_exception,
-            strftime_now=lambda fmt: datetime.now().strftime(fmt),
-        )
-
-    def tokens(self, messages: list[dict[str, str]], prefill: str = "") -> list[int]:
-        text = self.render(messages) + prefill
-        # Templates that write the BOS themselves must not get a second one.
-        add_bos = self.model.add_bos and not (self.bos_text and text.startswith(self.bos_text))
-        return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (MemAvailable on Linux, else physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -44,10 +44,10 @@ def build_app(
         raise EdgeprefError("nothing to serve", "name at least one model")
     import os
 
-    from .handles import gpu_offload_supported
+    from .handles import default_gpu_layers
 
     threads = n_threads or os.cpu_count() or 1
-    gpu = n_gpu_layers if n_gpu_layers is not None else (-1 if gpu_offload_supported() else 0)
+    gpu = n_gpu_layers if n_gpu_layers is not None else default_gpu_layers()
     settings = [
         ModelSettings(
             model=str(path), model_alias=alias, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
@@ -77,6 +77,26 @@ def serve(
 
         uvicorn.run(app, host=host, port=port, log_level=log_level)
 
+
+
+def served_models(names: Sequence[str], registry) -> list[tuple[str, Path]]:
+    """(served id, gguf path) per MODEL argument: a registry name is served under its name, a
+    .gguf file under its file name without the suffix."""
+    from ..modelfiles import resolve_model_path
+
+    return [(Path(m).stem if m.endswith(".gguf") else m, resolve_model_path(m, registry)) for m in names]
+
+
+def api_key_from_env(var: str | None) -> str | None:
+    """The key the server requires, read from environment variable `var` (None: no key)."""
+    if not var:
+        return None
+    import os
+
+    key = os.environ.get(var)
+    if not key:
+        raise EdgeprefError(f"the environment variable {var} is not set", f"export {var}=...")
+    return key
 
 
 def free_port(host: str = "127.0.0.1") -> int:

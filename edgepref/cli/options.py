@@ -1,0 +1,69 @@
+"""Options shared by the pipeline commands. The pipeline's settings come from one table,
+edgepref.settings.SETTINGS: `setting_options(group)` turns its rows into click options and
+`build_config` applies what the user gave over a preset and a config file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..settings import PRESET_NAMES, Setting, apply_overrides, settings_for
+from .root import F, models_file_option
+
+
+def input_options(func: F) -> F:
+    for opt in reversed([
+        click.option("--column", default=None, help="Instruction column (default: instruction, then prompt)."),
+        click.option("--split", default=None, help="Dataset split for Hub datasets and DatasetDicts."),
+        click.option("--limit", type=int, default=None, help="Use only the first N instructions."),
+        click.option("--shuffle", is_flag=True, help="Shuffle the rows (with --seed) before --limit."),
+        click.option("--shard", default=None, metavar="I/N",
+                     help="Process only shard I of N (0 <= I < N) of the input; combine with `edgepref merge`."),
+    ]):
+        func = opt(func)
+    return func
+
+
+def _click_option(setting: Setting):
+    decls = [setting.flag, *([setting.short] if setting.short else []), setting.name]
+    kw: dict[str, Any] = {"default": () if setting.multiple else None, "help": setting.help or None,
+                          "multiple": setting.multiple, "metavar": setting.metavar}
+    if setting.choices:
+        kw["type"] = click.Choice(list(setting.choices))
+    elif setting.type is not bool:
+        kw["type"] = setting.type
+    return click.option(*decls, **kw)
+
+
+def setting_options(group: str) -> Callable[[F], F]:
+    """The click options of every setting (edgepref.settings.SETTINGS) in `group`."""
+    def decorate(func: F) -> F:
+        for setting in reversed(settings_for(group)):
+            func = _click_option(setting)(func)
+        return func
+    return decorate
+
+
+config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                             help="Pipeline config (TOML); flags override it.")
+
+
+def pipeline_options(func: F) -> F:
+    """Options shared by run, try and the stage commands; each overrides the config file."""
+    func = click.option("--quiet", "-q", is_flag=True, help="No progress display.")(func)
+    func = models_file_option(func)
+    func = setting_options("pipeline")(func)
+    func = click.option("--preset", type=click.Choice(list(PRESET_NAMES)), default=None,
+                        help="Start from a named config: embedded models (default) or the course's pool.")(func)
+    return config_option(func)
+
+
+def build_config(config_file: Path | None, preset_name: str | None = None, **values):
+    """The config a command runs with: a preset, the config file over it, the flags over that."""
+    from ..config import load_config, preset
+
+    return apply_overrides(load_config(config_file, preset(preset_name or "embedded")), **values)

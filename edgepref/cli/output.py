@@ -1,0 +1,70 @@
+"""Output commands: `inspect`, `export` and `merge` of run directories; no model runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import display
+from .root import cli
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path), metavar="DIR_OR_PAIRS")
+@click.option("--min-margin", type=float, default=None, help="Only pairs with at least this margin.")
+@click.option("--model", default=None, help="Only pairs where this model is chosen or rejected.")
+@click.option("--limit", type=int, default=5, show_default=True, help="Pairs to show (0: stats only).")
+def inspect(path: Path, min_margin, model, limit) -> None:
+    """Show pairs side by side (instruction, chosen vs rejected, scores, reasons) and stats.
+
+    \b
+    Example:
+      edgepref inspect out/
+      edgepref inspect out/pairs.jsonl --min-margin 2 --model smollm2-135m --limit 10
+    """
+    from ..export import filter_pairs, load_run, pair_stats
+
+    run = load_run(path)
+    pairs = filter_pairs(run.pairs, min_margin, model)
+    display.render_pairs(pairs[: max(0, limit)], pair_stats(pairs), total=len(run.pairs))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path), metavar="DIR")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "hf"]), default="jsonl", show_default=True)
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the data and its README.md dataset card.")
+@click.option("--push-to-hub", default=None, metavar="REPO", help="Also publish to the Hub (needs a network).")
+@click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
+def export(path: Path, fmt: str, to: Path, push_to_hub, public: bool) -> None:
+    """Export a run's pairs as JSONL, Parquet or a `datasets` directory, with a dataset card.
+
+    \b
+    Example:
+      edgepref export out/ --format parquet --to release/
+      edgepref export out/ --format hf --to release/ --push-to-hub me/my-prefs
+    """
+    from ..export import export_pairs, load_run
+
+    written = export_pairs(load_run(path), fmt, to, push_to_hub, private=not public)
+    for kind, where in written.items():
+        display.render_path(f"{kind}: {where}")
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the merged records.jsonl, pairs.jsonl, errors.jsonl and run.json.")
+@click.option("--allow-mixed", is_flag=True, help="Merge runs made with different settings.")
+def merge(dirs, out_dir: Path, allow_mixed: bool) -> None:
+    """Combine shard outputs (`run --shard I/N`) into one run directory, each record and pair once.
+
+    \b
+    Example:
+      edgepref run data.jsonl --shard 0/2 --out out-0 && edgepref run data.jsonl --shard 1/2 --out out-1
+      edgepref merge out-0 out-1 --out all
+    """
+    from ..merge import merge_runs
+
+    display.render_merge(merge_runs(list(dirs), out_dir, allow_mixed=allow_mixed))

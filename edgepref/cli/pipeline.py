@@ -1,0 +1,194 @@
+"""Pipeline commands: `run`, the single stages (`complete`, `evolve`, `judge`, `pair`), `try`
+and `eval-judge`. Each body parses its options, calls one library function and hands the result
+to display.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import display
+from ..evaljudge import SELF_PREFERENCE_N, recipe_names
+from .options import build_config, config_option, input_options, pipeline_options, setting_options
+from .root import cli, models_file_option
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory: records.jsonl, pairs.jsonl, errors.jsonl, run.json.")
+@input_options
+@pipeline_options
+def run(input_path: str, out_dir: Path, column, split, limit, shuffle, shard, quiet, config_file, preset,
+        **opts) -> None:
+    """Run the whole pipeline: pool completions, EvolQuality, UltraFeedback judge, pairs.
+
+    INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub dataset name,
+    with an `instruction` (or `prompt`) column. Rerunning the same command resumes.
+
+    \b
+    Example:
+      edgepref run instructions.jsonl --out out/
+      edgepref run data.csv --column question --limit 100 --out out/ --judge qwen2.5-coder-0.5b
+      edgepref run data.jsonl --shard 0/4 --out out-0/   # then: edgepref merge out-* --out all/
+      edgepref run data.jsonl --out out/ --judge big --endpoint big=http://gpu-box:8080/v1
+    """
+    from ..inputs import parse_shard, read_instructions
+    from ..pipeline import run_pipeline
+
+    cfg = build_config(config_file, preset, **opts)
+    batch = read_instructions(input_path, column=column, split=split, limit=limit, shuffle=shuffle,
+                              seed=cfg.seed, shard=parse_shard(shard) if shard else None)
+    with display.StageProgress(quiet) as progress:
+        result = run_pipeline(batch, out_dir, cfg, on_event=progress)
+    display.render_summary(result.summary)
+
+
+# ---------------------------------------------------------------- single stages
+
+
+def _stage_command(stage: str, doc: str):
+    @cli.command(stage, help=doc)
+    @click.argument("input_path", metavar="INPUT")
+    @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Records JSONL to write (a .cache directory beside it makes reruns resume).")
+    @input_options
+    @pipeline_options
+    def command(input_path, out, column, split, limit, shuffle, shard, quiet, config_file, preset, **opts):
+        from ..inputs import parse_shard, read_stage_input
+        from ..pipeline import run_single_stage
+
+        cfg = build_config(config_file, preset, **opts)
+        records, problems = read_stage_input(input_path, column=column, split=split, limit=limit,
+                                             shuffle=shuffle, seed=cfg.seed,
+                                             shard=parse_shard(shard) if shard else None)
+        for p in problems:
+            display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
+        with display.StageProgress(quiet) as progress:
+            n, errors = run_single_stage(stage, records, out, cfg, on_event=progress)
+        for e in errors:
+            display.render_warning(f"{e['stage']} {e.get('id')}: {e['reason']}")
+        display.render_path(f"{out}  ({n} records)")
+
+    return command
+
+
+_stage_command("complete", """Stage 1 alone: every pool member writes completions.
+
+    INPUT is an instructions file (or records JSONL); writes records JSONL.
+
+    \b
+    Example:
+      edgepref complete instructions.jsonl --out completed.jsonl --pool qwen2.5-coder-0.5b --pool smollm2-135m
+    """)
+_stage_command("evolve", """Stage 2 alone: EvolQuality rewrites of the completions in INPUT (records JSONL).
+
+    \b
+    Example:
+      edgepref evolve completed.jsonl --out evolved.jsonl --evolutions 2
+    """)
+_stage_command("judge", """Stage 3 alone: UltraFeedback ratings for every completion in INPUT (records JSONL).
+
+    \b
+    Example:
+      edgepref judge evolved.jsonl --out judged.jsonl --aspect helpfulness
+    """)
+
+
+@cli.command("pair")
+@click.argument("input_path", metavar="INPUT")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="pairs JSONL to write.")
+@config_option
+@setting_options("pair")
+def pair_command(input_path, out, config_file, **opts) -> None:
+    """Stage 4 alone: chosen/rejected pairs from rated records (no model needed). Records keep
+    their pairwise verdicts, so a new --min-confidence needs no judge.
+
+    \b
+    Example:
+      edgepref pair judged.jsonl --out pairs.jsonl --min-confidence 0.02 --pair-format conversational
+    """
+    from ..inputs import read_records
+    from ..pair import pair_records
+    from ..store import write_jsonl_atomic
+
+    cfg = build_config(config_file, **opts)
+    records, problems = read_records(Path(input_path))
+    for p in problems:
+        display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
+    report = pair_records(records, cfg.pair)
+    n = write_jsonl_atomic(out, (p.to_row() for p in report.pairs))
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(report.dropped.items())) or "none"
+    display.render_path(f"{out}  ({n} pairs; dropped: {dropped})")
+
+
+
+
+@cli.command("try")
+@click.argument("instruction", required=False)
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A few instructions (any input format) instead of INSTRUCTION.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write records/pairs here (default: write nothing).")
+@click.option("--limit", type=int, default=5, show_default=True, help="At most this many from --file.")
+@pipeline_options
+def try_command(instruction, file_path, out_dir, limit, quiet, config_file, preset, **opts) -> None:
+    """The whole pipeline on one instruction, shown in the terminal: every candidate with its
+    model, settings and score, the judge's reasons, and which became chosen/rejected and why.
+
+    Same options and config file as `run`: change a system prompt, a temperature or the
+    judge and see the effect in seconds.
+
+    \b
+    Example:
+      edgepref try "Explain DNS to a ten-year-old."
+      edgepref try "Write a limerick about tea." --system-prompt "Be concise." --temperature 1.0
+    """
+    from ..inputs import read_instructions
+    from ..pipeline import run_pipeline
+
+    if not instruction and not file_path:
+        raise click.UsageError("give an INSTRUCTION or --file")
+    cfg = build_config(config_file, preset, **opts)
+    source = read_instructions(file_path, limit=limit) if file_path else [instruction]
+    with display.StageProgress(quiet) as progress:
+        result = run_pipeline(source, out_dir, cfg, on_event=progress)
+    display.render_try(result, cfg)
+
+
+@cli.command("eval-judge")
+@click.argument("pairs_path", metavar="PAIRS")
+@click.option("--judge", "judges", multiple=True, metavar="MODEL",
+              help="Judge model; repeat for a panel (default: the pipeline's judge).")
+@click.option("--recipe", default=None, type=click.Choice(recipe_names()),
+              help="Judge recipe (default: the one the pipeline decides chosen/rejected with).")
+@click.option("--limit", type=int, default=None, help="Use only the first N pairs.")
+@click.option("--self-preference", "self_preference_n", type=int, default=SELF_PREFERENCE_N, show_default=True,
+              metavar="N", help="Judge the judge's own answers to the first N instructions against the "
+              "better response; 0 skips it.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report here (a .cache dir beside it makes reruns resume).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@models_file_option
+@click.option("--quiet", "-q", is_flag=True)
+def eval_judge(pairs_path, judges, recipe, limit, self_preference_n, json_out, config_file, models_file,
+               quiet) -> None:
+    """Measure a judge against labelled pairs: agreement (with a 95% CI), precision at coverage
+    (agreement on the most confident 100/80/50%), ties, swap consistency, position and length
+    bias, seconds per pair, and self-preference (how often it prefers its own answer to the
+    better response).
+
+    PAIRS has instruction, response_a, response_b and label (a or b) columns.
+
+    \b
+    Example:
+      edgepref eval-judge judge_pairs.jsonl --json judge_eval.json
+      edgepref eval-judge judge_pairs.jsonl --recipe rationale-expected --judge smollm2-135m --limit 50
+    """
+    from ..evaljudge import run_eval
+
+    report = run_eval(pairs_path, judges=list(judges), recipe=recipe, limit=limit, json_out=json_out,
+                      config_file=config_file, models_file=models_file, self_preference_n=self_preference_n,
+                      on_event=None if quiet else display.StageProgress(quiet))
+    display.render_eval(report)

@@ -1,0 +1,160 @@
+"""What one `Engine.chat` call schedules: a job per sample of each request, the slots (KV cache
+sequences) that run them, and the call's own state (queue, results, progress). The engine
+(edgepref.engine.core) owns llama.cpp and moves jobs through slots; this module holds no
+llama.cpp state of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..backend import ChatRequest, ChatResult, Generation, ProgressCallback, ProgressCounter, renormalised
+from .handles import LlamaSampler
+
+
+@dataclass
+class Job:
+    """One sample of one request."""
+
+    request: ChatRequest
+    req_index: int  # the request's place in its call: results and batch rows follow it
+    sample: int
+    prompt: list[int]
+    seed: int
+    trace_tokens: dict[int, str]
+    choice_tokens: dict[int, str]
+    out_bytes: bytearray = field(default_factory=bytearray)
+    out_ids: list[int] = field(default_factory=list)
+    trace: list = field(default_factory=list)
+    choice_logprobs: dict[str, float] | None = None
+    cached: int = 0
+    finish: str | None = None
+    text: str = ""
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(request index, sample): the order of batch rows."""
+        return (self.req_index, self.sample)
+
+
+@dataclass
+class Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # what this sequence holds in the KV cache
+    job: Job | None = None
+    sampler: LlamaSampler | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    canon: int = 0  # leading tokens whose KV was decoded as prompt blocks (reusable)
+    # logits after the first `logits_len` tokens, kept from the decode of a whole prompt
+    logits: np.ndarray | None = None
+    logits_len: int = -1
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def release(self) -> Job:
+        """Finish the slot's job (its text cut at a stop string) and free the slot; its cached
+        tokens stay for reuse."""
+        job = self.job
+        job.text = bytes(job.out_bytes).decode("utf-8", "replace")
+        stop_at = find_stop(job.text, job.request.sampling.stop)
+        if stop_at is not None:
+            job.text = job.text[:stop_at]
+        if self.sampler:
+            self.sampler.close()
+            self.sampler = None
+        self.job = None
+        self.pending = []
+        self.next_token = None
+        return job
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def reusable(tokens: list[int], canon: int, logits_len: int, prompt: list[int], block: int) -> int:
+    """How many tokens of `prompt` a sequence holding `tokens` can give, so that the prompt's KV
+    and first logits are exactly those of a fresh block-wise decode: the whole prompt when the
+    sequence kept the logits after exactly this prompt, else a whole number of blocks, short of
+    the prompt's last block (which must be decoded to produce its logits)."""
+    common = common_prefix(tokens[: max(canon, 0)], prompt)
+    if common == len(prompt) == logits_len:
+        return common
+    last_block_start = (len(prompt) - 1) // block * block
+    return min(common // block * block, last_block_start)
+
+
+class Call:
+    """The state of one `Engine.chat` call: its requests, their jobs, the queue of jobs waiting
+    for a slot, the results, and the progress reported as each request finishes."""
+
+    def __init__(self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None):
+        self.requests = requests
+        self.results: list[ChatResult | None] = [None] * len(requests)
+        self.jobs: list[list[Job]] = [[] for _ in requests]
+        self.jobs_left = [0] * len(requests)
+        self.started: list[float | None] = [None] * len(requests)
+        self.queue: deque[Job] = deque()
+        self.progress = ProgressCounter(len(requests), on_result)
+
+    def fail(self, i: int, prompt: list[int], message: str) -> None:
+        """Request i cannot run at all: it finishes at once with `message`."""
+        self.jobs[i] = [Job(self.requests[i], i, 0, prompt, 0, {}, {}, finish="error", error=message)]
+        self.finish_request(i)
+
+    def enqueue(self, i: int, prompt: list[int], base_seed: int, trace, choices) -> None:
+        n = max(1, self.requests[i].n)
+        self.jobs_left[i] = n
+        for k in range(n):
+            job = Job(self.requests[i], i, k, prompt, base_seed + k, trace, choices)
+            self.jobs[i].append(job)
+            self.queue.append(job)
+
+    def job_started(self, job: Job) -> None:
+        if self.started[job.req_index] is None:
+            self.started[job.req_index] = time.perf_counter()
+
+    def job_finished(self, job: Job) -> bool:
+        """Count a finished sample; True when it was its request's last (then finish_request)."""
+        self.jobs_left[job.req_index] -= 1
+        if self.jobs_left[job.req_index] == 0:
+            self.finish_request(job.req_index)
+            return True
+        return False
+
+    def finish_request(self, i: int) -> None:
+        jobs = sorted(self.jobs[i], key=lambda j: j.sample)
+        error = next((j.error for j in jobs if j.error), None)
+        gens = [Generation(j.text, len(j.out_ids), j.finish or "error", j.seed, j.trace, j.out_ids) for j in jobs]
+        result = ChatResult(
+            request=self.requests[i],
+            generations=gens,
+            prompt_tokens=len(jobs[0].prompt) if jobs else 0,
+            error=error,
+            choice_probs=renormalised(jobs[0].choice_logprobs) if jobs else None,
+            choice_logprobs=jobs[0].choice_logprobs if jobs else None,
+            seconds=time.perf_counter() - (self.started[i] or self.progress.start),
+            cached_prompt_tokens=sum(j.cached for j in jobs),
+        )
+        self.results[i] = result
+        self.progress.finished(result)
+
+
+def find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first of `stops` starts in `text`, or None."""
+    hits = [text.find(s) for s in stops if s]
+    hits = [h for h in hits if h >= 0]
+    return min(hits) if hits else None

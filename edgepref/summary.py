@@ -1,0 +1,79 @@
+"""The summary of a run: what `edgepref run` prints and run.json keeps."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from .inputs import InputBatch
+from .pair import rank_completions
+from .records import Record
+
+
+@dataclass
+class RunSummary:
+    out_dir: str | None
+    instructions: int = 0
+    input_problems: int = 0
+    duplicates: int = 0
+    completions_per_model: dict = field(default_factory=dict)
+    evolutions_kept: int = 0
+    evolutions_dropped: dict = field(default_factory=dict)
+    ratings: int = 0
+    pairs: int = 0
+    pairs_dropped: dict = field(default_factory=dict)
+    mean_margin: float | None = None
+    mean_confidence: float | None = None  # mean pairwise margin of written pairs (decide = pairwise)
+    decided_by: dict = field(default_factory=dict)  # judge(s) -> written pairs they decided
+    score_histogram: dict = field(default_factory=dict)  # model -> {"1": n, ..., "5": n}
+    request_errors: int = 0
+    wall_seconds: float = 0.0
+    completion_tokens: int = 0
+    tokens_per_second: float = 0.0
+    cached_requests: int = 0
+    stage_seconds: dict = field(default_factory=dict)
+    judges: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+    shard: list | None = None  # [index, count] when the run was one shard of its input
+    endpoints: dict = field(default_factory=dict)  # model -> per-endpoint request counts
+
+
+def summarize(records: list[Record], report, batch: InputBatch | None, runner) -> RunSummary:
+    """The counts of a finished run; `runner` is the pipeline.Runner that made it."""
+    s = RunSummary(out_dir=str(runner.out_dir) if runner.out_dir else None)
+    s.instructions = len(records)
+    if batch is not None:
+        s.input_problems, s.duplicates = len(batch.problems), batch.duplicates
+        s.shard = list(batch.shard) if batch.shard else None
+    per_model: Counter = Counter()
+    hist: dict[str, Counter] = defaultdict(Counter)
+    dropped: Counter = Counter()
+    for r in records:
+        for c in r.completions:
+            per_model[f"{c.model} ({c.source})"] += 1
+        s.evolutions_kept += sum(1 for c in r.completions if c.source == "evol")
+        dropped.update(d["reason"] for d in r.dropped if d.get("stage") == "evolve")
+        s.ratings += len(r.ratings)
+        models = {c.id: c.model for c in r.completions}
+        for rank in rank_completions(r, runner.cfg.pair.score):
+            hist[models[rank.completion.id]][str(int(round(rank.primary)))] += 1
+    s.completions_per_model = dict(per_model)
+    s.evolutions_dropped = dict(dropped)
+    s.score_histogram = {m: {str(k): h.get(str(k), 0) for k in range(1, 6)} for m, h in hist.items()}
+    if report is not None:
+        s.pairs = len(report.pairs)
+        s.pairs_dropped = dict(report.dropped)
+        s.mean_margin = sum(report.margins) / len(report.margins) if report.margins else None
+        if report.confidences:
+            s.mean_confidence = sum(report.confidences) / len(report.confidences)
+        s.decided_by = dict(Counter(p.decided_by for p in report.pairs if p.decided_by))
+    s.request_errors = sum(1 for e in runner.errors if e["stage"] != "input")
+    s.wall_seconds = time.perf_counter() - runner.started
+    s.completion_tokens = runner.completion_tokens
+    s.tokens_per_second = s.completion_tokens / s.wall_seconds if s.wall_seconds else 0.0
+    s.cached_requests = runner.cached_requests
+    s.stage_seconds = dict(runner.stage_seconds)
+    s.judges = list(runner.judges)
+    s.endpoints = {name: be.endpoint_stats() for name, be in runner.host.servers.items()}
+    return s
