@@ -52,6 +52,8 @@ class Recipe:
     system: str | None = STRICT_JUDGE
     label_sets: tuple[tuple[str, str], ...] = (LETTERS,)
     prefill: str = ""
+    # Show each response only up to this many words (0: whole). Fewer prompt tokens per pair.
+    max_words: int = 0
     about: str = ""
 
 
@@ -82,6 +84,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("expert-ab", system=EXPERT_JUDGE, about="headings, a system prompt naming the criteria"),
         Recipe("expert-contrast-ab", system=EXPERT_JUDGE, questions=("better", "worse"),
                about="expert-ab, also asked which is worse"),
+        Recipe("headings-ab-w120", max_words=120, about="headings-ab, each response cut after 120 words"),
+        Recipe("headings-ab-w60", max_words=60, about="headings-ab, each response cut after 60 words"),
     )
 }
 
@@ -113,12 +117,25 @@ class Verdict:
 def request(recipe: Recipe, instruction: str, first: str, second: str, labels: tuple[str, str],
             question: str | None = None) -> ChatRequest:
     """The question (default: the recipe's first) with `first` shown first, answered by one of `labels`."""
+    if recipe.max_words:
+        first, second = clip_words(first, recipe.max_words), clip_words(second, recipe.max_words)
     user = render_prompt(recipe.template, instruction=instruction, first=first, second=second,
                          label_first=labels[0], label_second=labels[1], question=question or recipe.questions[0])
     messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
         {"role": "user", "content": user}
     ]
     return ChatRequest(messages, Sampling(max_tokens=0), prefill=recipe.prefill, choices=labels)
+
+
+def clip_words(text: str, n: int) -> str:
+    """`text` up to its n-th word, its line breaks kept; " ..." marks a cut."""
+    words = 0
+    for i, ch in enumerate(text):
+        if not ch.isspace() and (i == 0 or text[i - 1].isspace()):
+            words += 1
+            if words > n:
+                return text[:i].rstrip() + " ..."
+    return text
 
 
 def _questions(recipe: Recipe) -> list[tuple[tuple[str, str], str]]:
