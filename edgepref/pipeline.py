@@ -77,6 +77,7 @@ class Runner:
         self.completion_tokens = 0
         self.cached_requests = 0
         self.stage_seconds: dict[str, float] = {}
+        self.stage_completion_tokens: dict[str, int] = {}
         self._tmp_cache = None
         if self.out_dir is None and self._cache_dir is None:
             import tempfile
@@ -114,7 +115,9 @@ class Runner:
 
     def _progress(self, stage: str, model: str):
         def callback(progress, result) -> None:
-            self.completion_tokens += sum(g.completion_tokens for g in result.generations)
+            tokens = sum(g.completion_tokens for g in result.generations)
+            self.completion_tokens += tokens
+            self.stage_completion_tokens[stage] = self.stage_completion_tokens.get(stage, 0) + tokens
             prompt_rate = progress.prompt_tokens / progress.elapsed if progress.elapsed > 0 else 0.0
             self.on_event(Event("progress", stage, model, progress.done, progress.total,
                                 progress.completion_tokens, progress.tokens_per_second, prompt_rate))

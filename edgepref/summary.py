@@ -33,6 +33,7 @@ class RunSummary:
     tokens_per_second: float = 0.0
     cached_requests: int = 0
     stage_seconds: dict = field(default_factory=dict)
+    stage_completion_tokens: dict = field(default_factory=dict)  # stage -> tokens generated in it
     judges: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     shard: list | None = None  # [index, count] when the run was one shard of its input
@@ -74,6 +75,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
     s.tokens_per_second = s.completion_tokens / s.wall_seconds if s.wall_seconds else 0.0
     s.cached_requests = runner.cached_requests
     s.stage_seconds = dict(runner.stage_seconds)
+    s.stage_completion_tokens = dict(runner.stage_completion_tokens)
     s.judges = list(runner.judges)
     s.endpoints = {name: be.endpoint_stats() for name, be in runner.host.servers.items()}
     return s

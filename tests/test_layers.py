@@ -16,7 +16,7 @@ LAYERS = [
     # 2. the stages and their settings
     {"config", "compare", "complete", "evolve", "judge", "pair"},
     # 3. runs: inputs, hosting models, the pipeline, its summary and outputs, judge evaluation
-    {"settings", "inputs", "hosting", "pipeline", "summary", "merge", "export", "evaljudge"},
+    {"settings", "inputs", "hosting", "pipeline", "summary", "merge", "export", "evaljudge", "report", "report_plots"},
     # 4. the interface
     {"display", "cli", "__main__"},
 ]

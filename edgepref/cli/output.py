@@ -1,4 +1,4 @@
-"""Output commands: `inspect`, `export` and `merge` of run directories; no model runs."""
+"""Output commands: `inspect`, `report`, `export` and `merge` of run directories; no model runs."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def export(path: Path, fmt: str, to: Path, push_to_hub, public: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the merged records.jsonl, pairs.jsonl, errors.jsonl and run.json.")
 @click.option("--allow-mixed", is_flag=True, help="Merge runs made with different settings.")
-def merge(dirs, out_dir: Path, allow_mixed: bool) -> None:
+@click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
+def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
     """Combine shard outputs (`run --shard I/N`) into one run directory, each record and pair once.
 
     \b
@@ -68,3 +69,27 @@ def merge(dirs, out_dir: Path, allow_mixed: bool) -> None:
     from ..merge import merge_runs
 
     display.render_merge(merge_runs(list(dirs), out_dir, allow_mixed=allow_mixed))
+    if with_report:
+        from ..report import write_report
+
+        display.render_path(f"report: {write_report(out_dir)}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the page (default: DIR/report.html).")
+def report(path: Path, out: Path | None) -> None:
+    """Write a self-contained HTML report of run directory DIR: the run's settings and counts,
+    plots (scores per model, margins, chosen/rejected per model and source, shown positions,
+    lengths, judge confidence), and every instruction with its pair or why it has none, to
+    filter and open side by side. One file, no network: it opens anywhere, also from file://.
+
+    \b
+    Example:
+      edgepref report out/
+      edgepref report merged/ --out merged-report.html
+    """
+    from ..report import write_report
+
+    display.render_path(f"report: {write_report(path, out)}")

@@ -18,10 +18,11 @@ from .root import cli, models_file_option
 @click.argument("input_path", metavar="INPUT")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory: records.jsonl, pairs.jsonl, errors.jsonl, run.json.")
+@click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
 @input_options
 @pipeline_options
-def run(input_path: str, out_dir: Path, column, split, limit, shuffle, shard, quiet, config_file, preset,
-        **opts) -> None:
+def run(input_path: str, out_dir: Path, with_report: bool, column, split, limit, shuffle, shard, quiet,
+        config_file, preset, **opts) -> None:
     """Run the whole pipeline: pool completions, EvolQuality, UltraFeedback judge, pairs.
 
     INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub dataset name,
@@ -43,6 +44,10 @@ def run(input_path: str, out_dir: Path, column, split, limit, shuffle, shard, qu
     with display.StageProgress(quiet) as progress:
         result = run_pipeline(batch, out_dir, cfg, on_event=progress)
     display.render_summary(result.summary)
+    if with_report:
+        from ..report import write_report
+
+        display.render_path(f"report: {write_report(out_dir)}")
 
 
 # ---------------------------------------------------------------- single stages

@@ -1,0 +1,168 @@
+"""The HTML report of a real small run: its numbers against run.json and pairs.jsonl, partial run
+directories, and the page itself in headless Chromium with the network disabled."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgepref.cli import cli
+from edgepref.errors import InputError
+from edgepref.report import load_run_dir, write_report
+
+pytest.importorskip("matplotlib", reason="needs edgepref[report] (installed by edgepref[test])")
+
+INSTRUCTIONS = ["Name two uses of copper.", "Give one tip for sleeping well.", "What is a haiku?"]
+CONFIG = '[evolve]\nmax_tokens = 32\n[judge]\nmax_rationale_chars = 60\n'
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("report")
+    src, cfg, out = tmp / "in.jsonl", tmp / "cfg.toml", tmp / "out"
+    src.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in INSTRUCTIONS))
+    cfg.write_text(CONFIG)
+    result = CliRunner().invoke(cli, ["run", str(src), "--out", str(out), "--report", "--config", str(cfg),
+                                      "--max-tokens", "32", "--slots", "4", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+    return out
+
+
+def page_rows(page: str) -> list[dict]:
+    blob = re.search(r'<script id="run-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    return json.loads(blob.replace("<\\/", "</"))
+
+
+def test_report_numbers_match_the_run(run_dir: Path) -> None:
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    run = json.loads((run_dir / "run.json").read_text())
+    pairs = [json.loads(line) for line in (run_dir / "pairs.jsonl").read_text().splitlines()]
+    summary = run["summary"]
+    rows = page_rows(page)
+    assert len(rows) == summary["instructions"] == len(INSTRUCTIONS)
+    written = [r for r in rows if r["status"] == "pair"]
+    assert len(written) == summary["pairs"] == len(pairs)
+    assert re.search(rf'id="n-pairs">{summary["pairs"]}<', page)
+    dropped = {}
+    for r in rows:
+        if r["status"] != "pair":
+            dropped[r["status"]] = dropped.get(r["status"], 0) + 1
+    assert dropped == summary["pairs_dropped"]
+    by_id = {r["id"]: r for r in rows}
+    for p in pairs:  # every written pair, with its chosen and rejected text and scores
+        row = by_id[p["id"]]
+        chosen = next(c for c in row["candidates"] if c["role"] == "chosen")
+        rejected = next(c for c in row["candidates"] if c["role"] == "rejected")
+        assert (chosen["text"], rejected["text"]) == (p["chosen"], p["rejected"])
+        assert row["margin"] == pytest.approx(p["margin"], abs=1e-3)
+        assert (row["model_chosen"], row["model_rejected"]) == (p["model_chosen"], p["model_rejected"])
+    for stage, seconds in summary["stage_seconds"].items():
+        assert re.search(rf"<td>{re.escape(stage)}</td><td>{seconds}</td><td>{summary['stage_completion_tokens'].get(stage, '')}</td>", page)
+    assert f"recipe {run['config']['judge']['recipe']}" in page
+    for plot in ("scores", "expected", "confidence"):
+        assert f'id="plot-{plot}"' in page
+    addresses = re.findall(r"https?://[^\s\"'<>]+", re.sub(r'xmlns(:\w+)?="[^"]*"', "", page))
+    assert addresses == []  # nothing to fetch (XML namespace names are names, not requests)
+
+
+def test_report_of_partial_and_broken_run_directories(run_dir: Path, tmp_path: Path) -> None:
+    # records only, with a torn last line: a report that says what is missing
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    text = (run_dir / "records.jsonl").read_text()
+    (partial / "records.jsonl").write_text(text + '{"id": "torn", "instr')
+    out = write_report(partial)
+    page = out.read_text(encoding="utf-8")
+    problems = [html.unescape(p) for p in re.findall(r'<div class="warn problem">(.*?)</div>', page)]
+    assert any("no run.json" in p for p in problems)
+    assert any("no pairs.jsonl yet" in p for p in problems)
+    assert any(f"records.jsonl line {len(text.splitlines()) + 1}" in p for p in problems)
+    assert len(page_rows(page)) == len(INSTRUCTIONS)
+
+    # pairs only, run.json unreadable
+    pairs_only = tmp_path / "pairs-only"
+    pairs_only.mkdir()
+    shutil.copy(run_dir / "pairs.jsonl", pairs_only / "pairs.jsonl")
+    (pairs_only / "run.json").write_text("{not json")
+    view = load_run_dir(pairs_only)
+    assert any("run.json is not readable" in p for p in view.problems)
+    assert write_report(pairs_only).is_file()
+
+    # nothing there: a clear error on the command line, no traceback
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="has no run.json"):
+        load_run_dir(empty)
+    result = CliRunner().invoke(cli, ["report", str(empty)])
+    assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "not a run directory" in result.output
+
+
+# ---------------------------------------------------------------- in a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+# Chromium's traffic annotation of requests that a page's own resource loader makes (blink); its
+# background services (updates, sign-in) use others, so only these count as the page's requests.
+PAGE_LOADER_ANNOTATION = 101845102
+
+
+def chromium(url: str, tmp: Path, *extra: str) -> tuple[str, str, list[str]]:
+    """(DOM after scripts ran, console lines, URLs the page asked the network for)."""
+    profile, netlog = tmp / f"profile-{len(list(tmp.iterdir()))}", tmp / "net.json"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--host-resolver-rules=MAP * ~NOTFOUND",  # no network: any name resolves to nothing
+           f"--user-data-dir={profile}", f"--log-net-log={netlog}", "--enable-logging=stderr", "--v=0",
+           *extra, url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    events = json.loads(netlog.read_text())["events"]
+    asked = sorted({e["params"]["url"] for e in events
+                    if str(e.get("params", {}).get("traffic_annotation")) == str(PAGE_LOADER_ANNOTATION)})
+    return done.stdout, "\n".join(console), asked
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="needs chromium (Debian: apt install chromium; .ci/run installs it)")
+def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+    assert CHROMIUM, "CI must have chromium: .ci/run installs it"
+    url = (run_dir / "report.html").resolve().as_uri()
+    dom, console, asked = chromium(url, tmp_path, "--dump-dom")
+    assert console == "", console  # no errors, no warnings, nothing logged
+    assert asked == []  # no request left the page
+    svgs = re.findall(r"<svg\b.*?</svg>", dom, re.S)
+    assert len(svgs) >= 3 and all(svg.count("<path") >= 3 for svg in svgs)  # drawn, not empty
+    all_rows = dom.count('<tr class="row"')
+    assert all_rows == len(INSTRUCTIONS)
+    assert f"{all_rows} of {all_rows} instructions shown" in dom
+
+    rows = page_rows((run_dir / "report.html").read_text(encoding="utf-8"))
+    needle = rows[0]["instruction"].split()[-1].strip("?.").lower()  # a word of one instruction
+    filtered, console, asked = chromium(f"{url}#q={needle}", tmp_path, "--dump-dom")
+    assert console == "" and asked == []
+    expect = sum(needle in (r["instruction"] + " ".join(c["text"] for c in r["candidates"])).lower() for r in rows)
+    assert 0 < filtered.count('<tr class="row"') == expect < all_rows
+    assert f"{expect} of {all_rows} instructions shown" in filtered
+
+    pair = next(r for r in rows if r["status"] == "pair")
+    opened, console, asked = chromium(f"{url}#open={pair['id']}", tmp_path, "--dump-dom")
+    assert console == "" and asked == []
+    detail = re.search(r'<tr class="detail">(.*?)</tr>', opened, re.S).group(1)
+    assert 'class="cand chosen"' in detail and 'class="cand rejected"' in detail
+    chosen = next(c for c in pair["candidates"] if c["role"] == "chosen")
+    assert html.escape(chosen["text"], quote=False) in detail  # side by side, with its text
+
+    shot = tmp_path / "report.png"
+    chromium(url, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400")
+    assert shot.stat().st_size > 20_000
