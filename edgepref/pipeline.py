@@ -78,6 +78,8 @@ class Runner:
         self.cached_requests = 0
         self.stage_seconds: dict[str, float] = {}
         self.stage_completion_tokens: dict[str, int] = {}
+        # prompt tokens per stage: decoded, and reused from the KV cache instead (fresh requests)
+        self.stage_prompt_tokens: dict[str, dict[str, int]] = {}
         self._tmp_cache = None
         if self.out_dir is None and self._cache_dir is None:
             import tempfile
@@ -118,6 +120,10 @@ class Runner:
             tokens = sum(g.completion_tokens for g in result.generations)
             self.completion_tokens += tokens
             self.stage_completion_tokens[stage] = self.stage_completion_tokens.get(stage, 0) + tokens
+            prompt = self.stage_prompt_tokens.setdefault(stage, {"decoded": 0, "cached": 0})
+            samples = max(1, len(result.generations))
+            prompt["decoded"] += result.prompt_tokens * samples - result.cached_prompt_tokens
+            prompt["cached"] += result.cached_prompt_tokens
             prompt_rate = progress.prompt_tokens / progress.elapsed if progress.elapsed > 0 else 0.0
             self.on_event(Event("progress", stage, model, progress.done, progress.total,
                                 progress.completion_tokens, progress.tokens_per_second, prompt_rate))

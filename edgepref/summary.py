@@ -34,6 +34,7 @@ class RunSummary:
     cached_requests: int = 0
     stage_seconds: dict = field(default_factory=dict)
     stage_completion_tokens: dict = field(default_factory=dict)  # stage -> tokens generated in it
+    stage_prompt_tokens: dict = field(default_factory=dict)  # stage -> {"decoded": n, "cached": n}
     judges: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     shard: list | None = None  # [index, count] when the run was one shard of its input
@@ -76,6 +77,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
     s.cached_requests = runner.cached_requests
     s.stage_seconds = dict(runner.stage_seconds)
     s.stage_completion_tokens = dict(runner.stage_completion_tokens)
+    s.stage_prompt_tokens = {k: dict(v) for k, v in runner.stage_prompt_tokens.items()}
     s.judges = list(runner.judges)
     s.endpoints = {name: be.endpoint_stats() for name, be in runner.host.servers.items()}
     return s

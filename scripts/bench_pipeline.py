@@ -17,8 +17,11 @@ read them), so it does slightly less work per judge call; the pairwise check rea
 log-probabilities from the first generated token's top log-probabilities. Prints both, the
 ratio, our yield with drop reasons, and the judge's wall time split into the UltraFeedback
 ratings and the pairwise check of chosen/rejected (with the ratio of the two together to the
-ratings alone, which is what the judge cost before the check); writes JSON with
-`pairs_per_min`, `baseline_pairs_per_min`, `ratio`, `yield`, `judge_seconds`.
+ratings alone, which is what the judge cost before the check), and per stage the prompt tokens
+decoded, the prompt tokens reused from the KV cache and the tokens generated, with the decoded
+prompt tokens per written pair and per instruction and the peak RSS of the edgepref run; writes
+JSON with `pairs_per_min`, `baseline_pairs_per_min`, `ratio`, `yield`, `judge_seconds`,
+`prompt_tokens`, `peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -126,6 +130,32 @@ def judge_split(stage_seconds: dict) -> dict:
             "ratio_to_ratings": round((ratings + check) / ratings, 2) if ratings else None}
 
 
+def prompt_cost(summary, pairs: int, instructions: int) -> dict:
+    """Prompt tokens decoded and reused per stage and in all, tokens generated, and the decoded
+    prompt tokens per written pair and per instruction: the cost that batching cannot hide."""
+    stages = {}
+    for stage, p in summary.stage_prompt_tokens.items():
+        stages[stage] = {**p, "generated": summary.stage_completion_tokens.get(stage, 0)}
+    decoded = sum(p["decoded"] for p in stages.values())
+    return {
+        "stages": stages,
+        "decoded": decoded,
+        "cached": sum(p["cached"] for p in stages.values()),
+        "generated": sum(p["generated"] for p in stages.values()),
+        "decoded_per_pair": round(decoded / pairs, 1) if pairs else None,
+        "decoded_per_instruction": round(decoded / max(1, instructions), 1),
+    }
+
+
+def print_prompt_cost(cost: dict, peak_rss_mb: float) -> None:
+    print(f"{'stage':<32}{'prompt decoded':>16}{'prompt reused':>15}{'generated':>11}")
+    for stage, p in cost["stages"].items():
+        print(f"{stage:<32}{p['decoded']:>16}{p['cached']:>15}{p['generated']:>11}")
+    print(f"{'all':<32}{cost['decoded']:>16}{cost['cached']:>15}{cost['generated']:>11}")
+    print(f"prompt tokens decoded per written pair: {cost['decoded_per_pair']}  "
+          f"(per instruction: {cost['decoded_per_instruction']})   peak RSS {peak_rss_mb:.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
@@ -142,6 +172,7 @@ def main() -> None:
     if args.slots:
         cfg.engine.slots = args.slots
     ours_s, ours = timed_run(read_instructions(args.input, limit=args.instructions), cfg)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the baseline loads
     report = {
         "instructions": args.instructions,
         "max_tokens": args.max_tokens,
@@ -156,6 +187,8 @@ def main() -> None:
         "request_errors": ours.summary.request_errors,
         "stage_seconds": ours.summary.stage_seconds,
         "judge_seconds": judge_split(ours.summary.stage_seconds),
+        "prompt_tokens": prompt_cost(ours.summary, len(ours.pairs), args.instructions),
+        "peak_rss_mb": round(peak_rss_mb),
     }
     print(f"edgepref  : {len(ours.pairs)} pairs in {ours_s:.0f} s = {report['pairs_per_min']:.2f} pairs/min"
           f"  (stages: {ours.summary.stage_seconds})")
@@ -177,6 +210,7 @@ def main() -> None:
     j = report["judge_seconds"]
     print(f"judge     : ratings {j['ratings']:.1f} s + pairwise check {j['check']:.1f} s = {j['total']:.1f} s "
           f"({j['ratio_to_ratings']:.2f}x the ratings alone)")
+    print_prompt_cost(report["prompt_tokens"], peak_rss_mb)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     sys.exit(0)
