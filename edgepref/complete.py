@@ -53,21 +53,10 @@ def _request(member: PoolMember, record: Record, seed: int, temperature: float, 
     return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id)
 
 
-def _completion(member: PoolMember, req: ChatRequest, res: ChatResult, k: int, gen_index: int) -> Completion:
+def _completion(member: PoolMember, res: ChatResult, k: int, gen_index: int) -> Completion:
     gen = res.generations[gen_index]
-    return Completion(
-        id=f"{member.name}:{k}",
-        text=gen.text.strip(),
-        model=member.model,
-        source="pool",
-        system_prompt=member.system_prompt,
-        sampling=req.sampling.recorded(),
-        seed=gen.seed,
-        prompt_tokens=res.prompt_tokens,
-        completion_tokens=gen.completion_tokens,
-        finish_reason=gen.finish_reason,
-        member=member.name,
-    )
+    return Completion.generated(f"{member.name}:{k}", gen.text.strip(), member.model, res, gen, source="pool",
+                                system_prompt=member.system_prompt, member=member.name)
 
 
 def complete(
@@ -85,20 +74,20 @@ def complete(
     reqs = [_request(member, r, member_seed(seed, member, r.id), member.temperature, member.n) for r in todo]
     results = backend.chat(reqs, on_result=on_result)
     retry: list[tuple[Record, int, Completion]] = []
-    for record, req, res in zip(todo, reqs, results):
+    for record, res in zip(todo, results):
         if not res.ok:
             if on_error:
                 on_error(record, "complete", f"{member.name}: {res.error}")
             continue
         for k in range(len(res.generations)):
-            comp = _completion(member, req, res, k, k)
+            comp = _completion(member, res, k, k)
             twin, score = _closest(record.completions, comp.text)
             record.completions.append(comp)
             if score > similarity_threshold:
                 comp.note = f"near-duplicate of {twin} (similarity {score:.2f})"
                 retry.append((record, k, comp))
     if retry:
-        _regenerate(retry, member, backend, seed, similarity_threshold)
+        _regenerate(retry, member, backend, seed, similarity_threshold, on_result)
     return records
 
 
@@ -111,18 +100,18 @@ def _closest(completions: list[Completion], text: str) -> tuple[str | None, floa
     return best_id, best
 
 
-def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshold: float) -> None:
+def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshold: float, on_result=None) -> None:
     """One more try per near-duplicate, hotter and with a new seed; the outcome is recorded."""
     hotter = min(1.5, max(member.temperature, 0.3) + 0.4)
     reqs = [
         _request(member, record, member_seed(seed, member, record.id, attempt=k + 1), hotter, 1)
         for record, k, _ in retry
     ]
-    for (record, k, comp), req, res in zip(retry, reqs, backend.chat(reqs)):
+    for (record, k, comp), res in zip(retry, backend.chat(reqs, on_result=on_result)):
         if not res.ok:
             comp.note += "; regeneration failed, kept"
             continue
-        fresh = _completion(member, req, res, k, 0)
+        fresh = _completion(member, res, k, 0)
         others = [c for c in record.completions if c.id != comp.id]
         twin, score = _closest(others, fresh.text)
         fresh.regenerated = True

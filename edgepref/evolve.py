@@ -91,7 +91,7 @@ def evolve(
         reqs = [_request(r, p, crit, cfg, seed) for (r, p, _), crit in zip(frontier, criteria)]
         results = backend.chat(reqs, on_result=on_result)
         next_frontier = []
-        for (record, parent, root), crit, req, res in zip(frontier, criteria, reqs, results):
+        for (record, parent, root), crit, res in zip(frontier, criteria, results):
             if not res.ok:
                 if on_error:
                     on_error(record, "evolve", f"rewrite of {parent.id}: {res.error}")
@@ -104,20 +104,8 @@ def evolve(
                     {"stage": "evolve", "reason": reason, "parent_id": parent.id, "criterion": crit}
                 )
                 continue
-            child = Completion(
-                id=f"{root}+evol{step}",
-                text=text,
-                model=model,
-                source="evol",
-                sampling=req.sampling.recorded(),
-                seed=gen.seed,
-                prompt_tokens=res.prompt_tokens,
-                completion_tokens=gen.completion_tokens,
-                finish_reason=gen.finish_reason,
-                parent_id=parent.id,
-                criterion=crit,
-                member=parent.member,
-            )
+            child = Completion.generated(f"{root}+evol{step}", text, model, res, gen, source="evol",
+                                         parent_id=parent.id, criterion=crit, member=parent.member)
             record.completions.append(child)
             next_frontier.append((record, child, root))
         frontier = next_frontier

@@ -49,6 +49,14 @@ class Completion:
         if not self.member:
             self.member = self.id.partition(":")[0]
 
+    @classmethod
+    def generated(cls, id: str, text: str, model: str, result, generation, **provenance) -> "Completion":
+        """A completion from one generation of a backend's result (sampling, seed and token
+        counts recorded from them); `provenance`: the other fields (source, member, parent...)."""
+        return cls(id=id, text=text, model=model, sampling=result.request.sampling.recorded(), seed=generation.seed,
+                   prompt_tokens=result.prompt_tokens, completion_tokens=generation.completion_tokens,
+                   finish_reason=generation.finish_reason, **provenance)
+
 
 @dataclass
 class Rating:

@@ -85,6 +85,23 @@ def test_files_load_with_datasets_as_trl_expects(first_run) -> None:
     assert run["summary"]["pairs"] == len(result.pairs)
 
 
+def test_prompt_tokens_are_counted_per_stage(first_run) -> None:
+    out, result, _ = first_run
+    tokens = result.summary.stage_prompt_tokens
+    assert set(tokens) == set(result.summary.stage_seconds)
+    for stage, t in tokens.items():
+        assert t["decoded"] > 0 and t["cached"] >= 0, stage
+    # the rating prompts share the rubric before the instruction: the engine decodes it once
+    judge = next(t for s, t in tokens.items() if s.startswith("judge-"))
+    assert judge["cached"] > 0
+    pool = [c for r in result.records for c in r.completions if c.source == "pool" and c.model == SMOL]
+    smol = tokens[f"complete-{SMOL}"]
+    # one request per completion, and one more for each that was regenerated as a near-duplicate
+    assert smol["decoded"] + smol["cached"] == sum(c.prompt_tokens * (1 + c.regenerated) for c in pool)
+    run = json.loads((out / "run.json").read_text())
+    assert run["summary"]["stage_prompt_tokens"] == tokens
+
+
 def test_self_preference_is_announced(first_run) -> None:
     _, _, events = first_run
     notices = [e.message for e in events if e.kind == "notice" and "self-preference" in e.message]
