@@ -31,51 +31,32 @@ the Authorization header and never written to a file or a message.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Sequence
 
 from .backend import ChatRequest, ChatResult, Generation, ProgressCallback, ProgressCounter, renormalised
 from .errors import ConfigError, EdgeprefError, ModelNotFoundError
+from .http_json import AuthError, EndpointsDownError, RequestFailed, Retryable, request_json
 from .logprobs import AnswerError, read_choice
 
 # Alternatives asked for per token. OpenAI and vLLM (by default) allow at most 20; llama.cpp
 # servers take more, and at a score position of a small judge the five digits are not always
 # among the top 20 (a digit outside the list counts as probability 0).
+__all__ = ["AuthError", "EndpointStats", "EndpointsDownError", "ServerBackend", "TOP_LOGPROBS"]
+
 TOP_LOGPROBS = {"llama.cpp": 100, "vllm": 20, "openai": 20}
-
-
-class EndpointsDownError(EdgeprefError):
-    """No endpoint of a model could be reached; finished work is saved."""
-
-
-class AuthError(EdgeprefError):
-    """A server refused the API key (HTTP 401/403)."""
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, wait: float | None = None, connection: bool = False):
-        super().__init__(message)
-        self.wait = wait
-        self.connection = connection
-
-
-class _RequestFailed(Exception):
-    """The server answered this one request with an error that retrying will not fix."""
 
 
 def _read_choice(data: dict, req: ChatRequest, seed: int | None) -> tuple[Generation, int, dict | None]:
     try:
         return read_choice(data, req, seed)
     except AnswerError as exc:
-        raise _RequestFailed(str(exc)) from None
+        raise RequestFailed(str(exc)) from None
 
 
 @dataclass
@@ -165,31 +146,7 @@ class ServerBackend:
         return headers
 
     def _http(self, method: str, url: str, body: dict | None = None, timeout: float | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers=self._headers())
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            detail = _error_detail(exc)
-            if exc.code in (401, 403):
-                where = f"the key in {self.api_key_env}" if self.api_key_env else "no API key (api_key_env is not set)"
-                raise AuthError(
-                    f"{url} refused the request with HTTP {exc.code}: {detail}",
-                    f"this model sends {where}; set api_key_env in its model entry and export that variable",
-                ) from None
-            if exc.code == 429 or exc.code >= 500:
-                raise _Retryable(f"HTTP {exc.code}: {detail}", _retry_after(exc)) from None
-            if exc.code == 404 and body is not None and "model" in detail.lower():
-                raise ModelNotFoundError(
-                    f"{url}: {detail}", "check served_model in the model entry (GET .../v1/models lists the ids)"
-                ) from None
-            raise _RequestFailed(f"HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise _Retryable(f"cannot reach {url}: {reason}", connection=True) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _Retryable(f"{url} answered with something that is not JSON ({exc})") from None
+        return request_json(method, url, body, self._headers(), timeout or self.timeout, self.api_key_env)
 
     def _preflight(self, base: str) -> bool:
         """Check key and model id once per endpoint. False: the endpoint is unreachable now."""
@@ -197,10 +154,10 @@ class ServerBackend:
             return True
         try:
             data = self._with_retries("GET", f"{base}/models", timeout=min(self.timeout, 30.0))
-        except _Retryable as exc:
+        except Retryable as exc:
             self.stats[base].down = str(exc)
             return False
-        except _RequestFailed:
+        except RequestFailed:
             self._checked.add(base)  # some servers have no /models; the requests will tell
             return True
         ids = [m.get("id", "") for m in data.get("data", []) if isinstance(m, dict)]
@@ -255,11 +212,11 @@ class ServerBackend:
             body["logprobs"] = True
             body["top_logprobs"] = TOP_LOGPROBS[self.api]
         if req.prefill:
-            raise _RequestFailed("assistant prefill is not supported on servers")
+            raise RequestFailed("assistant prefill is not supported on servers")
         return body
 
     def _sample(self, base: str, req: ChatRequest, k: int) -> tuple[Generation, int, dict | None]:
-        """One sample on one endpoint, with retries. Raises _Retryable(connection) if it is down."""
+        """One sample on one endpoint, with retries. Raises Retryable(connection) if it is down."""
         stats = self.stats[base]
         s = req.sampling
         seed0 = None if s.seed is None and s.greedy else (s.seed or 0) + k
@@ -274,17 +231,17 @@ class ServerBackend:
             if problem is None:
                 return gen, prompt_tokens, choice_logprobs
             stats.parse_retries += 1
-        raise _RequestFailed(f"answer did not match the expected format after {self.parse_retries + 1} tries: {problem}")
+        raise RequestFailed(f"answer did not match the expected format after {self.parse_retries + 1} tries: {problem}")
 
     def _with_retries(self, method: str, url: str, body: dict | None = None,
                       stats: EndpointStats | None = None, timeout: float | None = None) -> dict:
-        """`_http` with exponential backoff (and jitter) on _Retryable errors; the last one is raised."""
+        """`_http` with exponential backoff (and jitter) on Retryable errors; the last one is raised."""
         for attempt in range(self.retries + 1):
             if stats:
                 stats.sent += 1
             try:
                 return self._http(method, url, body, timeout)
-            except _Retryable as exc:
+            except Retryable as exc:
                 if attempt == self.retries:
                     raise
                 if stats:
@@ -326,7 +283,7 @@ class ServerBackend:
                 try:
                     outcome = _Outcome(unit, sample=self._sample(base, requests[unit.index], unit.k))
                     self.stats[base].ok += 1
-                except _Retryable as exc:
+                except Retryable as exc:
                     if exc.connection:  # the endpoint cannot be reached: hand the sample back
                         with cv:
                             if not self.stats[base].down:
@@ -337,7 +294,7 @@ class ServerBackend:
                             cv.notify_all()
                         return
                     outcome = _Outcome(unit, error=str(exc))  # 429/5xx after every retry
-                except _RequestFailed as exc:
+                except RequestFailed as exc:
                     outcome = _Outcome(unit, error=str(exc))
                 except EdgeprefError as exc:  # auth / model id: fatal for the run
                     outcome = _Outcome(unit, fatal=exc)
@@ -418,26 +375,3 @@ class ServerBackend:
 
 
 # ---------------------------------------------------------------------- answers
-
-
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        raw = exc.read().decode("utf-8", "replace")
-    except Exception:
-        return exc.reason or ""
-    try:
-        data = json.loads(raw)
-        err = data.get("error", data.get("detail", data))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        return str(err)[:300]
-    except (json.JSONDecodeError, AttributeError):
-        return raw[:300]
-
-
-def _retry_after(exc: urllib.error.HTTPError) -> float | None:
-    value = exc.headers.get("Retry-After") if exc.headers else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -14,6 +14,8 @@ decided.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import io
 import json
 from collections import Counter
@@ -166,7 +168,9 @@ def build_report(view: RunView) -> str:
     rows = instruction_rows(view)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = env.from_string(PAGE.read_text(encoding="utf-8"))
-    data = json.dumps(rows, ensure_ascii=False).replace("</", "<\\/")  # safe inside <script>
+    # The rows (most of the page's weight: every candidate's text) go in gzipped and base64-encoded,
+    # about a third of their JSON; the page inflates them with the browser's DecompressionStream.
+    data = base64.b64encode(gzip.compress(json.dumps(rows, ensure_ascii=False).encode("utf-8"), mtime=0)).decode()
     return page.render(
         title=f"edgepref report: {view.directory.name}", directory=str(view.directory),
         problems=view.problems, overview=overview(view, rows), plots=draw_plots(view, rows),

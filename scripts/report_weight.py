@@ -2,6 +2,11 @@
 instructions (records and pairs, each under a new id) until it has N, writes the report, and
 prints its size in MB with what the bytes are (data, plots, page).
 
+The report gzips its data, and gzip would fold exact copies into almost nothing, so every copy
+after the first has the words of each text shuffled (seeded): as many distinct texts as a real
+run of that size, with the same words; word order lost makes them compress a little worse than
+real text, so the figure errs on the heavy side.
+
     python scripts/report_weight.py out/ --pairs 1000
 """
 
@@ -9,12 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import tempfile
 import time
 from pathlib import Path
 
 from edgepref.report import write_report
+
+
+def _shuffled(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    rng.shuffle(words)
+    return " ".join(words)
 
 
 def main() -> None:
@@ -35,10 +47,23 @@ def main() -> None:
             while n_pairs < args.pairs:
                 for r in records:
                     new_id = f"{r['id']}-{k}"
-                    rf.write(json.dumps({**r, "id": new_id}) + "\n")
+                    rng = random.Random(f"{new_id}")
+                    copy = json.loads(json.dumps(r))
+                    copy["id"] = new_id
+                    if k:
+                        copy["instruction"] = _shuffled(copy["instruction"], rng)
+                        for c in copy["completions"]:
+                            c["text"] = _shuffled(c["text"], random.Random(f"{new_id}:{c['id']}"))
+                        for rt in copy["ratings"]:
+                            rt["rationale"] = _shuffled(rt["rationale"], rng)
+                    rf.write(json.dumps(copy) + "\n")
                     n_rec += 1
                     if r["id"] in pairs and n_pairs < args.pairs:
-                        pf.write(json.dumps({**pairs[r["id"]], "id": new_id}) + "\n")
+                        pair = {**pairs[r["id"]], "id": new_id, "prompt": copy["instruction"]}
+                        texts = {c["id"]: c["text"] for c in copy["completions"]}
+                        pair["chosen"] = texts.get(pair.get("completion_chosen"), pair["chosen"])
+                        pair["rejected"] = texts.get(pair.get("completion_rejected"), pair["rejected"])
+                        pf.write(json.dumps(pair) + "\n")
                         n_pairs += 1
                 k += 1
         start = time.perf_counter()

@@ -12,7 +12,7 @@ LAYERS = [
     # 0. foundation: plain data, the backend seam, prompt files, parsers
     {"errors", "records", "paths", "backend", "logprobs", "grammars", "ggufmeta", "prompts"},
     # 1. where models run and where answers are kept
-    {"registry", "modelfiles", "engine", "remote", "store"},
+    {"registry", "modelfiles", "engine", "remote", "http_json", "store"},
     # 2. the stages and their settings
     {"config", "compare", "complete", "evolve", "judge", "pair"},
     # 3. runs: inputs, hosting models, the pipeline, its summary and outputs, judge evaluation

@@ -178,23 +178,6 @@ class Engine:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.template.tokens(messages))
 
-    def _candidate_tokens(self, candidates: Sequence[str] | None, spellings: bool = False) -> dict[int, str]:
-        """First token -> candidate. With `spellings`, a candidate also owns the token of its
-        spelling with a leading space (" A" beside "A") when that is one token of its own."""
-        out: dict[int, str] = {}
-        for cand in candidates or ():
-            toks = self.model.tokenize(cand, add_special=False, parse_special=False)
-            if not toks:
-                raise EngineError(f"choice {cand!r} has no tokens")
-            if toks[0] in out:
-                raise EngineError(f"choices {out[toks[0]]!r} and {cand!r} start with the same token")
-            out[toks[0]] = cand
-            if spellings and not cand.startswith(" "):
-                spaced = self.model.tokenize(" " + cand, add_special=False, parse_special=False)
-                if spaced and spaced[0] not in out and self.model.piece(spaced[0]) == (" " + cand).encode():
-                    out[spaced[0]] = cand
-        return out
-
     # ------------------------------------------------------------------ the loop
 
     def chat(
@@ -209,8 +192,8 @@ class Engine:
         for i, req in enumerate(requests):
             try:
                 prompt = self.template.tokens(req.messages, req.prefill)
-                trace = self._candidate_tokens(req.trace_choices)
-                choices = self._candidate_tokens(req.choices, spellings=True)
+                trace = self.template.candidate_tokens(req.trace_choices)
+                choices = self.template.candidate_tokens(req.choices, spellings=True)
             except EngineError as exc:
                 call.fail(i, [], exc.message)
                 continue

@@ -1,9 +1,11 @@
-"""A model's chat template: messages to prompt tokens, rendered with the template the GGUF
-carries (jinja2, sandboxed, as transformers renders it), a ChatML fallback when it has none."""
+"""A model's text to tokens: messages to prompt tokens, rendered with the chat template the GGUF
+carries (jinja2, sandboxed, as transformers renders it; a ChatML fallback when it has none), and
+the first tokens of candidate answers (choices, traced labels)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Sequence
 
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -48,3 +50,20 @@ class ChatTemplate:
         # Templates that write the BOS themselves must not get a second one.
         add_bos = self.model.add_bos and not (self.bos_text and text.startswith(self.bos_text))
         return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def candidate_tokens(self, candidates: Sequence[str] | None, spellings: bool = False) -> dict[int, str]:
+        """First token -> candidate. With `spellings`, a candidate also owns the token of its
+        spelling with a leading space (" A" beside "A") when that is one token of its own."""
+        out: dict[int, str] = {}
+        for cand in candidates or ():
+            toks = self.model.tokenize(cand, add_special=False, parse_special=False)
+            if not toks:
+                raise EngineError(f"choice {cand!r} has no tokens")
+            if toks[0] in out:
+                raise EngineError(f"choices {out[toks[0]]!r} and {cand!r} start with the same token")
+            out[toks[0]] = cand
+            if spellings and not cand.startswith(" "):
+                spaced = self.model.tokenize(" " + cand, add_special=False, parse_special=False)
+                if spaced and spaced[0] not in out and self.model.piece(spaced[0]) == (" " + cand).encode():
+                    out[spaced[0]] = cand
+        return out
