@@ -218,3 +218,30 @@ def test_a_seeded_run_is_byte_identical_in_two_fresh_processes(tmp_path) -> None
     for name in ("pairs.jsonl", "records.jsonl"):
         first, second = ((o / name).read_bytes() for o in outs)
         assert first and first == second, name
+
+
+def test_pair_command_takes_the_pair_settings_from_the_table(tmp_path) -> None:
+    from edgepref.records import Completion, Rating, Record
+    from edgepref.store import write_jsonl_atomic
+
+    def record(i: int, margin: float) -> Record:
+        return Record(id=f"r{i}", instruction=f"Question {i}?", completions=[
+            Completion("q:0", f"A good answer {i}.", "qwen2.5-coder-0.5b"),
+            Completion("s:0", f"meh {i}", "smollm2-135m"),
+        ], ratings=[Rating("q:0", "j", "overall", 4, 4.0), Rating("s:0", "j", "overall", 2, 2.0)],
+            judge_info={"verdict": {"x": "q:0", "y": "s:0", "margin": margin, "margins": {"j": margin},
+                                    "decided_by": ["j"]}})
+
+    src = tmp_path / "judged.jsonl"
+    write_jsonl_atomic(src, (record(i, m).to_row() for i, m in enumerate((0.5, 0.01, -0.3))))
+    out = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(cli, ["pair", str(src), "--out", str(out)])
+    assert result.exit_code == 0 and "2 pairs; dropped: uncertain 1" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["chosen"] for r in rows] == ["A good answer 0.", "meh 2"]  # the verdict decides, not the scores
+    result = CliRunner().invoke(cli, ["pair", str(src), "--out", str(out), "--min-confidence", "0",
+                                      "--pair-format", "conversational"])
+    assert result.exit_code == 0 and "3 pairs; dropped: none" in result.output
+    assert json.loads(out.read_text().splitlines()[0])["chosen"][-1]["role"] == "assistant"
+    result = CliRunner().invoke(cli, ["pair", str(src), "--out", str(out), "--decide", "ratings"])
+    assert "3 pairs" in result.output
