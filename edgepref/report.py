@@ -26,6 +26,7 @@ from .errors import EdgeprefError, InputError
 from .inputs import iter_jsonl_rows, read_records
 from .pair import PairConfig, pick_pair, rank_completions
 from .records import Record
+from .summary import completions_per_model
 
 PAGE = Path(__file__).with_name("report.html.jinja2")
 
@@ -142,8 +143,7 @@ def overview(view: RunView, rows: list[dict]) -> dict:
     tokens = summary.get("stage_completion_tokens", {})
     return {
         "instructions": summary.get("instructions", len(view.records) or len(rows)),
-        "candidates": summary.get("completions_per_model") or dict(Counter(
-            f"{c.model} ({c.source})" for r in view.records for c in r.completions)),
+        "candidates": summary.get("completions_per_model") or completions_per_model(view.records),
         "pairs": len(view.pairs),
         "dropped": summary.get("pairs_dropped") or dict(drops),
         "judges": view.run.get("judges") or cfg.get("judge", {}).get("models", []),

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from .errors import EdgeprefError
 
 CHOSEN, REJECTED, OTHER = "#2e7d32", "#c62828", "#1565c0"
+MODEL_COLOURS = [OTHER, "#ef6c00", "#6a1b9a", "#00838f"]  # one per model, in name order
 
 
 def _pyplot():
@@ -71,7 +72,7 @@ def draw_plots(view, rows: list[dict]) -> list[dict]:
         def scores(ax):
             counts = {m: Counter(int(round(r["score"])) for mm, r in ratings if mm == m) for m in models}
             _bars(ax, [str(s) for s in range(1, 6)], {m: [counts[m][s] for s in range(1, 6)] for m in models},
-                  [OTHER, "#ef6c00", "#6a1b9a", "#00838f"])
+                  MODEL_COLOURS)
             ax.set_xlabel("integer score")
             ax.set_ylabel("ratings")
         add("scores", "Scores per model", "The judge's integer scores of each model's responses (all "
@@ -83,7 +84,7 @@ def draw_plots(view, rows: list[dict]) -> list[dict]:
                 for k, m in enumerate(models):
                     vals = [v for mm, v in expected if mm == m]
                     ax.hist(vals, bins=[1 + i * 0.2 for i in range(21)], histtype="step", linewidth=1.6,
-                            label=m, color=[OTHER, "#ef6c00", "#6a1b9a", "#00838f"][k % 4])
+                            label=m, color=MODEL_COLOURS[k % len(MODEL_COLOURS)])
                 ax.set_xlabel("expected score (probability-weighted)")
                 ax.set_ylabel("ratings")
                 ax.legend(frameon=False)

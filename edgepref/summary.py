@@ -41,6 +41,11 @@ class RunSummary:
     endpoints: dict = field(default_factory=dict)  # model -> per-endpoint request counts
 
 
+def completions_per_model(records: list[Record]) -> dict[str, int]:
+    """Candidates per "model (source)": pool completions and rewrites counted apart."""
+    return dict(Counter(f"{c.model} ({c.source})" for r in records for c in r.completions))
+
+
 def summarize(records: list[Record], report, batch: InputBatch | None, runner) -> RunSummary:
     """The counts of a finished run; `runner` is the pipeline.Runner that made it."""
     s = RunSummary(out_dir=str(runner.out_dir) if runner.out_dir else None)
@@ -48,19 +53,16 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
     if batch is not None:
         s.input_problems, s.duplicates = len(batch.problems), batch.duplicates
         s.shard = list(batch.shard) if batch.shard else None
-    per_model: Counter = Counter()
     hist: dict[str, Counter] = defaultdict(Counter)
     dropped: Counter = Counter()
     for r in records:
-        for c in r.completions:
-            per_model[f"{c.model} ({c.source})"] += 1
         s.evolutions_kept += sum(1 for c in r.completions if c.source == "evol")
         dropped.update(d["reason"] for d in r.dropped if d.get("stage") == "evolve")
         s.ratings += len(r.ratings)
         models = {c.id: c.model for c in r.completions}
         for rank in rank_completions(r, runner.cfg.pair.score):
             hist[models[rank.completion.id]][str(int(round(rank.primary)))] += 1
-    s.completions_per_model = dict(per_model)
+    s.completions_per_model = completions_per_model(records)
     s.evolutions_dropped = dict(dropped)
     s.score_histogram = {m: {str(k): h.get(str(k), 0) for k in range(1, 6)} for m, h in hist.items()}
     if report is not None:

@@ -51,9 +51,9 @@ from .handles import (
     LlamaContext,
     LlamaModel,
     LlamaSampler,
-    default_use_extra_buffers,
     available_memory,
     default_gpu_layers,
+    default_use_extra_buffers,
 )
 
 # A request waits for a slot that is still prefilling a prompt it shares, rather than decoding

@@ -127,13 +127,11 @@ class Call:
         if self.started[job.req_index] is None:
             self.started[job.req_index] = time.perf_counter()
 
-    def job_finished(self, job: Job) -> bool:
-        """Count a finished sample; True when it was its request's last (then finish_request)."""
+    def job_finished(self, job: Job) -> None:
+        """Count a finished sample; its request's last one finishes the request."""
         self.jobs_left[job.req_index] -= 1
         if self.jobs_left[job.req_index] == 0:
             self.finish_request(job.req_index)
-            return True
-        return False
 
     def finish_request(self, i: int) -> None:
         jobs = sorted(self.jobs[i], key=lambda j: j.sample)
