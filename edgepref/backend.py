@@ -60,6 +60,11 @@ class ChatRequest:
     validate: text -> None if the answer is usable, else what is wrong with it. Backends that
               cannot enforce `grammar` (some servers) retry a rejected answer a bounded number of
               times. Not part of the request's identity (the cache key).
+    then:     text -> the next turn of this conversation, or None. A backend that keeps the
+              conversation's KV cache (the local engine) runs it in the same slot as soon as this
+              request finishes, so the prompt and the answer it already holds are not decoded
+              again, and puts its result in `ChatResult.follow_up`. Others leave that None and the
+              caller sends the request itself. Only for n == 1. Not part of the identity.
     """
 
     messages: list[dict[str, str]]
@@ -71,6 +76,7 @@ class ChatRequest:
     trace_choices: Sequence[str] | None = None
     id: object = None
     validate: Callable[[str], str | None] | None = field(default=None, compare=False, repr=False)
+    then: Callable[[str], "ChatRequest | None"] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -96,6 +102,7 @@ class ChatResult:
     # log probability of each candidate over the whole vocabulary (its spellings summed); the
     # difference of two is the raw log-odds between them, unaffected by the other candidates
     choice_logprobs: dict[str, float] | None = None
+    follow_up: "ChatResult | None" = None  # the result of `request.then`'s request, if it ran here
 
     @property
     def ok(self) -> bool:

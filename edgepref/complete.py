@@ -4,6 +4,10 @@ Reads  Record.instruction (and the completions already there, for the diversity 
 Adds   Completion rows with source "pool", id "<member>:<k>", the model, system prompt,
        sampling, seed, token counts and finish reason.
 
+Follow-ups: `then(record, k)` may give a ChatRequest.then for sample k of a request (the next
+stage's request about this answer, e.g. its EvolQuality rewrite); a backend that keeps the
+conversation runs it in place and `on_follow_up` gets its result.
+
 Diversity guard: a new completion whose normalised text is more similar than
 `similarity_threshold` to another completion of the same instruction is regenerated once with
 hotter sampling and a new seed; the completion records `regenerated` and a note either way.
@@ -11,25 +15,12 @@ hotter sampling and a new seed; the completion records `regenerated` and a note 
 
 from __future__ import annotations
 
-import difflib
-
 import jinja2
 
 from .backend import Backend, ChatRequest, ChatResult, Sampling
 from .config import PoolMember
 from .errors import ConfigError
-from .records import Completion, ErrorSink, Record, content_key, normalise_text
-
-
-def similarity(a: str, b: str) -> float:
-    """Similarity in [0, 1] of two texts after normalising case and whitespace."""
-    a, b = normalise_text(a), normalise_text(b)
-    if not a or not b:
-        return 1.0 if a == b else 0.0
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    if matcher.real_quick_ratio() < 0.5:
-        return matcher.real_quick_ratio()
-    return matcher.ratio()
+from .records import Completion, ErrorSink, Record, content_key, similarity
 
 
 def member_seed(seed: int, member: PoolMember, record_id: str, attempt: int = 0) -> int:
@@ -47,10 +38,17 @@ def _messages(member: PoolMember, instruction: str) -> list[dict[str, str]]:
     return messages + [{"role": "user", "content": user}]
 
 
-def _request(member: PoolMember, record: Record, seed: int, temperature: float, n: int) -> ChatRequest:
+def _request(member: PoolMember, record: Record, seed: int, temperature: float, n: int, then=None, k: int = 0) -> ChatRequest:
     sampling = Sampling(temperature=temperature, top_p=member.top_p, top_k=member.top_k,
                         max_tokens=member.max_tokens, seed=seed)
-    return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id)
+    follow = then(record, k) if then is not None and n == 1 else None
+    return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id, then=follow)
+
+
+def _follow_ups(results: list[ChatResult], on_follow_up) -> None:
+    for res in results:
+        if on_follow_up is not None and res.follow_up is not None:
+            on_follow_up(res.follow_up)
 
 
 def _completion(member: PoolMember, res: ChatResult, k: int, gen_index: int) -> Completion:
@@ -68,11 +66,14 @@ def complete(
     similarity_threshold: float = 0.9,
     on_result=None,
     on_error: ErrorSink | None = None,
+    then=None,
+    on_follow_up=None,
 ) -> list[Record]:
     """Add `member.n` completions to every record (in place; returns the records)."""
     todo = [r for r in records if not any(c.member == member.name for c in r.completions)]
-    reqs = [_request(member, r, member_seed(seed, member, r.id), member.temperature, member.n) for r in todo]
+    reqs = [_request(member, r, member_seed(seed, member, r.id), member.temperature, member.n, then) for r in todo]
     results = backend.chat(reqs, on_result=on_result)
+    _follow_ups(results, on_follow_up)
     retry: list[tuple[Record, int, Completion]] = []
     for record, res in zip(todo, results):
         if not res.ok:
@@ -87,7 +88,7 @@ def complete(
                 comp.note = f"near-duplicate of {twin} (similarity {score:.2f})"
                 retry.append((record, k, comp))
     if retry:
-        _regenerate(retry, member, backend, seed, similarity_threshold, on_result)
+        _regenerate(retry, member, backend, seed, similarity_threshold, on_result, then, on_follow_up)
     return records
 
 
@@ -100,14 +101,17 @@ def _closest(completions: list[Completion], text: str) -> tuple[str | None, floa
     return best_id, best
 
 
-def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshold: float, on_result=None) -> None:
+def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshold: float, on_result=None,
+                then=None, on_follow_up=None) -> None:
     """One more try per near-duplicate, hotter and with a new seed; the outcome is recorded."""
     hotter = min(1.5, max(member.temperature, 0.3) + 0.4)
     reqs = [
-        _request(member, record, member_seed(seed, member, record.id, attempt=k + 1), hotter, 1)
+        _request(member, record, member_seed(seed, member, record.id, attempt=k + 1), hotter, 1, then, k)
         for record, k, _ in retry
     ]
-    for (record, k, comp), res in zip(retry, backend.chat(reqs, on_result=on_result)):
+    results = backend.chat(reqs, on_result=on_result)
+    _follow_ups(results, on_follow_up)
+    for (record, k, comp), res in zip(retry, results):
         if not res.ok:
             comp.note += "; regeneration failed, kept"
             continue

@@ -38,6 +38,9 @@ else:  # pragma: no cover
 EMBEDDED_POOL = ("qwen2.5-coder-0.5b", "smollm2-135m")
 COURSE_POOL = ("smollm2-1.7b", "qwen2.5-1.5b")
 JUDGE_MODES = ("rationale", "score-only", "pairwise")
+# which pool completions EvolQuality rewrites: "own", one per instruction, the evolving model's
+# own (else the first pool member's); "all", every one (edgepref.evolve.parents)
+EVOLVE_PICKS = ("own", "all")
 
 
 @dataclass
@@ -64,6 +67,10 @@ class EvolveConfig:
     num_evolutions: int = 1  # 0 turns the stage off; >1 chains rewrites of rewrites
     model: str | None = None  # default: the judge's first model
     members: list[str] | None = None  # evolve only these pool members' completions (None: all)
+    # "own": one completion per instruction, the evolving model's own answer, rewritten as a
+    # continuation of its conversation (its KV cache is reused); "all": every pool completion.
+    # "own" measured 67% of the prompt tokens per written pair of "all" (README, prompt tokens)
+    pick: str = "own"
     criteria: list[str] = field(
         default_factory=lambda: ["helpfulness", "relevance", "deepening", "creativity", "details"]
     )
@@ -111,7 +118,8 @@ class PipelineConfig:
     pair: PairConfig = field(default_factory=PairConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 0
-    similarity_threshold: float = 0.9  # near-duplicate completions above this are regenerated
+    # near-copies above this: a pool completion is regenerated, a rewrite of its parent dropped
+    similarity_threshold: float = 0.9
     models_file: str | None = None
     # [models.NAME] tables: new models or overrides of registry fields (endpoints, served_model,
     # api_key_env, api, max_in_flight, sources...), on top of models.toml and models_file;
@@ -134,6 +142,8 @@ class PipelineConfig:
         get_recipe(self.judge.recipe)
         if not 0.0 < self.similarity_threshold <= 1.0:
             raise ConfigError(f"similarity_threshold must be in (0, 1], got {self.similarity_threshold}")
+        if self.evolve.pick not in EVOLVE_PICKS:
+            raise ConfigError(f"evolve pick {self.evolve.pick!r} is unknown; choose from {', '.join(EVOLVE_PICKS)}")
         if self.evolve.num_evolutions < 0:
             raise ConfigError("evolve num_evolutions must be >= 0")
         return self

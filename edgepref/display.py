@@ -207,7 +207,8 @@ def render_summary(summary) -> None:
     for model, n in sorted(summary.completions_per_model.items()):
         table.add_row("completions", f"{n}  {model}")
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.evolutions_dropped.items())) or "none"
-    table.add_row("evolutions", f"{summary.evolutions_kept} kept, dropped: {dropped}")
+    continued = f" ({summary.continued_requests} continued their conversation)" if summary.continued_requests else ""
+    table.add_row("evolutions", f"{summary.evolutions_kept} kept, dropped: {dropped}{continued}")
     table.add_row("ratings", f"{summary.ratings}  by {', '.join(summary.judges)}")
     for model, counts in sorted(summary.score_histogram.items()):
         table.add_row("scores", f"{_histogram(counts)}  {model}")

@@ -1,10 +1,22 @@
 """Stage 2, EvolQuality: rewrite responses into better ones along one criterion each.
 
-Reads  Record.instruction, Record.completions with source "pool" (optionally only some members).
+Reads  Record.instruction, Record.completions with source "pool" (optionally only some members):
+       with `pick` "own" (the default) one per instruction, the evolving model's own completion
+       (or, if it wrote none, the first pool member's); with "all" every one.
 Adds   Completion rows with source "evol": id "<parent>+evol<k>", `parent_id` (the completion
        rewritten, so chains keep their lineage), `criterion` (drawn with a seeded RNG from the
        record id, parent and step, never a global RNG), the evolving model and its sampling.
-Drops  empty rewrites and rewrites identical to their input, into Record.dropped with the reason.
+Drops  into Record.dropped with the reason: empty rewrites, rewrites identical to their input,
+       and near-copies of it (similarity above `similarity_threshold`, the pool's rule that the
+       completions of one instruction are not near-copies): a pair of a response and its
+       near-copy teaches nothing, and the judge cannot tell them apart.
+
+The request is the conversation that produced the response plus one more user turn, the
+criterion's rewrite prompt: [user: instruction, assistant: response, user: rewrite]. When the
+evolving model wrote the response, the pipeline asks for the rewrite as a follow-up of the
+completion request (`continuation`, ChatRequest.then): the engine runs it in the slot that still
+holds the conversation, so the instruction and the response are not decoded again, and the
+result lands in this stage's request cache before the stage runs.
 
 Evolved is not always better: evolved completions are judged like the others.
 """
@@ -17,7 +29,7 @@ import re
 from .backend import Backend, ChatRequest, Sampling
 from .config import EvolveConfig
 from .prompts import evol_template_name, render_prompt
-from .records import Completion, ErrorSink, Record, content_key, normalise_text
+from .records import Completion, ErrorSink, Record, content_key, normalise_text, similarity
 
 # Small models like to announce their answer: a heading or a lead-in sentence that ends in a
 # colon. These are stripped from the start of a rewrite, so that the judge and the dataset see
@@ -54,8 +66,23 @@ def pick_criterion(cfg: EvolveConfig, seed: int, record_id: str, parent_id: str,
     return rng.choice(list(cfg.criteria))
 
 
-def _request(record: Record, parent: Completion, criterion: str, cfg: EvolveConfig, seed: int) -> ChatRequest:
-    prompt = render_prompt(evol_template_name(criterion), instruction=record.instruction, response=parent.text)
+def parents(record: Record, model: str, cfg: EvolveConfig) -> list[Completion]:
+    """The pool completions of `record` that `model` rewrites, by `cfg.pick` and `cfg.members`."""
+    pool = [c for c in record.completions
+            if c.source == "pool" and (cfg.members is None or c.member in cfg.members)]
+    if cfg.pick == "all":
+        return pool
+    own = [c for c in pool if c.model == model]
+    return (own or pool)[:1]
+
+
+def rewrite_request(record: Record, parent: Completion, criterion: str, cfg: EvolveConfig, seed: int) -> ChatRequest:
+    turn = render_prompt(evol_template_name(criterion), instruction=record.instruction, response=parent.text)
+    messages = [
+        {"role": "user", "content": record.instruction},
+        {"role": "assistant", "content": parent.text},
+        {"role": "user", "content": turn},
+    ]
     sampling = Sampling(
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -63,7 +90,37 @@ def _request(record: Record, parent: Completion, criterion: str, cfg: EvolveConf
         max_tokens=cfg.max_tokens,
         seed=int(content_key("evolve-seed", seed, record.id, parent.id)[:8], 16),
     )
-    return ChatRequest([{"role": "user", "content": prompt}], sampling, id=record.id)
+    return ChatRequest(messages, sampling, id=record.id)
+
+
+def continuation(record: Record, member: str, model: str, k: int, evolve_model: str, cfg: EvolveConfig,
+                 seed: int, text_of=str.strip):
+    """For the completion request of pool member `member` (on `model`), sample k: a
+    ChatRequest.then that asks for this stage's first rewrite of the answer, the very request
+    `evolve` would send, or None when that answer is not one this stage rewrites (another model,
+    not picked, evolution off). `text_of`: the completion text the complete stage keeps."""
+    if cfg.num_evolutions < 1 or model != evolve_model or (cfg.members is not None and member not in cfg.members):
+        return None
+    if cfg.pick == "own" and k != 0:
+        return None
+    parent_id = f"{member}:{k}"
+
+    def then(text: str) -> ChatRequest:
+        parent = Completion(parent_id, text_of(text), model, member=member)
+        return rewrite_request(record, parent, pick_criterion(cfg, seed, record.id, parent_id, 1), cfg, seed)
+
+    return then
+
+
+def drop_reason(text: str, parent: str, similarity_threshold: float = 1.0) -> tuple[str | None, float]:
+    """Why a rewrite of `parent` is not kept ("empty", "identical", "near_copy") or None, and
+    its similarity to the parent."""
+    if not text:
+        return "empty", 0.0
+    if normalise_text(text) == normalise_text(parent):
+        return "identical", 1.0
+    score = similarity(text, parent)
+    return ("near_copy" if score > similarity_threshold else None), score
 
 
 def evolve(
@@ -73,6 +130,7 @@ def evolve(
     cfg: EvolveConfig,
     *,
     seed: int = 0,
+    similarity_threshold: float = 1.0,
     on_result=None,
     on_error: ErrorSink | None = None,
 ) -> list[Record]:
@@ -81,14 +139,13 @@ def evolve(
     for record in records:
         if any(c.source == "evol" for c in record.completions):
             continue  # already evolved (a rerun of this stage on its own output)
-        for c in record.completions:
-            if c.source == "pool" and (cfg.members is None or c.member in cfg.members):
-                frontier.append((record, c, c.id))
+        for c in parents(record, model, cfg):
+            frontier.append((record, c, c.id))
     for step in range(1, cfg.num_evolutions + 1):
         if not frontier:
             break
         criteria = [pick_criterion(cfg, seed, r.id, p.id, step) for r, p, _ in frontier]
-        reqs = [_request(r, p, crit, cfg, seed) for (r, p, _), crit in zip(frontier, criteria)]
+        reqs = [rewrite_request(r, p, crit, cfg, seed) for (r, p, _), crit in zip(frontier, criteria)]
         results = backend.chat(reqs, on_result=on_result)
         next_frontier = []
         for (record, parent, root), crit, res in zip(frontier, criteria, results):
@@ -98,11 +155,10 @@ def evolve(
                 continue
             gen = res.generations[0]
             text = strip_leaked_headings(gen.text)
-            reason = "empty" if not text else "identical" if normalise_text(text) == normalise_text(parent.text) else None
+            reason, score = drop_reason(text, parent.text, similarity_threshold)
             if reason:
-                record.dropped.append(
-                    {"stage": "evolve", "reason": reason, "parent_id": parent.id, "criterion": crit}
-                )
+                record.dropped.append({"stage": "evolve", "reason": reason, "parent_id": parent.id,
+                                       "criterion": crit, "similarity": round(score, 3)})
                 continue
             child = Completion.generated(f"{root}+evol{step}", text, model, res, gen, source="evol",
                                          parent_id=parent.id, criterion=crit, member=parent.member)

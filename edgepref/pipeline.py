@@ -21,7 +21,7 @@ from .backend import Backend
 from .complete import complete
 from .config import PipelineConfig
 from .errors import EdgeprefError
-from .evolve import evolve
+from .evolve import continuation, evolve
 from .inputs import InputBatch
 from .compare import self_preference_notice
 from .judge import judge, panel_agreement, verify
@@ -75,6 +75,7 @@ class Runner:
         self.errors: list[dict] = []
         self.started = time.perf_counter()
         self.cached_requests = 0
+        self.continued_requests = 0
         self.stage_seconds: dict[str, float] = {}
         self.stage_completion_tokens: dict[str, int] = {}
         # prompt tokens per stage: decoded, and reused from the KV cache instead (fresh requests)
@@ -114,14 +115,18 @@ class Runner:
             self.on_event(Event("notice", stage, model, message=f"loading {model}"))
         return self.host.get(model, n_ctx)
 
+    def _count(self, stage: str, result) -> None:
+        """Add a fresh result's tokens to its stage: generated, and prompt decoded or reused."""
+        tokens = sum(g.completion_tokens for g in result.generations)
+        self.stage_completion_tokens[stage] = self.stage_completion_tokens.get(stage, 0) + tokens
+        prompt = self.stage_prompt_tokens.setdefault(stage, {"decoded": 0, "cached": 0})
+        samples = max(1, len(result.generations))
+        prompt["decoded"] += result.prompt_tokens * samples - result.cached_prompt_tokens
+        prompt["cached"] += result.cached_prompt_tokens
+
     def _progress(self, stage: str, model: str):
         def callback(progress, result) -> None:
-            tokens = sum(g.completion_tokens for g in result.generations)
-            self.stage_completion_tokens[stage] = self.stage_completion_tokens.get(stage, 0) + tokens
-            prompt = self.stage_prompt_tokens.setdefault(stage, {"decoded": 0, "cached": 0})
-            samples = max(1, len(result.generations))
-            prompt["decoded"] += result.prompt_tokens * samples - result.cached_prompt_tokens
-            prompt["cached"] += result.cached_prompt_tokens
+            self._count(stage, result)
             prompt_rate = progress.prompt_tokens / progress.elapsed if progress.elapsed > 0 else 0.0
             self.on_event(Event("progress", stage, model, progress.done, progress.total,
                                 progress.completion_tokens, progress.tokens_per_second, prompt_rate))
@@ -148,6 +153,7 @@ class Runner:
         fn(be, self._progress(stage, model))
         self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
         self.cached_requests += be.hits
+        self.continued_requests += be.prefetched
         self.on_event(Event("stage-end", stage, model, done=total, total=total))
 
     # -------------------------------------------------------------- stages
@@ -157,11 +163,12 @@ class Runner:
         # The member that shares a model with the next stage goes last: one load fewer.
         members = sorted(self.cfg.pool, key=lambda m: m.model == evolve_model)
         for m in members:
+            then, on_follow_up = self._evolve_in_place(m, evolve_model)
             self.run_stage(
                 f"complete-{m.name}", m.model, self.cfg.engine.n_ctx, len(records),
-                lambda be, cb, m=m: complete(
+                lambda be, cb, m=m, then=then, on_follow_up=on_follow_up: complete(
                     records, m, be, seed=self.cfg.seed, similarity_threshold=self.cfg.similarity_threshold,
-                    on_result=cb, on_error=self._error,
+                    on_result=cb, on_error=self._error, then=then, on_follow_up=on_follow_up,
                 ),
             )
         # Put members back in pool order inside each record, whatever order they ran in.
@@ -170,6 +177,26 @@ class Runner:
             r.completions.sort(key=lambda c: (c.source != "pool", order.get(c.member, 99), c.id))
         return records
 
+    def _evolve_in_place(self, member, evolve_model: str):
+        """For a pool member whose answers EvolQuality rewrites with the same model: the rewrite
+        request as a follow-up of each completion request (it runs in the slot that holds the
+        conversation), and where its answer goes: the evolve stage's request cache, and the
+        evolve stage's token counts. (None, None) for any other member."""
+        cfg = self.cfg.evolve
+        own = [m for m in self.cfg.pool if m.model == evolve_model]
+        if member.model != evolve_model or (cfg.pick == "own" and member is not own[0]):
+            return None, None
+        cache = self.backend("evolve", evolve_model, self.cfg.engine.n_ctx)
+
+        def then(record, k):
+            return continuation(record, member.name, member.model, k, evolve_model, cfg, self.cfg.seed)
+
+        def on_follow_up(result) -> None:
+            cache.prefetch(result)
+            self._count("evolve", result)
+
+        return then, on_follow_up
+
     def evolve(self, records: list[Record]) -> list[Record]:
         if self.cfg.evolve.num_evolutions < 1:
             return records
@@ -177,6 +204,7 @@ class Runner:
         self.run_stage(
             "evolve", model, self.cfg.engine.n_ctx, len(records),
             lambda be, cb: evolve(records, model, be, self.cfg.evolve, seed=self.cfg.seed,
+                                  similarity_threshold=self.cfg.similarity_threshold,
                                   on_result=cb, on_error=self._error),
         )
         return records

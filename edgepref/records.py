@@ -7,6 +7,7 @@ completions with source "evol" (with `parent_id` and `criterion`), `judge` fills
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -23,6 +24,18 @@ def content_key(*parts: object) -> str:
 def normalise_text(text: str) -> str:
     """What "the same text" means everywhere: case and runs of whitespace ignored."""
     return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+def similarity(a: str, b: str) -> float:
+    """Similarity in [0, 1] of two texts after normalising case and whitespace: what "a
+    near-copy" means everywhere (above the pipeline's similarity_threshold)."""
+    a, b = normalise_text(a), normalise_text(b)
+    if not a or not b:
+        return 1.0 if a == b else 0.0
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    if matcher.real_quick_ratio() < 0.5:
+        return matcher.real_quick_ratio()
+    return matcher.ratio()
 
 
 @dataclass

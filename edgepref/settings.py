@@ -16,7 +16,7 @@ from dataclasses import dataclass, is_dataclass, replace
 from typing import Any, Callable
 
 from .compare import RECIPES
-from .config import JUDGE_MODES, PRESETS, PipelineConfig, PoolMember
+from .config import EVOLVE_PICKS, JUDGE_MODES, PRESETS, PipelineConfig, PoolMember
 from .errors import ConfigError
 from .pair import DECIDERS, FORMATS, SCORES, STRATEGIES
 from .prompts import JUDGE_ASPECTS
@@ -92,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("evolutions", "--evolutions", "evolve.num_evolutions", int,
             help="EvolQuality rewrites per completion (0: off)."),
     Setting("evolve_model", "--evolve-model", "evolve.model", help="Model that rewrites (default: the judge)."),
+    Setting("evolve_pick", "--evolve-pick", "evolve.pick", choices=EVOLVE_PICKS,
+            help="Pool completions to rewrite: own (one per instruction, the rewriting model's own "
+                 "answer, continuing its conversation) or all."),
     Setting("min_margin", "--min-margin", "pair.min_margin", float, groups=PAIR,
             help="Smallest chosen-rejected score gap kept."),
     Setting("pair_strategy", "--pair-strategy", "pair.strategy", choices=STRATEGIES, groups=PAIR,

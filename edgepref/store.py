@@ -176,17 +176,33 @@ class CachedBackend:
         self._rows = {row["key"]: row for row in read_jsonl(self.cache_path) if "key" in row}
         self.hits = 0
         self.misses = 0
+        self.prefetched = 0  # hits on answers that `prefetch` recorded (not resumed work)
+
+    def prefetch(self, result: ChatResult) -> None:
+        """Record an answer this stage did not ask for itself (a follow-up turn that ran in an
+        earlier stage's call), so that the stage finds it when it sends the same request."""
+        if not result.ok:
+            return
+        key = request_key(self.stage, self.model_id, result.request)
+        row = {**_result_row(key, result), "prefetched": True}
+        with JsonlAppender(self.cache_path) as out:
+            out.append(row)
+        self._rows[key] = row
 
     def chat(self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None) -> list[ChatResult]:
         keys = [request_key(self.stage, self.model_id, r) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)
         todo: list[int] = []
         for i, (req, key) in enumerate(zip(requests, keys)):
-            if key in self._rows:
-                results[i] = _result_from_row(req, self._rows[key])
-            else:
+            row = self._rows.get(key)
+            if row is None:
                 todo.append(i)
-        self.hits += len(requests) - len(todo)
+                continue
+            results[i] = _result_from_row(req, row)
+            if row.get("prefetched"):
+                self.prefetched += 1
+            else:
+                self.hits += 1
         self.misses += len(todo)
         if not todo:
             return results  # type: ignore[return-value]

@@ -32,6 +32,8 @@ class RunSummary:
     completion_tokens: int = 0
     tokens_per_second: float = 0.0
     cached_requests: int = 0
+    # rewrites that ran as follow-up turns of their completion requests (evolve.continuation)
+    continued_requests: int = 0
     stage_seconds: dict = field(default_factory=dict)
     stage_completion_tokens: dict = field(default_factory=dict)  # stage -> tokens generated in it
     stage_prompt_tokens: dict = field(default_factory=dict)  # stage -> {"decoded": n, "cached": n}
@@ -77,6 +79,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
     s.completion_tokens = runner.completion_tokens
     s.tokens_per_second = s.completion_tokens / s.wall_seconds if s.wall_seconds else 0.0
     s.cached_requests = runner.cached_requests
+    s.continued_requests = runner.continued_requests
     s.stage_seconds = dict(runner.stage_seconds)
     s.stage_completion_tokens = dict(runner.stage_completion_tokens)
     s.stage_prompt_tokens = {k: dict(v) for k, v in runner.stage_prompt_tokens.items()}

@@ -115,10 +115,10 @@ def bench_config(max_tokens: int) -> PipelineConfig:
     )
 
 
-def timed_run(batch, cfg, backends=None) -> tuple[float, object]:
-    with tempfile.TemporaryDirectory() as out:
+def timed_run(batch, cfg, backends=None, keep: Path | None = None) -> tuple[float, object]:
+    with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = run_pipeline(batch, out, cfg, backends=backends)
+        result = run_pipeline(batch, keep or tmp, cfg, backends=backends)
         return time.perf_counter() - start, result
 
 
@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=None, help="Engine slots (default: the pipeline's).")
     ap.add_argument("--skip-baseline", action="store_true", help="Only run edgepref (for yield checks).")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="Write the edgepref run's output here (records, pairs, report input) instead of a temp dir.")
     args = ap.parse_args()
 
     threads = os.cpu_count() or 1
@@ -171,7 +173,7 @@ def main() -> None:
     cfg.engine.threads = threads
     if args.slots:
         cfg.engine.slots = args.slots
-    ours_s, ours = timed_run(read_instructions(args.input, limit=args.instructions), cfg)
+    ours_s, ours = timed_run(read_instructions(args.input, limit=args.instructions), cfg, keep=args.keep)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the baseline loads
     report = {
         "instructions": args.instructions,

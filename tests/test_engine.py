@@ -163,6 +163,59 @@ def test_shared_system_prompt_is_decoded_once(smol_engine: Engine) -> None:
     assert all(r.ok for r in results)
 
 
+COUNT = "Count from 1 to 12, separated by commas."
+REVERSE = "Now write the same numbers in reverse order, separated by commas."
+
+
+def _reverse_turn(text: str) -> ChatRequest:
+    return ChatRequest(user(COUNT) + [{"role": "assistant", "content": text}] + user(REVERSE), Sampling(max_tokens=48))
+
+
+def test_a_follow_up_turn_continues_in_its_slot(qwen_engine: Engine) -> None:
+    # The follow-up's prompt is the conversation so far plus one turn: the slot already holds the
+    # first prompt and the answer, so only the tail is decoded, and greedy decoding gives the
+    # text that the same messages give as a request of their own.
+    seen: list[str] = []
+
+    def then(text: str) -> ChatRequest:
+        seen.append(text)
+        return _reverse_turn(text)
+
+    before = qwen_engine.stats.prompt_tokens_cached
+    first = qwen_engine.chat([ChatRequest(user(COUNT), Sampling(max_tokens=48), then=then)])[0]
+    follow = first.follow_up
+    assert first.ok and seen == [first.text] and "12" in first.text
+    assert follow is not None and follow.ok and follow.request.messages[1]["content"] == first.text
+    answer_tokens = first.generations[0].completion_tokens
+    # all of the first prompt and the answer (its last tokens may tokenize differently as text)
+    assert follow.cached_prompt_tokens >= first.prompt_tokens + answer_tokens - 2
+    assert qwen_engine.stats.prompt_tokens_cached - before == follow.cached_prompt_tokens
+    alone = qwen_engine.chat([_reverse_turn(first.text)])[0]
+    assert alone.cached_prompt_tokens == 0
+    assert follow.text == alone.text and "12" in follow.text.split(",")[0]
+
+
+def test_follow_ups_do_not_depend_on_the_order_of_requests(qwen_engine: Engine) -> None:
+    others = [ChatRequest(user(p), Sampling(max_tokens=12)) for p in PROMPTS[3:]]
+    chained = ChatRequest(user(COUNT), Sampling(max_tokens=48), then=_reverse_turn)
+    texts = []
+    for reqs in ([chained, *others], [*others, chained], [others[0], chained, *others[1:]]):
+        result = next(r for r in qwen_engine.chat(reqs) if r.request is chained)
+        texts.append((result.text, result.follow_up.text))
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_follow_ups_that_cannot_run(smol_engine: Engine) -> None:
+    none = ChatRequest(user("Say hi."), Sampling(max_tokens=4), then=lambda text: None)
+    too_long = ChatRequest(user("Say hi."), Sampling(max_tokens=4),
+                           then=lambda text: ChatRequest(user("word " * 3000)))
+    failed = ChatRequest(user("Say hi."), grammar="root ::= (((", then=lambda text: ChatRequest(user("again")))
+    results = smol_engine.chat([none, too_long, failed])
+    assert results[0].ok and results[0].follow_up is None
+    assert results[1].ok and "a slot holds 2048" in results[1].follow_up.error
+    assert not results[2].ok and results[2].follow_up is None  # no follow-up of a failed request
+
+
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_rating_grammar_always_parses(qwen_engine: Engine, n: int) -> None:
     answers = "\n".join(f"Response {i + 1}: {w}" for i, w in enumerate(["Paris", "London", "Rome", "I don't know", "Paris, France"][:n]))

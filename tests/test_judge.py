@@ -7,7 +7,7 @@ import math
 import pytest
 
 from edgepref.config import EvolveConfig, JudgeConfig
-from edgepref.evolve import evolve, pick_criterion, strip_leaked_headings
+from edgepref.evolve import continuation, drop_reason, evolve, parents, pick_criterion, rewrite_request, strip_leaked_headings
 from edgepref.backend import ChatRequest, ChatResult, Sampling
 from edgepref.compare import RECIPES, compare
 from edgepref.compare import request as compare_request
@@ -236,7 +236,7 @@ def test_leaked_headings_are_stripped(raw: str, clean: str) -> None:
 
 def test_evolve_records_criterion_and_parent(qwen_engine) -> None:
     record = record_with(2)
-    cfg = EvolveConfig(num_evolutions=2, max_tokens=40)
+    cfg = EvolveConfig(num_evolutions=2, max_tokens=40, pick="all")
     evolve([record], QWEN, qwen_engine, cfg, seed=5)
     evolved = [c for c in record.completions if c.source == "evol"]
     kept_or_dropped = len(evolved) + len(record.dropped)
@@ -247,6 +247,50 @@ def test_evolve_records_criterion_and_parent(qwen_engine) -> None:
         assert c.parent_id == expected_parent
         assert c.criterion == pick_criterion(cfg, 5, record.id, c.parent_id, int(step))
         assert c.model == QWEN and c.text.strip()
+
+
+def test_rewrites_that_add_nothing_are_dropped() -> None:
+    parent = "Paris is the capital of France. It lies on the Seine and has about two million people."
+    assert drop_reason("", parent, 0.9) == ("empty", 0.0)
+    assert drop_reason("  PARIS is the capital of France.   It lies on the Seine and has about two million people.",
+                       parent, 0.9) == ("identical", 1.0)
+    near = parent.replace("about two million", "roughly two million")
+    reason, score = drop_reason(near, parent, 0.9)
+    assert reason == "near_copy" and 0.9 < score < 1.0
+    assert drop_reason(near, parent, 1.0) == (None, score)  # the threshold off: only identical text
+    other = "The capital of France is Paris, a city of museums, cafes and about two million residents."
+    assert drop_reason(other, parent, 0.9)[0] is None
+
+
+def test_which_completions_are_rewritten() -> None:
+    record = Record(id="r", instruction="Say hi.", completions=[
+        Completion("a:0", "Hi.", "small"), Completion("b:0", "Hello.", QWEN), Completion("b:1", "Hey.", QWEN),
+        Completion("b:0+evol1", "Hello there.", QWEN, source="evol", parent_id="b:0"),
+    ])
+    ids = lambda cfg, model=QWEN: [c.id for c in parents(record, model, cfg)]  # noqa: E731
+    assert ids(EvolveConfig()) == ["b:0"]  # own: the rewriting model's first answer
+    assert ids(EvolveConfig(), model="other") == ["a:0"]  # it wrote none: the first pool answer
+    assert ids(EvolveConfig(pick="all")) == ["a:0", "b:0", "b:1"]
+    assert ids(EvolveConfig(members=["a"])) == ["a:0"]
+    assert ids(EvolveConfig(pick="all", members=["b"])) == ["b:0", "b:1"]
+
+
+def test_a_rewrite_continues_the_conversation_it_rewrites() -> None:
+    record = Record(id="r", instruction="Say hi.", completions=[Completion("b:0", "Hello.", QWEN, member="b")])
+    cfg = EvolveConfig()
+    then = continuation(record, "b", QWEN, 0, QWEN, cfg, seed=3)
+    req = then("  Hello.\n")
+    # the very request the stage sends for this completion, so it finds the answer in its cache
+    assert req == rewrite_request(record, record.completions[0], pick_criterion(cfg, 3, "r", "b:0", 1), cfg, 3)
+    assert [m["role"] for m in req.messages] == ["user", "assistant", "user"]
+    assert req.messages[:2] == [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hello."}]
+    assert req.messages[2]["content"].startswith("Write an improved version of your answer. Make it")
+    # not for another model, a second sample under "own", a member left out, or no evolution
+    assert continuation(record, "b", "other", 0, QWEN, cfg, 3) is None
+    assert continuation(record, "b", QWEN, 1, QWEN, cfg, 3) is None
+    assert continuation(record, "b", QWEN, 1, QWEN, EvolveConfig(pick="all"), 3) is not None
+    assert continuation(record, "b", QWEN, 0, QWEN, EvolveConfig(members=["a"]), 3) is None
+    assert continuation(record, "b", QWEN, 0, QWEN, EvolveConfig(num_evolutions=0), 3) is None
 
 
 def test_criterion_draw_is_seeded_and_covers_all() -> None:

@@ -68,10 +68,25 @@ def test_evolved_completions_keep_lineage(first_run) -> None:
     _, result, _ = first_run
     evolved = [c for r in result.records for c in r.completions if c.source == "evol"]
     dropped = [d for r in result.records for d in r.dropped if d["stage"] == "evolve"]
-    assert len(evolved) + len(dropped) == 6  # one rewrite attempt per pool completion
+    assert len(evolved) + len(dropped) == 3  # one rewrite attempt per instruction: the judge's own answer
     for c in evolved:
-        assert c.parent_id and c.id.startswith(c.parent_id) and c.criterion in EvolveConfig().criteria
+        assert c.parent_id == f"{QWEN}:0" and c.id.startswith(c.parent_id) and c.criterion in EvolveConfig().criteria
         assert not c.text.lower().startswith(("# improved", "improved response"))
+
+
+def test_rewrites_continue_the_conversation_in_the_completion_call(first_run) -> None:
+    out, result, _ = first_run
+    # every rewrite ran as a follow-up of its completion request: the evolve stage found all of
+    # them in its cache, and their prompts reused the conversation's KV
+    parents = [c for r in result.records for c in r.completions if c.id == f"{QWEN}:0"]
+    rows = [json.loads(line) for line in (out / "cache" / "evolve.jsonl").read_text().splitlines()]
+    # (a near-duplicate answer is asked again, and so is its rewrite)
+    assert len(rows) == 3 + sum(c.regenerated for c in parents) and all(row["prefetched"] for row in rows)
+    assert result.summary.cached_requests == 0  # prefetched answers are not resumed work
+    evolve_tokens = result.summary.stage_prompt_tokens["evolve"]
+    # each rewrite's prompt reused its conversation: the instruction's prompt and the answer
+    assert evolve_tokens["cached"] >= sum(c.prompt_tokens + c.completion_tokens - 2 for c in parents)
+    assert result.summary.stage_completion_tokens["evolve"] > 0
 
 
 def test_files_load_with_datasets_as_trl_expects(first_run) -> None:

@@ -31,10 +31,12 @@ def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("criterion", EVOL_CRITERIA)
 def test_every_evol_criterion_renders(criterion: str) -> None:
     text = render_prompt(evol_template_name(criterion), instruction=INSTRUCTION, response="Red.")
-    assert INSTRUCTION in text and "Red." in text
-    assert text.index(INSTRUCTION) < text.index("Red.")
+    # the turn after the conversation it rewrites (edgepref.evolve): it quotes neither the
+    # instruction nor the response again, which the model has just read and written
+    assert INSTRUCTION not in text and "Red." not in text
+    assert text.startswith("Write an improved version of your answer. Make it")
     # the output rule comes last, where a small model reads it just before answering
-    assert text.rstrip().splitlines()[-1].startswith("Write only the new response")
+    assert text.rstrip().splitlines()[-1].startswith("Write only the new answer")
     assert "{" not in text and "}" not in text
 
 
@@ -93,8 +95,8 @@ def test_pairwise_renders() -> None:
 
 
 def test_missing_variable_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="response"):
-        render_prompt("evol_details", instruction="i")
+    with pytest.raises(ConfigError, match="responses"):
+        render_prompt("ultrafeedback_overall", instruction="i")
 
 
 def test_aspect_and_criterion_names() -> None:

@@ -44,7 +44,7 @@ import numpy as np
 from ..backend import ChatRequest, ChatResult, ProgressCallback
 from ..errors import EngineError
 from ..logprobs import choice_logprobs, distribution
-from .jobs import Call, Job, Slot, find_stop, reusable
+from .jobs import Call, Job, Slot, common_prefix, find_stop, reusable
 from .template import ChatTemplate
 from .handles import (
     LlamaBatch,
@@ -216,10 +216,45 @@ class Engine:
         return call.results  # type: ignore[return-value]
 
     def _job_done(self, call: Call, slot: Slot) -> None:
-        """The slot's job has finished: its text is final and the slot is free."""
+        """The slot's job has finished: its text is final and the slot is free, unless the
+        request asks for a follow-up turn, which then continues in this slot."""
         job = slot.release()
         self.stats.completion_tokens += len(job.out_ids)
         call.job_finished(job)
+        if job.request.then is not None and job.error is None and job.request.n <= 1:
+            result = job.follows.follow_up if job.follows is not None else call.results[job.req_index]
+            self._continue(call, slot, job, result)
+
+    def _continue(self, call: Call, slot: Slot, parent: Job, result: ChatResult) -> None:
+        """Run the follow-up turn of a finished request (ChatRequest.then) in the slot that holds
+        its conversation: the KV of the prompt and of the generated answer stay, and only the
+        tokens after their common prefix with the new prompt are decoded. The generated tokens'
+        KV was computed in generation steps, not in prompt blocks, so the follow-up's numbers
+        can differ in the last bits from a fresh decode of the same conversation; it runs at the
+        same place in every run of the same call, so a seeded run stays reproducible."""
+        req = parent.request.then(parent.text)
+        if req is None:
+            return
+        follow = Job(req, parent.req_index, parent.sample, [], 0, {}, {}, follows=result)
+        try:
+            follow.prompt = self.template.tokens(req.messages, req.prefill)
+            follow.trace_tokens = self.template.candidate_tokens(req.trace_choices)
+            follow.choice_tokens = self.template.candidate_tokens(req.choices, spellings=True)
+            if len(follow.prompt) + 1 > self.n_ctx:
+                raise EngineError(f"follow-up prompt is {len(follow.prompt)} tokens; a slot holds {self.n_ctx}")
+        except EngineError as exc:
+            follow.error, follow.finish = exc.message, "error"
+            call.job_finished(follow)
+            return
+        follow.seed = req.sampling.seed if req.sampling.seed is not None else self.seed
+        call.job_started(follow)
+        canon = slot.canon
+        # keep at least the last prompt token to decode: its logits start the answer
+        common = min(common_prefix(slot.tokens, follow.prompt), len(follow.prompt) - 1)
+        self._assign(slot, follow, slot, common)
+        slot.canon = min(canon, common)  # generated tokens' KV is never offered to other prompts
+        if follow.finish:  # failed on admission (bad grammar)
+            self._job_done(call, slot)
 
     def _keep_only(self, prompts: set[tuple[int, ...]]) -> None:
         """Start a call with a cache that holds nothing but whole prompts of this call's

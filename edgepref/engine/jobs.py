@@ -36,6 +36,9 @@ class Job:
     finish: str | None = None
     text: str = ""
     error: str | None = None
+    # a follow-up turn (ChatRequest.then) runs in its parent's slot; its result goes here
+    follows: ChatResult | None = None
+    started: float | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -124,31 +127,40 @@ class Call:
             self.queue.append(job)
 
     def job_started(self, job: Job) -> None:
+        job.started = time.perf_counter()
         if self.started[job.req_index] is None:
-            self.started[job.req_index] = time.perf_counter()
+            self.started[job.req_index] = job.started
 
     def job_finished(self, job: Job) -> None:
-        """Count a finished sample; its request's last one finishes the request."""
+        """Count a finished sample; its request's last one finishes the request. A follow-up
+        turn's result is attached to the result it follows and counts as nothing here."""
+        if job.follows is not None:
+            job.follows.follow_up = _result(job.request, [job], job.started or self.progress.start)
+            return
         self.jobs_left[job.req_index] -= 1
         if self.jobs_left[job.req_index] == 0:
             self.finish_request(job.req_index)
 
     def finish_request(self, i: int) -> None:
-        jobs = sorted(self.jobs[i], key=lambda j: j.sample)
-        error = next((j.error for j in jobs if j.error), None)
-        gens = [Generation(j.text, len(j.out_ids), j.finish or "error", j.seed, j.trace, j.out_ids) for j in jobs]
-        result = ChatResult(
-            request=self.requests[i],
-            generations=gens,
-            prompt_tokens=len(jobs[0].prompt) if jobs else 0,
-            error=error,
-            choice_probs=renormalised(jobs[0].choice_logprobs) if jobs else None,
-            choice_logprobs=jobs[0].choice_logprobs if jobs else None,
-            seconds=time.perf_counter() - (self.started[i] or self.progress.start),
-            cached_prompt_tokens=sum(j.cached for j in jobs),
-        )
+        result = _result(self.requests[i], self.jobs[i], self.started[i] or self.progress.start)
         self.results[i] = result
         self.progress.finished(result)
+
+
+def _result(request: ChatRequest, jobs: list[Job], started: float) -> ChatResult:
+    jobs = sorted(jobs, key=lambda j: j.sample)
+    error = next((j.error for j in jobs if j.error), None)
+    gens = [Generation(j.text, len(j.out_ids), j.finish or "error", j.seed, j.trace, j.out_ids) for j in jobs]
+    return ChatResult(
+        request=request,
+        generations=gens,
+        prompt_tokens=len(jobs[0].prompt) if jobs else 0,
+        error=error,
+        choice_probs=renormalised(jobs[0].choice_logprobs) if jobs else None,
+        choice_logprobs=jobs[0].choice_logprobs if jobs else None,
+        seconds=time.perf_counter() - started,
+        cached_prompt_tokens=sum(j.cached for j in jobs),
+    )
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int | None:
