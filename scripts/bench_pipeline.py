@@ -3,14 +3,16 @@
     python scripts/bench_pipeline.py --instructions 16 --json bench_pipeline.json
 
 Both runs use the embedded models and the same stage code (2-model pool, 1 EvolQuality
-rewrite per completion, overall UltraFeedback judge with rationales under the GBNF grammar,
-128-token completions) on the first N instructions of --input (default: the 48 instructions in
+rewrite per instruction of the judge's own answer, overall UltraFeedback judge with rationales
+under the GBNF grammar, 128-token completions) on the first N instructions of --input (default: the 48 instructions in
 scripts/data/bench_instructions.jsonl; the README's figures name the input they used). Only the
 backend differs:
 
   baseline  llama-cpp-python's high-level `Llama.create_chat_completion`, one request and one
             sample at a time (what distilabel's llama.cpp backend does), both models loaded;
-  edgepref  the batched engine, one model loaded at a time.
+            it has no follow-up turns, so the evolve stage sends the rewrites itself;
+  edgepref  the batched engine, one model loaded at a time; the rewrites run as follow-up
+            turns of the completion requests (ChatRequest.then).
 
 The baseline gets no probability traces for the ratings (the high-level API has no cheap way to
 read them), so it does slightly less work per judge call; the pairwise check reads its label
