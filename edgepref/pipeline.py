@@ -184,7 +184,7 @@ class Runner:
         evolve stage's token counts. (None, None) for any other member."""
         cfg = self.cfg.evolve
         own = [m for m in self.cfg.pool if m.model == evolve_model]
-        if member.model != evolve_model or (cfg.pick == "own" and member is not own[0]):
+        if not cfg.in_place or member.model != evolve_model or (cfg.pick == "own" and member is not own[0]):
             return None, None
         cache = self.backend("evolve", evolve_model, self.cfg.engine.n_ctx)
 
