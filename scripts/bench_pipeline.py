@@ -16,7 +16,9 @@ backend differs:
 
 The baseline gets no probability traces for the ratings (the high-level API has no cheap way to
 read them), so it does slightly less work per judge call; the pairwise check reads its label
-log-probabilities from the first generated token's top log-probabilities. Prints both, the
+log-probabilities from the first generated token's top log-probabilities, with a second `Llama`
+of the judge's file loaded with `logits_all=True` (llama-cpp-python gives log-probabilities
+only then; it computes the output layer for every prompt token). Prints both, the
 ratio, our yield with drop reasons, and the judge's wall time split into the UltraFeedback
 ratings and the pairwise check of chosen/rejected (with the ratio of the two together to the
 ratings alone, which is what the judge cost before the check), and per stage the prompt tokens
@@ -57,7 +59,9 @@ class SequentialBackend:
 
         self.name = model
         self._grammar_cls = LlamaGrammar
-        self.llm = load_high_level_llama(resolve_model_path(model), n_ctx=n_ctx, n_threads=n_threads)
+        self._load = lambda **kw: load_high_level_llama(resolve_model_path(model), n_ctx=n_ctx, n_threads=n_threads, **kw)
+        self.llm = self._load()
+        self._scorer = None  # for label log-probabilities, which llama-cpp-python gives only with logits_all
 
     def chat(self, requests, on_result=None):
         start = time.perf_counter()
@@ -97,8 +101,10 @@ class SequentialBackend:
 
     def _choice(self, req) -> ChatResult:
         """Label log-probabilities at the answer's first token, from its top alternatives."""
-        out = self.llm.create_chat_completion(req.messages, temperature=0.0, max_tokens=1, logprobs=True,
-                                              top_logprobs=20)
+        if self._scorer is None:
+            self._scorer = self._load(logits_all=True)
+        out = self._scorer.create_chat_completion(req.messages, temperature=0.0, max_tokens=1, logprobs=True,
+                                                  top_logprobs=20)
         content = (out["choices"][0].get("logprobs") or {}).get("content") or []
         logprobs = candidate_logprobs(content[0].get("top_logprobs") or [], req.choices) if content else None
         return ChatResult(req, [Generation("", 0, "stop", None)], out["usage"]["prompt_tokens"],
