@@ -13,7 +13,7 @@ run.json (config and summary), cache/ (resume data).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -350,6 +350,8 @@ def run_single_stage(
     if not records:
         raise EdgeprefError("no usable records to process", "check the input; see the warnings above")
     out = Path(out)
+    if stage == "complete":  # no evolve stage follows in this run: rewrites in place would be lost
+        cfg = replace(cfg, evolve=replace(cfg.evolve, in_place=False))
     runner = Runner(cfg, None, on_event, cache_dir=out.with_name(out.name + ".cache"), backends=backends)
     try:
         getattr(runner, stage)(records)

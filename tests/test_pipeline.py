@@ -9,7 +9,7 @@ import pytest
 
 from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
 from edgepref.pair import PairConfig
-from edgepref.pipeline import Runner, run_pipeline
+from edgepref.pipeline import Runner, run_pipeline, run_single_stage
 from edgepref.records import Record
 
 from .conftest import QWEN, SMOL
@@ -209,3 +209,14 @@ def test_diversity_guard_regenerates_near_duplicates(engines, tmp_path) -> None:
     a, b = records[0].completions
     assert b.regenerated and "near-duplicate of a:0" in b.note
     assert b.sampling["temperature"] > 0.0
+
+
+def test_the_complete_command_alone_asks_for_no_rewrites(tmp_path, engines) -> None:
+    # `edgepref complete` runs no evolve stage: a rewrite run in place would go to a cache that
+    # no later command reads, so none is asked for
+    records = [Record(id="a", instruction="Say hi.")]
+    rows, errors = run_single_stage("complete", records, tmp_path / "out.jsonl", small_config(), backends=engines)
+    assert rows == 1 and not errors
+    assert {c.model for c in records[0].completions} == {QWEN, SMOL}
+    assert sorted(p.name for p in (tmp_path / "out.jsonl.cache").iterdir()) == [f"complete-{QWEN}.jsonl",
+                                                                               f"complete-{SMOL}.jsonl"]
