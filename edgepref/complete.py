@@ -6,7 +6,7 @@ Adds   Completion rows with source "pool", id "<member>:<k>", the model, system 
 
 Follow-ups: `then(record, k)` may give a ChatRequest.then for sample k of a request (the next
 stage's request about this answer, e.g. its EvolQuality rewrite); a backend that keeps the
-conversation runs it in place and `on_follow_up` gets its result.
+conversation runs it in place and `on_follow_upss` gets the results of each call's follow-ups.
 
 Diversity guard: a new completion whose normalised text is more similar than
 `similarity_threshold` to another completion of the same instruction is regenerated once with
@@ -45,10 +45,10 @@ def _request(member: PoolMember, record: Record, seed: int, temperature: float, 
     return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id, then=follow)
 
 
-def _follow_ups(results: list[ChatResult], on_follow_up) -> None:
-    for res in results:
-        if on_follow_up is not None and res.follow_up is not None:
-            on_follow_up(res.follow_up)
+def _follow_ups(results: list[ChatResult], on_follow_upss) -> None:
+    follow_ups = [res.follow_up for res in results if res.follow_up is not None]
+    if on_follow_upss is not None and follow_ups:
+        on_follow_upss(follow_ups)
 
 
 def _completion(member: PoolMember, res: ChatResult, k: int, gen_index: int) -> Completion:
@@ -67,13 +67,13 @@ def complete(
     on_result=None,
     on_error: ErrorSink | None = None,
     then=None,
-    on_follow_up=None,
+    on_follow_ups=None,
 ) -> list[Record]:
     """Add `member.n` completions to every record (in place; returns the records)."""
     todo = [r for r in records if not any(c.member == member.name for c in r.completions)]
     reqs = [_request(member, r, member_seed(seed, member, r.id), member.temperature, member.n, then) for r in todo]
     results = backend.chat(reqs, on_result=on_result)
-    _follow_ups(results, on_follow_up)
+    _follow_ups(results, on_follow_ups)
     retry: list[tuple[Record, int, Completion]] = []
     for record, res in zip(todo, results):
         if not res.ok:
@@ -88,7 +88,7 @@ def complete(
                 comp.note = f"near-duplicate of {twin} (similarity {score:.2f})"
                 retry.append((record, k, comp))
     if retry:
-        _regenerate(retry, member, backend, seed, similarity_threshold, on_result, then, on_follow_up)
+        _regenerate(retry, member, backend, seed, similarity_threshold, on_result, then, on_follow_ups)
     return records
 
 
@@ -102,7 +102,7 @@ def _closest(completions: list[Completion], text: str) -> tuple[str | None, floa
 
 
 def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshold: float, on_result=None,
-                then=None, on_follow_up=None) -> None:
+                then=None, on_follow_ups=None) -> None:
     """One more try per near-duplicate, hotter and with a new seed; the outcome is recorded."""
     hotter = min(1.5, max(member.temperature, 0.3) + 0.4)
     reqs = [
@@ -110,7 +110,7 @@ def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshol
         for record, k, _ in retry
     ]
     results = backend.chat(reqs, on_result=on_result)
-    _follow_ups(results, on_follow_up)
+    _follow_ups(results, on_follow_ups)
     for (record, k, comp), res in zip(retry, results):
         if not res.ok:
             comp.note += "; regeneration failed, kept"

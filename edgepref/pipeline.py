@@ -163,12 +163,12 @@ class Runner:
         # The member that shares a model with the next stage goes last: one load fewer.
         members = sorted(self.cfg.pool, key=lambda m: m.model == evolve_model)
         for m in members:
-            then, on_follow_up = self._evolve_in_place(m, evolve_model)
+            then, on_follow_ups = self._evolve_in_place(m, evolve_model)
             self.run_stage(
                 f"complete-{m.name}", m.model, self.cfg.engine.n_ctx, len(records),
-                lambda be, cb, m=m, then=then, on_follow_up=on_follow_up: complete(
+                lambda be, cb, m=m, then=then, on_follow_ups=on_follow_ups: complete(
                     records, m, be, seed=self.cfg.seed, similarity_threshold=self.cfg.similarity_threshold,
-                    on_result=cb, on_error=self._error, then=then, on_follow_up=on_follow_up,
+                    on_result=cb, on_error=self._error, then=then, on_follow_ups=on_follow_ups,
                 ),
             )
         # Put members back in pool order inside each record, whatever order they ran in.
@@ -191,11 +191,12 @@ class Runner:
         def then(record, k):
             return continuation(record, member.name, member.model, k, evolve_model, cfg, self.cfg.seed)
 
-        def on_follow_up(result) -> None:
-            cache.prefetch(result)
-            self._count("evolve", result)
+        def on_follow_ups(results) -> None:
+            cache.prefetch(results)
+            for result in results:
+                self._count("evolve", result)
 
-        return then, on_follow_up
+        return then, on_follow_ups
 
     def evolve(self, records: list[Record]) -> list[Record]:
         if self.cfg.evolve.num_evolutions < 1:

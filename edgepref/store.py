@@ -178,16 +178,20 @@ class CachedBackend:
         self.misses = 0
         self.prefetched = 0  # hits on answers that `prefetch` recorded (not resumed work)
 
-    def prefetch(self, result: ChatResult) -> None:
-        """Record an answer this stage did not ask for itself (a follow-up turn that ran in an
-        earlier stage's call), so that the stage finds it when it sends the same request."""
-        if not result.ok:
+    def prefetch(self, results: Iterable[ChatResult]) -> None:
+        """Record answers this stage did not ask for itself (follow-up turns that ran in an
+        earlier stage's call), so that the stage finds them when it sends the same requests."""
+        rows = []
+        for result in results:
+            if result.ok:
+                key = request_key(self.stage, self.model_id, result.request)
+                rows.append({**_result_row(key, result), "prefetched": True})
+        if not rows:
             return
-        key = request_key(self.stage, self.model_id, result.request)
-        row = {**_result_row(key, result), "prefetched": True}
         with JsonlAppender(self.cache_path) as out:
-            out.append(row)
-        self._rows[key] = row
+            for row in rows:
+                out.append(row)
+                self._rows[row["key"]] = row
 
     def chat(self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None) -> list[ChatResult]:
         keys = [request_key(self.stage, self.model_id, r) for r in requests]

@@ -191,15 +191,13 @@ class Engine:
         call = Call(requests, on_result)
         for i, req in enumerate(requests):
             try:
-                prompt = self.template.tokens(req.messages, req.prefill)
-                trace = self.template.candidate_tokens(req.trace_choices)
-                choices = self.template.candidate_tokens(req.choices, spellings=True)
+                prompt, trace, choices = self._tokens(req)
             except EngineError as exc:
                 call.fail(i, [], exc.message)
                 continue
-            if len(prompt) + 1 > self.n_ctx:
-                call.fail(i, prompt, f"prompt is {len(prompt)} tokens; a slot holds {self.n_ctx} "
-                                     "(raise --n-ctx, or shorten the input)")
+            problem = self._too_long(prompt)
+            if problem:
+                call.fail(i, prompt, problem)
                 continue
             base_seed = req.sampling.seed if req.sampling.seed is not None else self.seed
             call.enqueue(i, prompt, base_seed, trace, choices)
@@ -214,6 +212,19 @@ class Engine:
         self.stats.requests += len(requests)
         self.stats.seconds += time.perf_counter() - call.progress.start
         return call.results  # type: ignore[return-value]
+
+    def _tokens(self, req: ChatRequest) -> tuple[list[int], dict[int, str], dict[int, str]]:
+        """A request's prompt tokens and the first tokens of its traced and choice candidates."""
+        prompt = self.template.tokens(req.messages, req.prefill)
+        trace = self.template.candidate_tokens(req.trace_choices)
+        choices = self.template.candidate_tokens(req.choices, spellings=True)
+        return prompt, trace, choices
+
+    def _too_long(self, prompt: list[int]) -> str | None:
+        """Why a prompt cannot run in one slot, or None."""
+        if len(prompt) + 1 > self.n_ctx:
+            return f"prompt is {len(prompt)} tokens; a slot holds {self.n_ctx} (raise --n-ctx, or shorten the input)"
+        return None
 
     def _job_done(self, call: Call, slot: Slot) -> None:
         """The slot's job has finished: its text is final and the slot is free, unless the
@@ -237,13 +248,12 @@ class Engine:
             return
         follow = Job(req, parent.req_index, parent.sample, [], 0, {}, {}, follows=result)
         try:
-            follow.prompt = self.template.tokens(req.messages, req.prefill)
-            follow.trace_tokens = self.template.candidate_tokens(req.trace_choices)
-            follow.choice_tokens = self.template.candidate_tokens(req.choices, spellings=True)
-            if len(follow.prompt) + 1 > self.n_ctx:
-                raise EngineError(f"follow-up prompt is {len(follow.prompt)} tokens; a slot holds {self.n_ctx}")
+            follow.prompt, follow.trace_tokens, follow.choice_tokens = self._tokens(req)
+            follow.error = self._too_long(follow.prompt)
         except EngineError as exc:
-            follow.error, follow.finish = exc.message, "error"
+            follow.error = exc.message
+        if follow.error:
+            follow.finish = "error"
             call.job_finished(follow)
             return
         follow.seed = req.sampling.seed if req.sampling.seed is not None else self.seed

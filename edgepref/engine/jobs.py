@@ -109,7 +109,6 @@ class Call:
         self.results: list[ChatResult | None] = [None] * len(requests)
         self.jobs: list[list[Job]] = [[] for _ in requests]
         self.jobs_left = [0] * len(requests)
-        self.started: list[float | None] = [None] * len(requests)
         self.queue: deque[Job] = deque()
         self.progress = ProgressCounter(len(requests), on_result)
 
@@ -128,27 +127,28 @@ class Call:
 
     def job_started(self, job: Job) -> None:
         job.started = time.perf_counter()
-        if self.started[job.req_index] is None:
-            self.started[job.req_index] = job.started
 
     def job_finished(self, job: Job) -> None:
         """Count a finished sample; its request's last one finishes the request. A follow-up
         turn's result is attached to the result it follows and counts as nothing here."""
         if job.follows is not None:
-            job.follows.follow_up = _result(job.request, [job], job.started or self.progress.start)
+            job.follows.follow_up = _result(job.request, [job], self.progress.start)
             return
         self.jobs_left[job.req_index] -= 1
         if self.jobs_left[job.req_index] == 0:
             self.finish_request(job.req_index)
 
     def finish_request(self, i: int) -> None:
-        result = _result(self.requests[i], self.jobs[i], self.started[i] or self.progress.start)
+        result = _result(self.requests[i], self.jobs[i], self.progress.start)
         self.results[i] = result
         self.progress.finished(result)
 
 
-def _result(request: ChatRequest, jobs: list[Job], started: float) -> ChatResult:
+def _result(request: ChatRequest, jobs: list[Job], call_start: float) -> ChatResult:
+    """The result of a request's jobs; its seconds run from its first job's start (the call's
+    start for a request that never reached a slot)."""
     jobs = sorted(jobs, key=lambda j: j.sample)
+    started = min((j.started for j in jobs if j.started is not None), default=call_start)
     error = next((j.error for j in jobs if j.error), None)
     gens = [Generation(j.text, len(j.out_ids), j.finish or "error", j.seed, j.trace, j.out_ids) for j in jobs]
     return ChatResult(
