@@ -395,8 +395,9 @@ def engine_buffer_types():
 
 
 def load_high_level_llama(path: str | os.PathLike, **kwargs):
-    """llama-cpp-python's own `Llama` with our buffer-type choice: the reference in tests and
-    benchmarks."""
+    """llama-cpp-python's own `Llama` with our buffer-type choice and, unless given, the engine's
+    offload (every layer on a GPU build): the reference in tests and benchmarks."""
+    kwargs.setdefault("n_gpu_layers", default_gpu_layers())
     with engine_buffer_types():
         return C.Llama(str(path), verbose=False, **kwargs)
 
