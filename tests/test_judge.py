@@ -58,6 +58,16 @@ def test_judge_prefers_the_right_answer(qwen_engine) -> None:
     assert by_id["m:0"] > by_id["m:3"]  # "Paris" beats "Berlin"
 
 
+def test_scores_are_ratings_not_line_numbers(qwen_engine) -> None:
+    # When the rating prompt ended with the output format, after the responses, this judge
+    # numbered its lines instead of scoring them: every score equalled the position shown (87
+    # of 87 ratings on 32 AlpacaEval instructions). The format now comes before the input.
+    record = record_with(4)
+    judge([record], QWEN, qwen_engine, JudgeConfig(shuffle=False, max_rationale_chars=60))
+    by_position = [r.score for r in sorted(record.ratings, key=lambda r: r.positions[0])]
+    assert by_position != [1, 2, 3, 4]
+
+
 def test_both_orders_average_two_passes(qwen_engine) -> None:
     record = record_with(3)
     cfg = JudgeConfig(mode="score-only", both_orders=True)
