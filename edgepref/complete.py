@@ -6,7 +6,7 @@ Adds   Completion rows with source "pool", id "<member>:<k>", the model, system 
 
 Follow-ups: `then(record, k)` may give a ChatRequest.then for sample k of a request (the next
 stage's request about this answer, e.g. its EvolQuality rewrite); a backend that keeps the
-conversation runs it in place and `on_follow_upss` gets the results of each call's follow-ups.
+conversation runs it in place and `on_follow_ups` gets the results of each call's follow-ups.
 
 Diversity guard: a new completion whose normalised text is more similar than
 `similarity_threshold` to another completion of the same instruction is regenerated once with
@@ -45,15 +45,20 @@ def _request(member: PoolMember, record: Record, seed: int, temperature: float, 
     return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id, then=follow)
 
 
-def _follow_ups(results: list[ChatResult], on_follow_upss) -> None:
+def _follow_ups(results: list[ChatResult], on_follow_ups) -> None:
     follow_ups = [res.follow_up for res in results if res.follow_up is not None]
-    if on_follow_upss is not None and follow_ups:
-        on_follow_upss(follow_ups)
+    if on_follow_ups is not None and follow_ups:
+        on_follow_ups(follow_ups)
+
+
+def completion_text(generated: str) -> str:
+    """The text a pool completion keeps of what its model generated."""
+    return generated.strip()
 
 
 def _completion(member: PoolMember, res: ChatResult, k: int, gen_index: int) -> Completion:
     gen = res.generations[gen_index]
-    return Completion.generated(f"{member.name}:{k}", gen.text.strip(), member.model, res, gen, source="pool",
+    return Completion.generated(f"{member.name}:{k}", completion_text(gen.text), member.model, res, gen, source="pool",
                                 system_prompt=member.system_prompt, member=member.name)
 
 

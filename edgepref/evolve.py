@@ -27,6 +27,7 @@ import random
 import re
 
 from .backend import Backend, ChatRequest, Sampling
+from .complete import completion_text
 from .config import EvolveConfig
 from .prompts import evol_template_name, render_prompt
 from .records import Completion, ErrorSink, Record, content_key, normalise_text, similarity
@@ -94,11 +95,11 @@ def rewrite_request(record: Record, parent: Completion, criterion: str, cfg: Evo
 
 
 def continuation(record: Record, member: str, model: str, k: int, evolve_model: str, cfg: EvolveConfig,
-                 seed: int, text_of=str.strip):
+                 seed: int):
     """For the completion request of pool member `member` (on `model`), sample k: a
     ChatRequest.then that asks for this stage's first rewrite of the answer, the very request
     `evolve` would send, or None when that answer is not one this stage rewrites (another model,
-    not picked, evolution off). `text_of`: the completion text the complete stage keeps."""
+    not picked, evolution off). The parent's text is the one the complete stage keeps."""
     if cfg.num_evolutions < 1 or model != evolve_model or (cfg.members is not None and member not in cfg.members):
         return None
     if cfg.pick == "own" and k != 0:
@@ -106,7 +107,7 @@ def continuation(record: Record, member: str, model: str, k: int, evolve_model: 
     parent_id = f"{member}:{k}"
 
     def then(text: str) -> ChatRequest:
-        parent = Completion(parent_id, text_of(text), model, member=member)
+        parent = Completion(parent_id, completion_text(text), model, member=member)
         return rewrite_request(record, parent, pick_criterion(cfg, seed, record.id, parent_id, 1), cfg, seed)
 
     return then
