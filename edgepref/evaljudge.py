@@ -29,12 +29,15 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from .backend import Backend
-from .config import JudgeConfig
+from .config import EMBEDDED_CHAIN, JudgeConfig
 from .errors import ConfigError, InputError
 from .inputs import iter_jsonl_rows, rows_from_datasets
 from .backend import ChatRequest, Sampling
 from .compare import RECIPES as COMPARE_RECIPES
 from .compare import Verdict, compare, get_recipe
+from .calibration import CalibrationFile, JudgeMargins, calibrate_chain
+from .cascade import Chain, decide
+from .hosting import read_path
 from .judge import judge
 from .records import Completion, Record, content_key
 
@@ -86,6 +89,10 @@ class EvalReport:
     precision_at_coverage: dict = field(default_factory=dict)
     confidence_at_coverage: dict = field(default_factory=dict)
     self_preference: dict | None = None  # {"share": ..., "n": ...}: own answer preferred
+    # the pipeline's verdict chain on these pairs: coverage, agreement, by_judge (run_eval)
+    selective: dict | None = None
+    # judge -> how far its margins move across numerical paths (evaljudge.noise_floor)
+    noise_floor: dict = field(default_factory=dict)
     by_weak_model: dict = field(default_factory=dict)
 
     def to_row(self) -> dict:
@@ -290,7 +297,8 @@ def compare_pairs(runner, model: str, pairs: list, recipes: list) -> tuple[dict[
     start = time.perf_counter()
     items = [(p.instruction, p.response_a, p.response_b) for p in pairs]
     runner.run_stage(f"eval-compare-{model}", model, runner.judge_n_ctx, len(items),
-                     lambda be, cb: out.update(compare(items, recipes, be, model, on_result=cb, stats=stats)))
+                     lambda be, cb: out.update(compare(items, recipes, be, model, on_result=cb, stats=stats)),
+                     reads=True)
     return out, (time.perf_counter() - start) / max(1, stats.get("prompt_tokens", 0))
 
 
@@ -374,24 +382,181 @@ def self_preference(runner, recipes: list[str], pairs: list[JudgePair], judges: 
             for name, v in by_judge.items()}
 
 
+# ---------------------------------------------------------------- cascade, noise, calibration
+
+# The numerical paths a verdict's margin is compared across to measure its noise floor, beside
+# the engine's own (each prompt alone in 512-token blocks): alone in 128-token blocks, and
+# scheduled beside the other requests as generation is (16 slots, 32-token blocks).
+NOISE_PATHS = ({"read_block": 128}, {"reads_alone": False, "slots": 16, "prompt_block": 32})
+
+
+def chain_margins(runner, models: list[str], pairs: list[JudgePair], recipe: str) -> dict[str, list[float | None]]:
+    """Each judge's pairwise margin of response_a over response_b on every pair (None: no verdict)."""
+    out = {}
+    for model in models:
+        got, _ = compare_pairs(runner, model, pairs, [get_recipe(recipe)])
+        out[model] = [v.margin if v.ok else None for v in got[recipe]]
+    return out
+
+
+def noise_floor(cfg, cache_dir, model: str, pairs: list[JudgePair], recipe: str, reference: list[float | None],
+                reference_path: str, on_event=None, backends=None) -> dict:
+    """How far a verdict's margin moves when its prompts are computed another way (NOISE_PATHS)
+    than the engine's (`reference`, its margins on the same pairs). Per pair the spread is the
+    largest minus the smallest margin over the paths; `floor` is the spread's 90th percentile:
+    a |margin| below it could change sign with how the prompt was decoded."""
+    from dataclasses import replace
+
+    from .pipeline import Runner
+
+    margins = [reference]
+    paths = []
+    for change in NOISE_PATHS:
+        alt = replace(cfg, engine=replace(cfg.engine, **change))
+        runner = Runner(alt, None, on_event, cache_dir=cache_dir, backends=backends)
+        try:
+            margins.append(chain_margins(runner, [model], pairs, recipe)[model])
+            paths.append(read_path(model, alt, runner.host.registry))
+        finally:
+            runner.close()
+    spreads = sorted(max(ms) - min(ms) for ms in zip(*margins) if None not in ms)
+    if not spreads:
+        return {"pairs": 0, "floor": 0.0}
+
+    def q(f: float) -> float:
+        return round(spreads[min(len(spreads) - 1, math.ceil(f * len(spreads)) - 1)], 4)
+
+    return {"pairs": len(spreads), "paths": [reference_path] + paths,
+            "median": q(0.5), "p90": q(0.9), "max": round(spreads[-1], 4), "floor": q(0.9)}
+
+
+def selective(chain: Chain, margins: dict[str, list[float | None]], pairs: list[JudgePair]) -> tuple[dict, list]:
+    """The verdict chain's decisions on labelled pairs: coverage and agreement of what it decided,
+    per judge too, and per pair (decider name or None, margin). `margins`: decider name -> margin
+    per pair."""
+    decided = []
+    by_judge: dict[str, dict] = {}
+    hits = []
+    for i, p in enumerate(pairs):
+        d, m = decide(chain, {name: ms[i] for name, ms in margins.items()})
+        decided.append((d.name if d else None, m))
+        if d is None:
+            continue
+        hit = (m > 0) == (p.label == "a")
+        hits.append(hit)
+        row = by_judge.setdefault(d.name, {"decided": 0, "agree": 0, "threshold": d.threshold,
+                                           "calibrated_agreement": d.agreement})
+        row["decided"] += 1
+        row["agree"] += hit
+    for row in by_judge.values():
+        row["agreement"] = round(row.pop("agree") / row["decided"], 4)
+    n = len(pairs)
+    report = {"chain": chain.describe(), "target": chain.target, "risk": chain.risk, "pairs": n,
+              "coverage": round(len(hits) / n, 4) if n else 0.0,
+              "agreement": round(sum(hits) / len(hits), 4) if hits else None,
+              "by_judge": by_judge}
+    return report, decided
+
+
+def write_verdicts(path, pairs: list[JudgePair], margins: dict[str, list[float | None]], decided: list) -> None:
+    """One JSONL row per pair: its index and id, the label, each judge's margin (> 0: a
+    preferred), the judge that decided it (None: uncertain) and whether it agrees."""
+    from .store import write_jsonl_atomic
+
+    rows = []
+    for i, p in enumerate(pairs):
+        judge, m = decided[i] if decided else (None, None)
+        rows.append({"pair": i, "id": p.id, "label": p.label,
+                     "margins": {j: (None if ms[i] is None else round(ms[i], 4)) for j, ms in margins.items()},
+                     "decided_by": judge, "hit": None if judge is None else (m > 0) == (p.label == "a")})
+    write_jsonl_atomic(Path(path), rows)
+
+
+def slice_pairs(pairs_path: str, skip: int = 0, limit: int | None = None) -> list[JudgePair]:
+    pairs = read_judge_pairs(str(pairs_path))[skip:]
+    pairs = pairs[:limit] if limit else pairs
+    if not pairs:
+        raise InputError(f"no judge pairs in {pairs_path} after skipping {skip}")
+    return pairs
+
+
+def run_calibrate(
+    pairs_path: str,
+    *,
+    targets: list[float],
+    risk: float = 0.1,
+    out: str | Path,
+    chain: list[str] | None = None,
+    skip: int = 0,
+    limit: int | None = None,
+    noise_pairs: int = 24,
+    cache_dir: str | Path | None = None,
+    config_file: str | Path | None = None,
+    models_file: str | Path | None = None,
+    on_event=None,
+    backends: dict[str, Backend] | None = None,
+    command: str = "",
+) -> CalibrationFile:
+    """Calibrate a verdict chain on labelled pairs (see edgepref.calibration) for each target:
+    every judge's margins on every pair, its noise floor on the first `noise_pairs`, then the
+    thresholds. Requests are cached (`cache_dir`, default beside `out`), so a rerun resumes."""
+    from .config import load_config
+    from .pipeline import Runner
+    from .settings import apply_overrides
+
+    cfg = apply_overrides(load_config(config_file), models_file=models_file)
+    recipe = cfg.judge.recipe
+    pairs = slice_pairs(pairs_path, skip, limit)
+    cache_dir = Path(cache_dir) if cache_dir else Path(str(out) + ".cache")
+    runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
+    try:
+        chain = chain or [m for m in EMBEDDED_CHAIN if runner._here(m)]
+        margins = chain_margins(runner, chain, pairs, recipe)
+        path = {m: read_path(m, cfg, runner.host.registry) for m in chain}
+    finally:
+        runner.close()
+    floors = {m: noise_floor(cfg, cache_dir, m, pairs[:noise_pairs], recipe, margins[m][:noise_pairs],
+                             path[m], on_event, backends) if noise_pairs > 0 else {"pairs": 0, "floor": 0.0}
+              for m in chain}
+    labels_a = [p.label == "a" for p in pairs]
+    source = f"{pairs_path}, pairs {skip + 1}-{skip + len(pairs)}"
+    cal_file = CalibrationFile(chain, recipe, risk, source=source, command=command, noise=floors)
+    for target in targets:
+        jm = [JudgeMargins(m, recipe, path[m], margins[m], floors[m]["floor"]) for m in chain]
+        cal = calibrate_chain(jm, labels_a, target, risk, source)
+        cal_file.calibrations.append(cal)
+    cal_file.write(out)
+    return cal_file
+
+
 def run_eval(
     pairs_path: str,
     *,
     judges: list[str] | None = None,
     recipe: str | None = None,
+    skip: int = 0,
     limit: int | None = None,
     json_out: str | Path | None = None,
+    verdicts_out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
     config_file: str | Path | None = None,
     models_file: str | Path | None = None,
+    calibration: str | Path | None = None,
+    target: float | None = None,
+    noise_pairs: int = 0,
     on_event=None,
     backends: dict[str, Backend] | None = None,
     self_preference_n: int = SELF_PREFERENCE_N,
 ) -> EvalReport:
-    """Judge labelled pairs with one recipe and score it, then the self-preference check on the
-    first `self_preference_n` pairs (0: skip it).
+    """Judge labelled pairs with one recipe and score it; with the pipeline's pairwise recipe,
+    also the verdict chain the pipeline decides with (`selective`: what it decides and how often
+    that agrees); the noise floor of each judge of the chain (measured on the first
+    `noise_pairs` pairs, else as its calibration recorded it); then the self-preference check on
+    the first `self_preference_n` pairs (0: skip it).
 
-    With no judges/recipe, the pipeline's default judge and recipe are used exactly. Requests
-    are cached beside `json_out`, so an interrupted evaluation resumes.
+    With no judges/recipe, the pipeline's default judge, recipe and chain are used exactly.
+    Requests are cached (`cache_dir`, default beside `json_out`), so an interrupted evaluation
+    resumes.
     """
     import json
 
@@ -400,23 +565,47 @@ def run_eval(
     from .pipeline import Runner
 
     cfg = apply_overrides(load_config(config_file), judges=judges or (), models_file=models_file)
+    if calibration is not None:
+        cfg.pair.calibration = str(calibration)
+    if target is not None:
+        cfg.pair.target_agreement = target
     recipe = recipe or default_recipe(cfg)
     if recipe not in recipe_names():
         raise ConfigError(f"unknown recipe {recipe!r}; choose from {', '.join(recipe_names())}")
-    pairs = read_judge_pairs(str(pairs_path), limit)
-    if not pairs:
-        raise InputError(f"no judge pairs in {pairs_path}")
-    cache_dir = Path(str(json_out) + ".cache") if json_out else None
+    pairs = slice_pairs(pairs_path, skip, limit)
+    if cache_dir is None and json_out:
+        cache_dir = Path(str(json_out) + ".cache")
     runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
     try:
         run = judge_recipes(runner, [recipe], pairs, runner.judges, cfg.seed)[recipe]
         report = score_judged(recipe, pairs, run.judged, runner.judges, run.seconds, cfg.seed)
         report.prompt_tokens_per_pair = run.prompt_tokens_per_pair
+        decided: list = []
+        margins: dict[str, list[float | None]] = {}
+        per_model: dict[str, list[float | None]] = {}
+        if recipe == cfg.judge.recipe and cfg.pair.decide == "pairwise":
+            chain = runner.chain
+            per_model = chain_margins(runner, list(dict.fromkeys(m for d in chain.deciders for m in d.models)),
+                                      pairs, recipe)
+            margins = {d.name: _mean_margins([per_model[m] for m in d.models]) for d in chain.deciders}
+            report.selective, decided = selective(chain, margins, pairs)
+            report.noise_floor = {m: chain.noise[m] for m in per_model if m in chain.noise}
+            margins = {**per_model, **margins}
         if self_preference_n > 0:
             report.self_preference = self_preference(
                 runner, [recipe], pairs[:self_preference_n], runner.judges, cfg.seed)[recipe]
     finally:
         runner.close()
+    for m in per_model if noise_pairs > 0 else ():
+        report.noise_floor[m] = noise_floor(cfg, cache_dir, m, pairs[:noise_pairs], recipe, per_model[m][:noise_pairs],
+                                            f"alone-{cfg.engine.read_block}", on_event, backends)
+    if verdicts_out:
+        write_verdicts(verdicts_out, pairs, margins or {"+".join(report.judges): [j.margin if j else None for j in run.judged]},
+                       decided)
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_row(), indent=2))
     return report
+
+
+def _mean_margins(columns: list[list[float | None]]) -> list[float | None]:
+    return [None if None in ms else sum(ms) / len(ms) for ms in zip(*columns)]

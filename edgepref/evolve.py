@@ -6,7 +6,8 @@ Reads  Record.instruction, Record.completions with source "pool" (optionally onl
 Adds   Completion rows with source "evol": id "<parent>+evol<k>", `parent_id` (the completion
        rewritten, so chains keep their lineage), `criterion` (drawn with a seeded RNG from the
        record id, parent and step, never a global RNG), the evolving model and its sampling.
-Drops  into Record.dropped with the reason: empty rewrites, rewrites identical to their input,
+Drops  into Record.dropped with the reason: empty rewrites, rewrites that mostly talk about
+       the rewrite ("talk": lead-ins and closing notes are stripped first), rewrites identical to their input,
        and near-copies of it (similarity above `similarity_threshold`, the pool's rule that the
        completions of one instruction are not near-copies): a pair of a response and its
        near-copy teaches nothing, and the judge cannot tell them apart.
@@ -51,15 +52,56 @@ _LEAKED_HEADING = re.compile(
 )
 
 
+# A sentence that talks about the rewrite instead of answering: it names the act of improving
+# (improved, rewritten, revised, enhanced, updated, refined, added) and what was improved (the
+# answer, response, version), or offers help with it ("I'd be happy to help you improve ...").
+_TALK = re.compile(
+    r"""\b(?:improv|rewr[io]t|revis|enhanc|updat|refin|modif|expand)\w*\b[^.!?\n]{0,40}?
+          \b(?:your|my|the|this|previous|original)\s+(?:\w+\s+)?(?:answer|response|version|rewrite)s?\b
+      | \b(?:this|the|here's|here\s+is)\s+(?:an?\s+)?(?:improved|revised|rewritten|updated|enhanced|new|refined|
+          better|expanded|more\s+\w+)\s+(?:version|answer|response)\b
+      | \b(?:happy|glad|delighted)\s+to\s+help\b""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# A lead-in sentence: a pleasantry, or talk about the rewrite that ends the line or a colon.
+_LEAD_SENTENCE = re.compile(r"^[^\n]{0,300}?(?:[.!?:](?=\s)|[.!?:]?\s*\n|:\s*$)")
+_PLEASANTRY = re.compile(r"^\s*(?:sure|certainly|of\s+course|absolutely|okay|ok|great|yes)\s*[!,.]\s*", re.IGNORECASE)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?:])\s+|\n+", text) if s.strip()]
+
+
+def talk_share(text: str) -> float:
+    """The share of the text's characters in sentences that talk about the rewrite."""
+    sentences = _sentences(text)
+    total = sum(len(s) for s in sentences)
+    return sum(len(s) for s in sentences if _TALK.search(s)) / total if total else 0.0
+
+
 def strip_leaked_headings(text: str) -> str:
     """Remove headings and lead-ins a model wrote above its rewrite ("# Improved Response",
-    "Improved Response:", "Here's a new response that includes more details:")."""
+    "Improved Response:", "Here's a new response that includes more details:", "Sure, I'd be
+    happy to help you improve your answer."), and a last paragraph that only talks about it
+    ("This version adds ...")."""
     previous = None
     text = text.strip()
     while previous != text:
         previous = text
         text = _LEAKED_HEADING.sub("", text, count=1).strip()
+        text = _PLEASANTRY.sub("", text, count=1).strip() if _TALK.search(_first_sentence(text)) else text
+        first = _first_sentence(text)
+        if first and _TALK.search(first) and first.rstrip().endswith((":", ".", "!")) and len(first) < len(text):
+            text = text[len(first):].strip()
+    paragraphs = text.split("\n\n")
+    if len(paragraphs) > 1 and talk_share(paragraphs[-1]) > 0.5:
+        text = "\n\n".join(paragraphs[:-1]).strip()
     return text
+
+
+def _first_sentence(text: str) -> str:
+    m = _LEAD_SENTENCE.match(text)
+    return m.group(0) if m else ""
 
 
 def pick_criterion(cfg: EvolveConfig, seed: int, record_id: str, parent_id: str, step: int) -> str:
@@ -113,11 +155,18 @@ def continuation(record: Record, member: str, model: str, k: int, evolve_model: 
     return then
 
 
+# A rewrite more than half of which talks about rewriting is dropped: trained on, it teaches a
+# model to talk about improving answers.
+MAX_TALK_SHARE = 0.5
+
+
 def drop_reason(text: str, parent: str, similarity_threshold: float = 1.0) -> tuple[str | None, float]:
-    """Why a rewrite of `parent` is not kept ("empty", "identical", "near_copy") or None, and
-    its similarity to the parent."""
+    """Why a rewrite of `parent` is not kept ("empty", "talk", "identical", "near_copy") or None,
+    and its similarity to the parent."""
     if not text:
         return "empty", 0.0
+    if talk_share(text) > MAX_TALK_SHARE:
+        return "talk", 0.0
     if normalise_text(text) == normalise_text(parent):
         return "identical", 1.0
     score = similarity(text, parent)

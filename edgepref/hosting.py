@@ -13,7 +13,7 @@ from .registry import load_registry
 
 def strongest_available_model(models_file: str | None = None, registry=None) -> str:
     registry = registry or load_registry(models_file)
-    ranked = sorted(registry.entries.values(), key=lambda e: -e.strength)
+    ranked = sorted((e for e in registry.entries.values() if e.auto_judge), key=lambda e: -e.strength)
     for entry in ranked:
         if availability(entry).available:
             return entry.name
@@ -55,7 +55,8 @@ class ModelHost:
         path = resolve_model_path(model, self.registry)
         self.engine = Engine(
             path, n_ctx=n_ctx, n_slots=e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
-            seed=self.cfg.seed, prompt_block=e.prompt_block,
+            seed=self.cfg.seed, prompt_block=e.prompt_block, read_block=e.read_block,
+            reads_alone=e.reads_alone,
         )
         self.engine.name = model
         self.current = (model, n_ctx)
@@ -65,6 +66,16 @@ class ModelHost:
         if self.engine is not None:
             self.engine.close()
         self.engine, self.current = None, None
+
+
+def read_path(model: str, cfg: PipelineConfig, registry) -> str:
+    """How a model's verdict prompts are computed, recorded with each verdict and part of the
+    cache names of verdict stages: 'alone-512' on the local engine (each prompt alone, in
+    512-token blocks), 'server' on endpoints (the server batches as it likes)."""
+    if registry.remote(model) is not None:
+        return "server"
+    e = cfg.engine
+    return f"alone-{e.read_block}" if e.reads_alone else f"batched-{e.prompt_block}x{e.slots}"
 
 
 def model_identity(model: str, registry) -> str:

@@ -254,13 +254,13 @@ def verify(
     backend: Backend,
     cfg: JudgeConfig,
     *,
-    escalated: bool = False,
     on_result=None,
     on_error: ErrorSink | None = None,
-) -> list[Record]:
-    """The pairwise check of each record's shortlisted pair (x, y): record.judge_info["verdict"]
-    gets this judge's margin of x over y (> 0: x better). A panel's verdict is the mean of its
-    judges' margins; an escalation judge's (`escalated`) replaces it and is recorded as the decider."""
+) -> dict[str, float]:
+    """The pairwise check of each record's shortlisted pair (x, y) by one judge: its margin of x
+    over y (> 0: x better) by record id, also kept in record.judge_info["verdict"]["margins"].
+    A verdict on another shortlist is started afresh; a margin this judge already gave (a
+    resumed stage, or pairwise mode) is not asked again. Deciding is the cascade's job."""
     recipe = get_recipe(cfg.recipe)
     todo: list[tuple[Record, str, str]] = []
     margins: list[float | None] = []
@@ -271,10 +271,9 @@ def verify(
         verdict = record.judge_info.get("verdict")
         if not verdict or (verdict["x"], verdict["y"]) != (x, y):
             record.judge_info["verdict"] = {"x": x, "y": y, "margins": {}, "margin": None, "decided_by": []}
-        elif judge_model in verdict["margins"]:
-            continue  # already checked by this judge (a resumed stage)
         todo.append((record, x, y))
-        margins.append(_known_margin(record, judge_model, x, y))
+        known = record.judge_info["verdict"]["margins"].get(judge_model)
+        margins.append(known if known is not None else _known_margin(record, judge_model, x, y))
     ask = [k for k, m in enumerate(margins) if m is None]
     items = [(todo[k][0].instruction, todo[k][0].completion(todo[k][1]).text, todo[k][0].completion(todo[k][2]).text)
              for k in ask]
@@ -283,18 +282,12 @@ def verify(
             margins[k] = v.margin
         elif on_error:
             on_error(todo[k][0], "judge", f"{judge_model} (pairwise check): {v.error}")
+    out = {}
     for (record, _, _), m in zip(todo, margins):
-        if m is None:
-            continue
-        verdict = record.judge_info["verdict"]
-        verdict["margins"][judge_model] = round(m, 4)
-        if escalated:
-            verdict["margin"], verdict["decided_by"], verdict["escalated"] = round(m, 4), [judge_model], True
-        elif not verdict.get("escalated"):
-            panel = [verdict["margins"][j] for j in verdict["margins"]]
-            verdict["margin"] = round(sum(panel) / len(panel), 4)
-            verdict["decided_by"] = list(verdict["margins"])
-    return records
+        if m is not None:
+            record.judge_info["verdict"]["margins"][judge_model] = round(m, 4)
+            out[record.id] = round(m, 4)
+    return out
 
 
 # ---------------------------------------------------------------- panels

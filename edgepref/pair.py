@@ -10,13 +10,14 @@ Writes one `Pair` per record that survives, or a drop reason:
   small_margin          primary-score margin below `min_margin`
   identical_text        every candidate for rejected has the same text as the best one
   no_verdict            (pairwise) the pairwise check of the shortlist failed
-  uncertain             (pairwise) the pairwise verdict is less confident than `min_confidence`
+  uncertain             (pairwise) no judge of the verdict chain was sure enough (its calibrated
+                        threshold, or a fixed `min_confidence`)
 
 How chosen and rejected are decided (`decide`):
   pairwise  the default. The UltraFeedback ranking shortlists two completions (the best and,
             by `strategy`, the worst or a random other with different text); a two-order
-            pairwise judge (edgepref.compare) decides which of them is chosen, and a verdict
-            whose |margin| is under `min_confidence` drops the pair as uncertain. Score ties
+            pairwise judge (edgepref.compare) decides which of them is chosen; the chain of
+            judges (edgepref.cascade) says whether any was sure, else the pair is uncertain. Score ties
             and small score margins are not drop reasons here: the verdict decides.
   ratings   UltraFeedback scores alone decide: best against worst, `min_margin` apart.
 An emitted pair never has chosen text == rejected text (distilabel's max/min without a tie
@@ -52,10 +53,14 @@ class PairConfig:
     score: str = "expected"
     format: str = "standard"
     decide: str = "pairwise"
-    # |pairwise margin| (mean log-odds) below this drops a pair as uncertain: with the default
-    # judge and recipe, 0.016 keeps the most confident 80% of the dev pairs it was chosen on
-    # (scripts/eval_judge_recipes.py, the |margin| at 80% coverage)
-    min_confidence: float = 0.016
+    # None (the default): each judge of the verdict chain decides the pairs above its calibrated
+    # threshold for `target_agreement` (edgepref.cascade), and a pair none decided is uncertain.
+    # A number: one fixed |margin| threshold for every judge, with no agreement promised.
+    min_confidence: float | None = None
+    # the agreement with strong labels that the decided pairs must reach, with probability
+    # 1 - risk of the calibration (the shipped one, or `calibration`, a file of `edgepref calibrate`)
+    target_agreement: float = 0.7
+    calibration: str | None = None
     seed: int = 0
     system_prompt: str | None = None  # conversational format only
 
@@ -72,8 +77,10 @@ class PairConfig:
                 )
         if self.min_margin < 0:
             raise ConfigError(f"pair min_margin must be >= 0, got {self.min_margin}")
-        if self.min_confidence < 0:
+        if self.min_confidence is not None and self.min_confidence < 0:
             raise ConfigError(f"pair min_confidence must be >= 0, got {self.min_confidence}")
+        if not 0.0 < self.target_agreement < 1.0:
+            raise ConfigError(f"pair target_agreement must be between 0 and 1, got {self.target_agreement}")
 
 
 @dataclass
@@ -171,8 +178,11 @@ def _formatted(
     )
 
 
-def uncertain(margin: float, cfg: PairConfig) -> bool:
-    """Whether a pairwise verdict is too weak to decide a pair."""
+def uncertain(verdict: dict, margin: float, cfg: PairConfig) -> bool:
+    """Whether a pairwise verdict is too weak to decide a pair: no judge of the chain decided it
+    (calibrated thresholds), or its |margin| is under a fixed `min_confidence`."""
+    if cfg.min_confidence is None:
+        return not verdict.get("decided_by")
     return abs(margin) < cfg.min_confidence
 
 
@@ -193,18 +203,19 @@ def pick_pair(record: Record, cfg: PairConfig) -> tuple[Pair | None, str | None]
     if isinstance(proposed, str):
         return None, proposed
     best, worst = proposed
-    confidence, decided_by = None, ""
+    confidence, decided_by, agreement = None, "", None
     if cfg.decide == "pairwise":
         verdict = record.judge_info.get("verdict")
         ids = (best.completion.id, worst.completion.id)
         if not verdict or verdict.get("margin") is None or {verdict["x"], verdict["y"]} != set(ids):
             return None, "no_verdict"
         margin = verdict["margin"] if verdict["x"] == ids[0] else -verdict["margin"]
-        if uncertain(margin, cfg):
+        if uncertain(verdict, margin, cfg):
             return None, "uncertain"
         if margin < 0:
             best, worst, margin = worst, best, -margin
         confidence, decided_by = margin, "+".join(verdict["decided_by"])
+        agreement = verdict.get("agreement") if cfg.min_confidence is None else None
     prompt, chosen, rejected = _formatted(
         cfg, record.instruction, best.completion.text, worst.completion.text
     )
@@ -224,6 +235,7 @@ def pick_pair(record: Record, cfg: PairConfig) -> tuple[Pair | None, str | None]
         completion_rejected=worst.completion.id,
         confidence=confidence,
         decided_by=decided_by,
+        agreement=agreement,
     )
     return pair, None
 

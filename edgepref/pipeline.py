@@ -13,6 +13,7 @@ run.json (config and summary), cache/ (resume data).
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -25,9 +26,12 @@ from .evolve import continuation, evolve
 from .inputs import InputBatch
 from .compare import self_preference_notice
 from .judge import judge, panel_agreement, verify
-from .pair import pair_records, shortlist, uncertain
+from .calibration import read_calibration
+from .cascade import Chain, build_chain, default_groups, settle
+from .pair import pair_records, shortlist
 from .records import Record
-from .hosting import ModelHost, model_identity, strongest_available_model
+from .modelfiles import availability
+from .hosting import ModelHost, model_identity, read_path, strongest_available_model
 from .store import CachedBackend, write_jsonl_atomic
 from .summary import RunSummary, summarize
 
@@ -90,6 +94,29 @@ class Runner:
             for m in cfg.judge.models
         ]
 
+    @cached_property
+    def chain(self) -> Chain:
+        """The verdict chain: `judge.cascade` if set; with the default judge, the calibration's
+        chain of judges that are here (the embedded 0.5B, then the 1.5B when installed); else
+        the judges as one panel. `escalate_to` goes last."""
+        j, p = self.cfg.judge, self.cfg.pair
+        if j.cascade:
+            groups = [(m,) for m in j.cascade]
+        elif j.models == ["auto"] and p.min_confidence is None:
+            groups = default_groups(read_calibration(p.calibration), self._here) or [tuple(self.judges)]
+        else:
+            groups = [tuple(self.judges)]
+        if j.escalate_to and (j.escalate_to,) not in groups:
+            groups.append((j.escalate_to,))
+        return build_chain(groups, min_confidence=p.min_confidence, target=p.target_agreement,
+                           calibration_path=p.calibration, recipe=j.recipe)
+
+    def _here(self, model: str) -> bool:
+        if model in self.host.provided:
+            return True
+        entry = self.host.registry.entries.get(model)
+        return entry is not None and availability(entry).available
+
     # -------------------------------------------------------------- plumbing
 
     @property
@@ -98,10 +125,14 @@ class Runner:
             return self._cache_dir
         return (self.out_dir / "cache") if self.out_dir else Path(self._tmp_cache.name)
 
-    def backend(self, stage: str, model: str, n_ctx: int) -> CachedBackend:
+    def backend(self, stage: str, model: str, n_ctx: int, reads: bool = False) -> CachedBackend:
+        """The cached backend of a stage. A stage of reads (pairwise verdicts) keys its cache by
+        the reads' numerical path too, so verdicts computed another way are never replayed."""
+        identity = model_identity(model, self.host.registry)
+        if reads:
+            identity += "#" + read_path(model, self.cfg, self.host.registry)
         return CachedBackend(
-            stage, model_identity(model, self.host.registry), self.cache_dir / f"{stage}.jsonl",
-            lambda: self._load(stage, model, n_ctx),
+            stage, identity, self.cache_dir / f"{stage}.jsonl", lambda: self._load(stage, model, n_ctx),
         )
 
     def _load(self, stage: str, model: str, n_ctx: int) -> Backend:
@@ -145,11 +176,11 @@ class Runner:
         """Context per slot for judge prompts: they hold several responses."""
         return max(self.cfg.judge.n_ctx, self.cfg.engine.n_ctx)
 
-    def run_stage(self, stage: str, model: str, n_ctx: int, total: int, fn) -> None:
+    def run_stage(self, stage: str, model: str, n_ctx: int, total: int, fn, reads: bool = False) -> None:
         """Run `fn(backend, progress_callback)` as one stage on `model`: cached, timed, reported."""
         self.on_event(Event("stage-start", stage, model, total=total))
         start = time.perf_counter()
-        be = self.backend(stage, model, n_ctx)
+        be = self.backend(stage, model, n_ctx, reads)
         fn(be, self._progress(stage, model))
         self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
         self.cached_requests += be.hits
@@ -229,29 +260,42 @@ class Runner:
         return records
 
     def verify(self, records: list[Record]) -> list[Record]:
-        """The pairwise check of every shortlisted pair, then the escalation of uncertain ones."""
-        shortlists = {}
+        """The pairwise check of every shortlisted pair by the chain of deciders: each decides
+        the pairs it is sure of and passes the rest to the next; a pair no decider is sure of
+        keeps an empty `decided_by` (the pair stage drops it as uncertain)."""
+        pending = {}
         for r in records:
             proposed = shortlist(r, self.cfg.pair)
             if not isinstance(proposed, str):
-                shortlists[r.id] = (proposed[0].completion.id, proposed[1].completion.id)
-        for j in self.judges:
-            self.run_stage(
-                f"verify-{j}", j, self.judge_n_ctx, len(shortlists),
-                lambda be, cb, j=j: verify(records, shortlists, j, be, self.cfg.judge,
-                                           on_result=cb, on_error=self._error),
-            )
-        top = self.cfg.judge.escalate_to
-        margins = {r.id: (r.judge_info.get("verdict") or {}).get("margin") for r in records}
-        doubtful = {i: xy for i, xy in shortlists.items()
-                    if margins[i] is not None and uncertain(margins[i], self.cfg.pair)}
-        if top and doubtful:
-            self.run_stage(
-                f"escalate-{top}", top, self.judge_n_ctx, len(doubtful),
-                lambda be, cb: verify(records, doubtful, top, be, self.cfg.judge, escalated=True,
-                                      on_result=cb, on_error=self._error),
-            )
+                pending[r.id] = (proposed[0].completion.id, proposed[1].completion.id)
+        by_id = {r.id: r for r in records}
+        if pending:
+            for note in (f"verdicts: {self.chain.describe()}", *self.chain.notes):
+                self.on_event(Event("notice", "verify", message=note))
+        for decider in self.chain.active:
+            if not pending:
+                break
+            got = []
+            for m in decider.models:
+                got.append(self._check(records, pending, m))
+            for rid in list(pending):
+                margins = [g.get(rid) for g in got]
+                if None in margins:
+                    continue  # this decider could not judge it: the next one may
+                path = read_path(decider.models[0], self.cfg, self.host.registry)
+                if settle(by_id[rid].judge_info["verdict"], decider, sum(margins) / len(margins), path):
+                    del pending[rid]
         return records
+
+    def _check(self, records: list[Record], shortlists: dict, model: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        self.run_stage(
+            f"verify-{model}", model, self.judge_n_ctx, len(shortlists),
+            lambda be, cb: out.update(verify(records, shortlists, model, be, self.cfg.judge,
+                                             on_result=cb, on_error=self._error)),
+            reads=True,
+        )
+        return out
 
     def pair(self, records: list[Record]):
         return pair_records(records, self.cfg.pair)

@@ -139,6 +139,9 @@ class Pair:
     # the judge(s) whose verdict decided it
     confidence: float | None = None
     decided_by: str = ""
+    # the calibrated agreement with strong labels of the pairs that judge decides (None:
+    # uncalibrated, or decided by ratings)
+    agreement: float | None = None
 
     def to_row(self) -> dict:
         return asdict(self)

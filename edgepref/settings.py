@@ -83,10 +83,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decide", "--decide", "pair.decide", choices=DECIDERS, groups=PAIR,
             help="pairwise: a two-order pairwise verdict decides chosen/rejected (default); "
             "ratings: the UltraFeedback scores alone."),
+    Setting("target_agreement", "--target-agreement", "pair.target_agreement", float, groups=PAIR,
+            help="Agreement with strong labels that decided pairs must reach: picks each chain judge's "
+            "calibrated threshold (default 0.7)."),
+    Setting("calibration", "--calibration", "pair.calibration", metavar="FILE", groups=PAIR,
+            help="Thresholds from `edgepref calibrate` (default: the shipped calibration of the embedded judges)."),
     Setting("min_confidence", "--min-confidence", "pair.min_confidence", float, groups=PAIR,
-            help="Drop a pair as uncertain when its pairwise |margin| is below this."),
+            help="One fixed |margin| threshold for every chain judge instead of calibrated ones "
+            "(no agreement promised)."),
+    Setting("cascade", "--cascade", "judge.cascade", multiple=True, metavar="MODEL",
+            help="The verdict chain, cheapest judge first (repeat; default: the embedded judges installed)."),
     Setting("escalate_to", "--escalate-to", "judge.escalate_to", metavar="MODEL",
-            help="A second judge that decides the uncertain pairs instead of dropping them."),
+            help="A judge added at the end of the verdict chain for the pairs the others were unsure of."),
     Setting("exclude_self", "--exclude-self/--include-self", "judge.exclude_self", bool,
             help="Panel judges skip their own model's completions."),
     Setting("evolutions", "--evolutions", "evolve.num_evolutions", int,

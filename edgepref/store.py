@@ -91,20 +91,30 @@ class JsonlAppender:
         self.close()
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
-    """Write all rows to a temp file and rename it over `path`: readers never see half a file."""
+def _write_atomic(path: Path, chunks: Iterable[str]) -> int:
+    """Write the chunks to a temp file and rename it over `path`: readers never see half a file.
+    Returns the number of chunks."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     n = 0
     with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for chunk in chunks:
+            fh.write(chunk)
             n += 1
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return n
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
+    """All rows, one JSON object a line, written atomically; returns the number of rows."""
+    return _write_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(path, [text])
 
 
 def request_key(stage: str, model_id: str, req: ChatRequest) -> str:

@@ -26,6 +26,14 @@ class RunSummary:
     mean_margin: float | None = None
     mean_confidence: float | None = None  # mean pairwise margin of written pairs (decide = pairwise)
     decided_by: dict = field(default_factory=dict)  # judge(s) -> written pairs they decided
+    # the verdict chain: "judge (|margin| >= t, calibrated agreement a) -> ..."; what it promises
+    # of the written pairs (calibrated chains): target, risk, and the expected agreement (the mean
+    # of each pair's decider's calibrated agreement); coverage: written pairs / checked pairs
+    verdict_chain: str = ""
+    target_agreement: float | None = None
+    risk: float | None = None
+    expected_agreement: float | None = None
+    coverage: float | None = None
     score_histogram: dict = field(default_factory=dict)  # model -> {"1": n, ..., "5": n}
     request_errors: int = 0
     wall_seconds: float = 0.0
@@ -74,6 +82,14 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
         if report.confidences:
             s.mean_confidence = sum(report.confidences) / len(report.confidences)
         s.decided_by = dict(Counter(p.decided_by for p in report.pairs if p.decided_by))
+        if runner.cfg.pair.decide == "pairwise":
+            chain = runner.chain
+            s.verdict_chain, s.target_agreement, s.risk = chain.describe(), chain.target, chain.risk
+            checked = s.pairs + report.dropped.get("uncertain", 0) + report.dropped.get("no_verdict", 0)
+            s.coverage = round(s.pairs / checked, 4) if checked else None
+            calibrated = [p.agreement for p in report.pairs if p.agreement is not None]
+            if calibrated and len(calibrated) == s.pairs:
+                s.expected_agreement = round(sum(calibrated) / len(calibrated), 4)
     s.request_errors = sum(1 for e in runner.errors if e["stage"] != "input")
     s.wall_seconds = time.perf_counter() - runner.started
     s.completion_tokens = runner.completion_tokens

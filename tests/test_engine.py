@@ -9,6 +9,7 @@ import pytest
 
 from edgepref.backend import ChatRequest, Sampling
 from edgepref.engine import Engine
+from edgepref.errors import EngineError
 from edgepref.engine.handles import load_high_level_llama
 from edgepref.grammars import build_rating_grammar, parse_rating_lines
 from edgepref.modelfiles import resolve_model_path
@@ -117,7 +118,8 @@ def test_same_seed_same_text_whatever_the_cache(qwen_engine: Engine) -> None:
 
 
 def test_a_cached_prompt_is_not_decoded_again(qwen_engine: Engine) -> None:
-    req = ChatRequest(user("Name a colour."), Sampling(max_tokens=0), n=3, choices=["Red", "Blue", "Green"])
+    req = ChatRequest(user("Name a colour."), Sampling(max_tokens=1, temperature=0.0), n=3,
+                      choices=["Red", "Blue", "Green"])
     first = qwen_engine.chat([req])[0]
     again = qwen_engine.chat([req])[0]
     # the first call decodes the prompt once and the other two samples copy all of it ...
@@ -125,6 +127,28 @@ def test_a_cached_prompt_is_not_decoded_again(qwen_engine: Engine) -> None:
     # ... the second decodes nothing: all three take the prompt and its logits from the cache
     assert again.cached_prompt_tokens == 3 * again.prompt_tokens
     assert again.choice_probs == first.choice_probs  # bit for bit
+
+
+def test_reads_depend_on_their_prompt_alone(qwen_engine: Engine) -> None:
+    """A read (max_tokens 0: a verdict's label log-odds) gives the same numbers alone, beside
+    other reads, beside generation, after other calls, and as any sample of a request."""
+    reads = [ChatRequest(user(q), Sampling(max_tokens=0), choices=["Yes", "No"])
+             for q in ("Is the sea salty? " + LONG_SYSTEM * 10, "Is fire cold?", "Is two a prime number?")]
+    alone = [qwen_engine.chat([r])[0].choice_logprobs for r in reads]
+    together = [r.choice_logprobs for r in qwen_engine.chat(reads)]
+    gen = ChatRequest(user("Write a haiku about rain."), Sampling(max_tokens=12, seed=3))
+    mixed = qwen_engine.chat([gen, reads[2], gen, reads[0]])
+    assert together == alone
+    assert [mixed[1].choice_logprobs, mixed[3].choice_logprobs] == [alone[2], alone[0]]
+    assert mixed[0].text and mixed[2].text  # the generation ran too
+    samples = qwen_engine.chat([ChatRequest(reads[1].messages, Sampling(max_tokens=0), n=2, choices=["Yes", "No"])])[0]
+    assert samples.choice_logprobs == alone[1] and samples.cached_prompt_tokens == samples.prompt_tokens
+    assert qwen_engine.read_path == "alone-512"
+
+
+def test_read_block_is_checked() -> None:
+    with pytest.raises(EngineError, match="read_block"):
+        Engine(SMOL, n_slots=1, n_ctx=256, read_block=1024)
 
 
 def test_prefixes_are_reused_in_whole_blocks(smol_engine: Engine) -> None:

@@ -162,38 +162,103 @@ def try_command(instruction, file_path, out_dir, limit, quiet, config_file, pres
     display.render_try(result, cfg)
 
 
+def _pairs_options(func):
+    for opt in reversed([
+        click.option("--skip", type=int, default=0, show_default=True, help="Skip the first N pairs."),
+        click.option("--limit", type=int, default=None, help="Use only N pairs (after --skip)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Where requests are cached (default: beside the output); a rerun resumes from it."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path)),
+        models_file_option,
+        click.option("--quiet", "-q", is_flag=True),
+    ]):
+        func = opt(func)
+    return func
+
+
 @cli.command("eval-judge")
 @click.argument("pairs_path", metavar="PAIRS")
 @click.option("--judge", "judges", multiple=True, metavar="MODEL",
               help="Judge model; repeat for a panel (default: the pipeline's judge).")
 @click.option("--recipe", default=None, type=click.Choice(recipe_names()),
               help="Judge recipe (default: the one the pipeline decides chosen/rejected with).")
-@click.option("--limit", type=int, default=None, help="Use only the first N pairs.")
 @click.option("--self-preference", "self_preference_n", type=int, default=SELF_PREFERENCE_N, show_default=True,
               metavar="N", help="Judge the judge's own answers to the first N instructions against the "
               "better response; 0 skips it.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the report here (a .cache dir beside it makes reruns resume).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
-@models_file_option
-@click.option("--quiet", "-q", is_flag=True)
-def eval_judge(pairs_path, judges, recipe, limit, self_preference_n, json_out, config_file, models_file,
-               quiet) -> None:
+              help="Write the report here.")
+@click.option("--verdicts", "verdicts_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one JSONL row per pair: label, each judge's margin, the judge that decided, hit.")
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Thresholds of the verdict chain (a file of `edgepref calibrate`; default: the shipped one).")
+@click.option("--target-agreement", "target", type=float, default=None,
+              help="The calibration's target agreement to evaluate (default: the pipeline's).")
+@click.option("--noise-pairs", type=int, default=0, show_default=True, metavar="N",
+              help="Measure each chain judge's noise floor on the first N pairs (two more numerical "
+              "paths); 0 reports the one its calibration measured.")
+@_pairs_options
+def eval_judge(pairs_path, judges, recipe, self_preference_n, json_out, verdicts_out, calibration, target,
+               noise_pairs, skip, limit, cache_dir, config_file, models_file, quiet) -> None:
     """Measure a judge against labelled pairs: agreement (with a 95% CI), precision at coverage
     (agreement on the most confident 100/80/50%), ties, swap consistency, position and length
-    bias, seconds per pair, and self-preference (how often it prefers its own answer to the
-    better response).
+    bias, seconds per pair, self-preference (how often it prefers its own answer to the better
+    response), and the verdict chain the pipeline decides with: the share of pairs it decides and
+    how often those agree with the labels.
 
     PAIRS has instruction, response_a, response_b and label (a or b) columns.
 
     \b
     Example:
-      edgepref eval-judge judge_pairs.jsonl --json judge_eval.json
+      edgepref eval-judge judge_pairs.jsonl --json judge_eval.json --verdicts verdicts.jsonl
+      edgepref eval-judge judge_pairs.jsonl --skip 114 --calibration my_calibration.json
       edgepref eval-judge judge_pairs.jsonl --recipe rationale-expected --judge smollm2-135m --limit 50
     """
     from ..evaljudge import run_eval
 
-    report = run_eval(pairs_path, judges=list(judges), recipe=recipe, limit=limit, json_out=json_out,
-                      config_file=config_file, models_file=models_file, self_preference_n=self_preference_n,
-                      on_event=None if quiet else display.StageProgress(quiet))
+    report = run_eval(pairs_path, judges=list(judges), recipe=recipe, skip=skip, limit=limit, json_out=json_out,
+                      verdicts_out=verdicts_out, cache_dir=cache_dir, config_file=config_file,
+                      models_file=models_file, calibration=calibration, target=target, noise_pairs=noise_pairs,
+                      self_preference_n=self_preference_n, on_event=None if quiet else display.StageProgress(quiet))
     display.render_eval(report)
+
+
+@cli.command("calibrate")
+@click.argument("pairs_path", metavar="PAIRS")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The calibration file to write (give it to `run --calibration`).")
+@click.option("--target", "targets", type=float, multiple=True, default=(0.7,), show_default=True,
+              help="Agreement with the labels that each judge's decided pairs must reach; repeat for several.")
+@click.option("--risk", type=float, default=0.1, show_default=True,
+              help="Allowed probability that the decided pairs fall short of the target.")
+@click.option("--judge", "chain", multiple=True, metavar="MODEL",
+              help="The chain, cheapest first (repeat; default: the embedded judges that are installed).")
+@click.option("--noise-pairs", type=int, default=24, show_default=True, metavar="N",
+              help="Measure each judge's noise floor on the first N pairs; thresholds stay above it.")
+@_pairs_options
+def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, cache_dir, config_file, models_file,
+              quiet) -> None:
+    """Calibrate the verdict chain on labelled pairs: for each judge, cheapest first, the smallest
+    |margin| threshold whose decided pairs agree with the labels at least TARGET of the time with
+    probability at least 1 - RISK (exact binomial test, fixed-sequence testing over thresholds;
+    each judge on the pairs the ones before it left). The pipeline then writes a pair only when a
+    judge of the chain is that sure.
+
+    PAIRS has instruction, response_a, response_b and label (a or b) columns, like the pairs you
+    will generate (calibrate on your own domain).
+
+    \b
+    Example:
+      edgepref calibrate my_labelled_pairs.jsonl --target 0.75 --out calibration.json
+      edgepref run instructions.jsonl --out out --calibration calibration.json --target-agreement 0.75
+    """
+    import shlex
+    import sys
+
+    from ..evaljudge import run_calibrate
+
+    cal_file = run_calibrate(pairs_path, targets=list(targets), risk=risk, out=out, chain=list(chain), skip=skip,
+                             limit=limit, noise_pairs=noise_pairs, cache_dir=cache_dir, config_file=config_file,
+                             models_file=models_file, on_event=None if quiet else display.StageProgress(quiet),
+                             command="edgepref " + shlex.join(sys.argv[1:]))
+    display.render_calibration(cal_file)
+    display.render_path(str(out))

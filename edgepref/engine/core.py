@@ -27,6 +27,12 @@ Hence the same request with the same seed gives the same text whatever the cache
 as it generates beside the same requests (the same `chat` call contents). Text sampled beside
 different concurrent requests, or on another machine or llama.cpp build, may differ.
 
+Reads (requests that generate nothing and only read the next-token distribution after their
+prompt: a pairwise verdict's label log-odds) go further: they run before the call's generation,
+one at a time, on a KV cache that holds nothing else, each prompt decoded from position 0 in
+blocks of `read_block` tokens (see `_read_alone`). Their numbers depend on the prompt alone, not
+on the call, so a verdict is the same in a fresh run, a resumed run and an eval-judge run.
+
 Knows nothing of instructions, ratings or pairs: messages + sampling + grammar in, text out.
 """
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +71,10 @@ _MIN_SHARED_PREFIX = 16
 # reused up to a multiple of it. Smaller blocks reuse more of a shared prefix and cost one more
 # llama_decode call per block.
 DEFAULT_PROMPT_BLOCK = 32
+
+# Reads are decoded alone in blocks of this many tokens: on 2 CPU cores 512-token blocks decode
+# prompts faster than 32-token ones (README, "Verdicts that do not depend on the call").
+DEFAULT_READ_BLOCK = 512
 
 
 @dataclass
@@ -103,6 +114,8 @@ class Engine:
         check_memory: bool = True,
         flash_attn: bool | None = None,
         prompt_block: int = DEFAULT_PROMPT_BLOCK,
+        read_block: int = DEFAULT_READ_BLOCK,
+        reads_alone: bool = True,
     ):
         from ..modelfiles import resolve_model_path
         from ..registry import load_registry
@@ -116,7 +129,15 @@ class Engine:
                 f"prompt_block must be between 1 and n_batch={n_batch} (got {prompt_block})",
                 "set [engine] prompt_block in the pipeline config to a value in that range",
             )
+        if not 1 <= read_block <= n_batch:
+            raise EngineError(
+                f"read_block must be between 1 and n_batch={n_batch} (got {read_block})",
+                "set [engine] read_block in the pipeline config to a value in that range",
+            )
         self.prompt_block = prompt_block
+        self.read_block = read_block
+        # False: reads are scheduled like any request, beside the others (a noise measurement)
+        self.reads_alone = reads_alone
         if n_gpu_layers is None:
             n_gpu_layers = default_gpu_layers()
         self.n_gpu_layers = n_gpu_layers
@@ -178,6 +199,14 @@ class Engine:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.template.tokens(messages))
 
+    @property
+    def read_path(self) -> str:
+        """The numerical path of reads, as recorded with verdicts: 'alone-512' (each prompt alone
+        in 512-token blocks) or 'batched-32x16' (beside other requests, 32-token blocks, 16 slots)."""
+        if self.reads_alone:
+            return f"alone-{self.read_block}"
+        return f"batched-{self.prompt_block}x{self.n_slots}"
+
     # ------------------------------------------------------------------ the loop
 
     def chat(
@@ -202,6 +231,11 @@ class Engine:
             base_seed = req.sampling.seed if req.sampling.seed is not None else self.seed
             call.enqueue(i, prompt, base_seed, trace, choices)
 
+        if self.reads_alone:
+            reads = [job for job in call.queue if job.request.sampling.max_tokens <= 0]
+            if reads:
+                call.queue = deque(job for job in call.queue if job.request.sampling.max_tokens > 0)
+                self._read_alone(call, reads)
         self._keep_only({tuple(job.prompt) for job in call.queue})
         while call.queue or any(s.job for s in self.slots):
             self._admit(call)
@@ -265,6 +299,46 @@ class Engine:
         slot.canon = min(canon, common)  # generated tokens' KV is never offered to other prompts
         if follow.finish:  # failed on admission (bad grammar)
             self._job_done(call, slot)
+
+    def _read_alone(self, call: Call, jobs: list[Job]) -> None:
+        """Each read on one fixed numerical path: the KV cache is emptied, then every prompt is
+        decoded in sequence 0 alone, from position 0, in blocks of `read_block` tokens (each
+        block one llama_decode), and its choice log-probabilities are read at its last position.
+        A prompt reuses the whole leading blocks it shares with the one before it: they were
+        decoded the same way into the same cells of an otherwise empty cache, so their KV is
+        what a fresh decode computes, and so is the attention window of the blocks after them."""
+        for s in self.slots:
+            self._forget(s)
+        slot, block = self.slots[0], self.read_block
+        last: Job | None = None
+        for job in jobs:
+            call.job_started(job)
+            if last is not None and job.prompt == last.prompt:  # another sample of the same read
+                job.choice_logprobs, job.cached, job.finish = last.choice_logprobs, len(job.prompt), "stop"
+                self.stats.prompt_tokens += len(job.prompt)
+                self.stats.prompt_tokens_cached += len(job.prompt)
+                call.job_finished(job)
+                continue
+            keep = reusable(slot.tokens, len(slot.tokens), -1, job.prompt, block)
+            self.ctx.seq_rm(slot.seq, keep, -1)
+            del slot.tokens[keep:]
+            job.cached = keep
+            self.stats.prompt_tokens += len(job.prompt)
+            self.stats.prompt_tokens_cached += keep
+            while slot.n_past < len(job.prompt):
+                n = min(len(job.prompt) - slot.n_past, block - slot.n_past % block)
+                chunk = job.prompt[slot.n_past : slot.n_past + n]
+                last = slot.n_past + n == len(job.prompt)
+                index = self._decode([(slot, t, last and k == n - 1) for k, t in enumerate(chunk)])
+                if index is None:  # cannot happen: the cache holds this prompt alone, < n_ctx
+                    raise EngineError("the KV cache has no room for one prompt (raise --n-ctx)")
+                slot.tokens.extend(chunk)
+            logits = self.ctx.logits(index[-1], self.model.n_vocab)
+            job.choice_logprobs = choice_logprobs(logits, job.choice_tokens) if job.choice_tokens else None
+            job.finish = "stop"
+            call.job_finished(job)
+            last = job
+        self._forget(slot)
 
     def _keep_only(self, prompts: set[tuple[int, ...]]) -> None:
         """Start a call with a cache that holds nothing but whole prompts of this call's

@@ -1,0 +1,114 @@
+"""Calibrated thresholds (edgepref.calibration) and the verdict chain (edgepref.cascade), on
+hand-built margins whose answer follows from the binomial bound; no model."""
+
+import math
+
+import pytest
+
+from edgepref.calibration import (
+    CalibrationFile,
+    JudgeMargins,
+    binomial_tail,
+    calibrate_chain,
+    candidate_thresholds,
+    fixed_sequence,
+    read_calibration,
+)
+from edgepref.cascade import Decider, build_chain, decide, settle
+from edgepref.errors import ConfigError
+
+
+def test_binomial_tail_is_exact():
+    # P(Bin(3, 0.5) >= 2) = 4/8; P(Bin(10, 0.7) >= 10) = 0.7^10
+    assert binomial_tail(2, 3, 0.5) == pytest.approx(0.5)
+    assert binomial_tail(10, 10, 0.7) == pytest.approx(0.7 ** 10)
+    assert binomial_tail(0, 10, 0.7) == 1.0
+    assert binomial_tail(11, 10, 0.7) == 0.0
+    direct = sum(math.comb(40, i) * 0.7 ** i * 0.3 ** (40 - i) for i in range(33, 41))
+    assert binomial_tail(33, 40, 0.7) == pytest.approx(direct, rel=1e-9)
+
+
+def test_candidates_come_from_margins_alone_and_respect_the_noise_floor():
+    conf = [i / 100 for i in range(1, 101)]  # 100 pairs, confidences 0.01 .. 1.00
+    grid = candidate_thresholds(conf, noise_floor=0.0)
+    # first share with >= 20 pairs is 20%: the 20th most confident pair has 0.81
+    assert grid[0] == pytest.approx(0.81)
+    assert grid == sorted(grid, reverse=True)
+    assert grid[-1] == pytest.approx(0.01)
+    floored = candidate_thresholds(conf, noise_floor=0.5)
+    assert min(floored) >= 0.5 and floored == [t for t in grid if t >= 0.5]
+
+
+def _pairs(n_right_top: int, n_top: int, n_rest_right: int, n_rest: int):
+    """n_top confident pairs (|margin| 1.0 ... ) of which n_right_top right, then n_rest weak ones."""
+    conf = [2.0 - i / 1000 for i in range(n_top)] + [0.5 - i / 1000 for i in range(n_rest)]
+    hits = [i < n_right_top for i in range(n_top)] + [i < n_rest_right for i in range(n_rest)]
+    return conf, hits
+
+
+def test_fixed_sequence_picks_the_threshold_the_bound_implies():
+    # 40 confident pairs, 38 right; then 60 weak ones, the first 30 right. Candidates keep 20, 25,
+    # ..., 100 pairs. Kept 85: 68 right, P(Bin(85, 0.7) >= 68) = 0.03 <= 0.1; kept 90: 68 right,
+    # P(Bin(90, 0.7) >= 68) = 0.16 > 0.1 stops the sequence. So the threshold keeps 85 pairs:
+    # the 45th weak pair's confidence, 0.5 - 44/1000.
+    conf, hits = _pairs(38, 40, 30, 60)
+    assert binomial_tail(68, 85, 0.7) <= 0.1 < binomial_tail(68, 90, 0.7)
+    threshold, tests = fixed_sequence(conf, hits, target=0.7, alpha=0.1)
+    assert threshold == pytest.approx(0.456)
+    assert [t.kept for t in tests] == list(range(20, 95, 5))
+    assert tests[-1].p_value > 0.1 and all(t.p_value <= 0.1 for t in tests[:-1])
+    # a stricter target certifies less
+    strict, _ = fixed_sequence(conf, hits, target=0.8, alpha=0.1)
+    assert strict > threshold
+
+
+def test_fixed_sequence_stops_at_the_first_failure():
+    # the most confident pairs are wrong: nothing can be certified, even if later shares look fine
+    conf = [1.0 - i / 100 for i in range(100)]
+    hits = [i >= 30 for i in range(100)]
+    threshold, tests = fixed_sequence(conf, hits, target=0.7, alpha=0.1)
+    assert threshold is None and len(tests) == 1
+
+
+def test_calibrate_chain_sends_what_the_first_judge_keeps_nowhere_else():
+    labels_a = [True] * 100
+    # judge 1 is right and confident on pairs 0-39, unsure (tiny margins, half right) on the rest
+    m1 = [1.0] * 40 + [0.001 if i % 2 else -0.001 for i in range(60)]
+    # judge 2 is right on everything, confidently
+    m2 = [0.8] * 100
+    cal = calibrate_chain([JudgeMargins("small", "r", "alone-512", m1, 0.01),
+                           JudgeMargins("big", "r", "alone-512", m2, 0.01)], labels_a, 0.7, 0.1)
+    small, big = cal.judges
+    assert small.threshold == 1.0 and small.kept == 40 and small.agreement == 1.0
+    assert big.reached == 60 and big.kept == 60 and big.agreement == 1.0
+    assert cal.coverage == 1.0 and cal.agreement == 1.0
+
+
+def test_calibration_file_round_trip_and_unknown_target(tmp_path):
+    cal = calibrate_chain([JudgeMargins("j", "headings-ab", "alone-512", [1.0] * 30, 0.0)], [True] * 30, 0.7, 0.1)
+    f = CalibrationFile(["j"], "headings-ab", 0.1, [cal], source="hand-built")
+    path = tmp_path / "cal.json"
+    f.write(path)
+    back = read_calibration(path)
+    assert back.at(0.7).judges[0].threshold == cal.judges[0].threshold
+    with pytest.raises(ConfigError, match="edgepref calibrate"):
+        back.at(0.75)
+
+
+def test_chain_decides_with_the_first_sure_judge():
+    chain = build_chain([("j",), ("k",)], min_confidence=0.2, target=0.7, calibration_path=None, recipe="x")
+    assert [d.threshold for d in chain.deciders] == [0.2, 0.2]
+    d, m = decide(chain, {"j": 0.1, "k": -0.3})
+    assert d.name == "k" and m == -0.3
+    assert decide(chain, {"j": 0.1, "k": 0.05}) == (None, None)
+    verdict = {"x": "a", "y": "b", "margins": {}, "margin": None, "decided_by": []}
+    assert not settle(verdict, Decider(("j",), 0.2), 0.1, "alone-512")
+    assert settle(verdict, Decider(("k",), 0.2, 0.8), -0.3, "alone-512")
+    assert verdict["decided_by"] == ["k"] and verdict["agreement"] == 0.8 and verdict["margins"] == {"j": 0.1, "k": -0.3}
+
+
+def test_a_judge_without_a_threshold_is_not_run():
+    chain = build_chain([("j",)], min_confidence=None, target=0.7, calibration_path=None, recipe="no-such-recipe")
+    assert chain.active and chain.notes  # uncalibrated recipe: a fixed threshold and a note
+    skipped = Decider(("j",), None)
+    assert skipped.threshold is None
