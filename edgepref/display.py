@@ -223,7 +223,8 @@ def render_summary(summary) -> None:
         if summary.coverage is not None:
             promise = (f"; expected agreement with strong labels {summary.expected_agreement:.0%} "
                        f"(each judge calibrated for >= {summary.target_agreement:.0%} with probability "
-                       f"{1 - summary.risk:.0%})" if summary.expected_agreement is not None else "; uncalibrated")
+                       f"{1 - summary.risk:.0%})" if summary.expected_agreement is not None
+                       else "; no agreement promised (see --target-agreement)")
             table.add_row("coverage", f"{summary.coverage:.0%} of the checked pairs written{promise}")
     elif summary.mean_margin is not None:
         table.add_row("mean margin", f"{summary.mean_margin:.2f}")
@@ -285,10 +286,18 @@ def render_try(result, cfg) -> None:
             out.print(f"[yellow]dropped[/] {d.get('stage')}: {d.get('reason')} ({d.get('parent_id', '')} {d.get('criterion', '')})")
         verdict = record.judge_info.get("verdict")
         if verdict and verdict.get("margin") is not None:
-            out.print(f"[bold]pairwise check:[/] {verdict['x']} over {verdict['y']} by {verdict['margin']:+.3f} "
-                      f"(decided by {', '.join(verdict['decided_by'])})")
-        rule = (f"pairwise |margin| ≥ {cfg.pair.min_confidence}" if cfg.pair.decide == "pairwise"
-                else f"score margin ≥ {cfg.pair.min_margin}, ranked by {cfg.pair.score}")
+            asked = ", ".join(f"{j} {m:+.3f}" for j, m in verdict["margins"].items())
+            who = ", ".join(verdict["decided_by"]) or "no judge was sure"
+            out.print(f"[bold]pairwise check:[/] margins of {verdict['x']} over {verdict['y']}: {asked} "
+                      f"(decided by {who})")
+        if cfg.pair.decide != "pairwise":
+            rule = f"score margin ≥ {cfg.pair.min_margin}, ranked by {cfg.pair.score}"
+        elif cfg.pair.min_confidence is not None:
+            rule = f"pairwise |margin| ≥ {cfg.pair.min_confidence}"
+        elif cfg.pair.target_agreement is not None:
+            rule = f"a judge of the chain calibrated for {cfg.pair.target_agreement:.0%} agreement was sure"
+        else:
+            rule = "a judge of the chain was surer than its noise floor"
         if pair:
             out.print(f"[bold]pair:[/] {pair.completion_chosen} ({pair.score_chosen:.2f}) over "
                       f"{pair.completion_rejected} ({pair.score_rejected:.2f}); {rule}")

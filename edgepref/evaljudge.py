@@ -36,7 +36,7 @@ from .backend import ChatRequest, Sampling
 from .compare import RECIPES as COMPARE_RECIPES
 from .compare import Verdict, compare, get_recipe
 from .calibration import CalibrationFile, JudgeMargins, calibrate_chain
-from .cascade import Chain, decide
+from .cascade import Chain, decide, group
 from .hosting import read_path
 from .judge import judge
 from .records import Completion, Record, content_key
@@ -410,13 +410,16 @@ def noise_floor(cfg, cache_dir, model: str, pairs: list[JudgePair], recipe: str,
     from .pipeline import Runner
 
     margins = [reference]
-    paths = []
+    paths, seconds = [], {}
     for change in NOISE_PATHS:
         alt = replace(cfg, engine=replace(cfg.engine, **change))
         runner = Runner(alt, None, on_event, cache_dir=cache_dir, backends=backends)
         try:
+            start = time.perf_counter()
             margins.append(chain_margins(runner, [model], pairs, recipe)[model])
             paths.append(read_path(model, alt, runner.host.registry))
+            if not runner.cached_requests:  # timed only when computed, not replayed from the cache
+                seconds[paths[-1]] = round((time.perf_counter() - start) / max(1, len(pairs)), 2)
         finally:
             runner.close()
     spreads = sorted(max(ms) - min(ms) for ms in zip(*margins) if None not in ms)
@@ -427,7 +430,8 @@ def noise_floor(cfg, cache_dir, model: str, pairs: list[JudgePair], recipe: str,
         return round(spreads[min(len(spreads) - 1, math.ceil(f * len(spreads)) - 1)], 4)
 
     return {"pairs": len(spreads), "paths": [reference_path] + paths,
-            "median": q(0.5), "p90": q(0.9), "max": round(spreads[-1], 4), "floor": q(0.9)}
+            "median": q(0.5), "p90": q(0.9), "max": round(spreads[-1], 4), "floor": q(0.9),
+            "seconds_per_pair": seconds}
 
 
 def selective(chain: Chain, margins: dict[str, list[float | None]], pairs: list[JudgePair]) -> tuple[dict, list]:
@@ -510,21 +514,22 @@ def run_calibrate(
     cache_dir = Path(cache_dir) if cache_dir else Path(str(out) + ".cache")
     runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
     try:
-        chain = chain or [m for m in EMBEDDED_CHAIN if runner._here(m)]
-        margins = chain_margins(runner, chain, pairs, recipe)
-        path = {m: read_path(m, cfg, runner.host.registry) for m in chain}
+        chain = chain or [m for m in EMBEDDED_CHAIN if runner.available(m)]
+        models = list(dict.fromkeys(m for name in chain for m in group(name)))
+        margins = chain_margins(runner, models, pairs, recipe)
+        path = {m: read_path(m, cfg, runner.host.registry) for m in models}
     finally:
         runner.close()
     floors = {m: noise_floor(cfg, cache_dir, m, pairs[:noise_pairs], recipe, margins[m][:noise_pairs],
                              path[m], on_event, backends) if noise_pairs > 0 else {"pairs": 0, "floor": 0.0}
-              for m in chain}
+              for m in models}
     labels_a = [p.label == "a" for p in pairs]
     source = f"{pairs_path}, pairs {skip + 1}-{skip + len(pairs)}"
     cal_file = CalibrationFile(chain, recipe, risk, source=source, command=command, noise=floors)
-    for target in targets:
-        jm = [JudgeMargins(m, recipe, path[m], margins[m], floors[m]["floor"]) for m in chain]
-        cal = calibrate_chain(jm, labels_a, target, risk, source)
-        cal_file.calibrations.append(cal)
+    # a panel ("a+b") decides with its judges' mean margin, above the larger of their noise floors
+    deciders = [JudgeMargins(name, recipe, path[group(name)[0]], _mean_margins([margins[m] for m in group(name)]),
+                             max(floors[m]["floor"] for m in group(name))) for name in chain]
+    cal_file.calibrations = [calibrate_chain(deciders, labels_a, t, risk, source) for t in targets]
     cal_file.write(out)
     return cal_file
 

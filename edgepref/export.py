@@ -104,7 +104,7 @@ Type: preference (DPO).
 3. UltraFeedback judging by {', '.join(f'`{j}`' for j in judges)}: aspect `{judge_cfg.get('aspect')}`, mode
    `{judge_cfg.get('mode')}`, both orders: {judge_cfg.get('both_orders')}, probability-weighted scores:
    {judge_cfg.get('expected')}. Answers were constrained by a GBNF grammar, so every rating parsed.
-4. Pairs: {_decision(cfg)}
+4. Pairs: {_decision(cfg, summary)}
 
 ## Counts
 
@@ -119,15 +119,25 @@ Generated offline with llama.cpp by [edgepref](https://pypi.org/project/edgepref
 """
 
 
-def _decision(cfg: dict) -> str:
+def _decision(cfg: dict, summary: dict) -> str:
     pair, judge = cfg.get("pair", {}), cfg.get("judge", {})
     if pair.get("decide", "ratings") == "pairwise":
-        escalation = (f"; uncertain pairs went to `{judge['escalate_to']}`, whose verdict decided them"
-                      if judge.get("escalate_to") else "")
+        if pair.get("min_confidence") is not None:
+            rule = (f"each judge of the chain ({summary.get('verdict_chain') or judge.get('models')}) decided the pairs\n"
+                    f"   whose |margin| reached {pair['min_confidence']} (a fixed threshold, no agreement promised)")
+        elif pair.get("target_agreement") is None:
+            rule = (f"each judge of the chain ({summary.get('verdict_chain')}) decided the pairs whose |margin|\n"
+                    f"   was above its noise floor (no agreement promised)")
+        else:
+            expected = summary.get("expected_agreement")
+            rule = (f"each judge of the chain ({summary.get('verdict_chain')}) decided the pairs above its threshold,\n"
+                    f"   calibrated so that what it decides agrees with strong labels at least "
+                    f"{pair.get('target_agreement')} of the time\n   with probability {1 - (summary.get('risk') or 0):g}"
+                    + (f"; expected agreement of these pairs: {expected}" if expected is not None else ""))
         return (f"the ratings (ranked by `{pair.get('score')}`, strategy `{pair.get('strategy')}`) shortlisted two\n"
                 f"   completions; a pairwise judge (recipe `{judge.get('recipe')}`: both showing orders, log-odds)\n"
-                f"   decided which is chosen, and pairs with |margin| under {pair.get('min_confidence')} were dropped\n"
-                f"   as uncertain{escalation}. `confidence` is that margin, `decided_by` the judge.")
+                f"   decided which is chosen: {rule}; the rest were dropped as uncertain.\n"
+                f"   `confidence` is the margin, `decided_by` the judge, `agreement` its calibrated agreement.")
     return (f"strategy `{pair.get('strategy')}`, ranked by `{pair.get('score')}`, minimum margin "
             f"{pair.get('min_margin')}; ties and small margins were dropped.")
 
@@ -143,8 +153,9 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
         raise EdgeprefError(
             f"{run.source} has no pairs to export",
             "every instruction was dropped (see the summary or records.jsonl); try a lower "
-            "--min-confidence (or --min-margin with --decide ratings), more completions (-n), "
-            "--escalate-to a stronger judge, or a stronger --judge, then `edgepref pair`",
+            "--target-agreement (or --min-margin with --decide ratings), more completions (-n), "
+            "the second embedded judge (pip install 'edgepref[judge]'), --escalate-to a stronger "
+            "judge, then run again",
         )
     to = Path(to)
     to.mkdir(parents=True, exist_ok=True)

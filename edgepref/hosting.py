@@ -36,7 +36,9 @@ class ModelHost:
         self.engine = None
         self.servers: dict[str, Backend] = {}
 
-    def get(self, model: str, n_ctx: int) -> Backend:
+    def get(self, model: str, n_ctx: int, slots: int | None = None) -> Backend:
+        """The backend of `model`, loading it if needed. `slots` (default: the config's) sizes a
+        new engine's KV cache; a stage of reads asks for one, as reads decode one prompt at a time."""
         from .engine import Engine
 
         if model in self.provided:
@@ -54,7 +56,7 @@ class ModelHost:
         e = self.cfg.engine
         path = resolve_model_path(model, self.registry)
         self.engine = Engine(
-            path, n_ctx=n_ctx, n_slots=e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
+            path, n_ctx=n_ctx, n_slots=slots or e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
             seed=self.cfg.seed, prompt_block=e.prompt_block, read_block=e.read_block,
             reads_alone=e.reads_alone,
         )

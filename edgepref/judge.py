@@ -277,7 +277,8 @@ def verify(
     ask = [k for k, m in enumerate(margins) if m is None]
     items = [(todo[k][0].instruction, todo[k][0].completion(todo[k][1]).text, todo[k][0].completion(todo[k][2]).text)
              for k in ask]
-    for k, v in zip(ask, compare(items, [recipe], backend, judge_model, on_result=on_result)[recipe.name]):
+    verdicts = compare(items, [recipe], backend, judge_model, on_result=on_result)[recipe.name] if items else []
+    for k, v in zip(ask, verdicts):
         if v.ok:
             margins[k] = v.margin
         elif on_error:

@@ -53,13 +53,15 @@ class PairConfig:
     score: str = "expected"
     format: str = "standard"
     decide: str = "pairwise"
-    # None (the default): each judge of the verdict chain decides the pairs above its calibrated
-    # threshold for `target_agreement` (edgepref.cascade), and a pair none decided is uncertain.
-    # A number: one fixed |margin| threshold for every judge, with no agreement promised.
+    # None (the default): each judge of the verdict chain decides the pairs above its threshold
+    # (edgepref.cascade), and a pair none decided is uncertain. A number: one fixed |margin|
+    # threshold for every judge, with no agreement promised.
     min_confidence: float | None = None
-    # the agreement with strong labels that the decided pairs must reach, with probability
-    # 1 - risk of the calibration (the shipped one, or `calibration`, a file of `edgepref calibrate`)
-    target_agreement: float = 0.7
+    # None (the default): each judge's threshold is its measured noise floor (no agreement
+    # promised). A number: the agreement with strong labels that each judge's decided pairs must
+    # reach with probability 1 - risk, by the calibration (the shipped one, or `calibration`, a
+    # file of `edgepref calibrate`)
+    target_agreement: float | None = None
     calibration: str | None = None
     seed: int = 0
     system_prompt: str | None = None  # conversational format only
@@ -79,7 +81,7 @@ class PairConfig:
             raise ConfigError(f"pair min_margin must be >= 0, got {self.min_margin}")
         if self.min_confidence is not None and self.min_confidence < 0:
             raise ConfigError(f"pair min_confidence must be >= 0, got {self.min_confidence}")
-        if not 0.0 < self.target_agreement < 1.0:
+        if self.target_agreement is not None and not 0.0 < self.target_agreement < 1.0:
             raise ConfigError(f"pair target_agreement must be between 0 and 1, got {self.target_agreement}")
 
 
@@ -214,7 +216,9 @@ def pick_pair(record: Record, cfg: PairConfig) -> tuple[Pair | None, str | None]
             return None, "uncertain"
         if margin < 0:
             best, worst, margin = worst, best, -margin
-        confidence, decided_by = margin, "+".join(verdict["decided_by"])
+        # a fixed threshold decides with the last margin asked, whoever gave it
+        judges = verdict["decided_by"] if cfg.min_confidence is None else verdict.get("asked") or verdict["decided_by"]
+        confidence, decided_by = margin, "+".join(judges)
         agreement = verdict.get("agreement") if cfg.min_confidence is None else None
     prompt, chosen, rejected = _formatted(
         cfg, record.instruction, best.completion.text, worst.completion.text

@@ -27,12 +27,12 @@ from .inputs import InputBatch
 from .compare import self_preference_notice
 from .judge import judge, panel_agreement, verify
 from .calibration import read_calibration
-from .cascade import Chain, build_chain, default_groups, settle
+from .cascade import Chain, build_chain, check_chain, default_groups, group, settle
 from .pair import pair_records, shortlist
 from .records import Record
 from .modelfiles import availability
 from .hosting import ModelHost, model_identity, read_path, strongest_available_model
-from .store import CachedBackend, write_jsonl_atomic
+from .store import CachedBackend, write_jsonl_atomic, write_text_atomic
 from .summary import RunSummary, summarize
 
 
@@ -96,14 +96,15 @@ class Runner:
 
     @cached_property
     def chain(self) -> Chain:
-        """The verdict chain: `judge.cascade` if set; with the default judge, the calibration's
-        chain of judges that are here (the embedded 0.5B, then the 1.5B when installed); else
-        the judges as one panel. `escalate_to` goes last."""
+        """The verdict chain: `judge.cascade` if set; when the judge is the calibration's first
+        (the default judge), the calibration's chain of judges that are here (the embedded 0.5B,
+        then the 1.5B when installed); else the judges as one panel. `escalate_to` goes last."""
         j, p = self.cfg.judge, self.cfg.pair
+        cal_file = read_calibration(p.calibration) if p.min_confidence is None and not j.cascade else None
         if j.cascade:
-            groups = [(m,) for m in j.cascade]
-        elif j.models == ["auto"] and p.min_confidence is None:
-            groups = default_groups(read_calibration(p.calibration), self._here) or [tuple(self.judges)]
+            groups = [group(m) for m in j.cascade]
+        elif cal_file is not None and self.judges == cal_file.chain[:1]:
+            groups = default_groups(cal_file, self.available)
         else:
             groups = [tuple(self.judges)]
         if j.escalate_to and (j.escalate_to,) not in groups:
@@ -111,7 +112,8 @@ class Runner:
         return build_chain(groups, min_confidence=p.min_confidence, target=p.target_agreement,
                            calibration_path=p.calibration, recipe=j.recipe)
 
-    def _here(self, model: str) -> bool:
+    def available(self, model: str) -> bool:
+        """Whether `model` can run here: a backend was given for it, or its file or server is there."""
         if model in self.host.provided:
             return True
         entry = self.host.registry.entries.get(model)
@@ -132,10 +134,10 @@ class Runner:
         if reads:
             identity += "#" + read_path(model, self.cfg, self.host.registry)
         return CachedBackend(
-            stage, identity, self.cache_dir / f"{stage}.jsonl", lambda: self._load(stage, model, n_ctx),
+            stage, identity, self.cache_dir / f"{stage}.jsonl", lambda: self._load(stage, model, n_ctx, reads),
         )
 
-    def _load(self, stage: str, model: str, n_ctx: int) -> Backend:
+    def _load(self, stage: str, model: str, n_ctx: int, reads: bool = False) -> Backend:
         if model in self.judges:  # load a judge once, with the judge's context, for every stage
             n_ctx = max(n_ctx, self.cfg.judge.n_ctx)
         remote = self.host.registry.remote(model)
@@ -144,7 +146,7 @@ class Runner:
                 self.on_event(Event("notice", stage, model, message=f"{model} runs on {', '.join(remote.endpoints)}"))
         elif self.host.current is None or self.host.current[0] != model:
             self.on_event(Event("notice", stage, model, message=f"loading {model}"))
-        return self.host.get(model, n_ctx)
+        return self.host.get(model, n_ctx, slots=1 if reads and self.cfg.engine.reads_alone else None)
 
     def _count(self, stage: str, result) -> None:
         """Add a fresh result's tokens to its stage: generated, and prompt decoded or reused."""
@@ -242,6 +244,8 @@ class Runner:
         return records
 
     def judge(self, records: list[Record]) -> list[Record]:
+        if self.cfg.pair.decide == "pairwise":
+            check_chain(self.chain)  # before the ratings: a chain that decides nothing is an error
         pool_models = {m.model for m in self.cfg.pool}
         for j in self.judges:
             if j in pool_models and not (self.cfg.judge.exclude_self and len(self.judges) > 1):
@@ -312,6 +316,8 @@ class Runner:
                 f"no usable instructions ({len(batch.problems)} problem rows)",
                 "see errors.jsonl for each row and its reason" if self.out_dir else "check the input",
             )
+        if self.cfg.pair.decide == "pairwise":
+            check_chain(self.chain)  # before any model runs
         try:
             for stage in (self.complete, self.evolve, self.judge):
                 stage(records)
@@ -336,7 +342,7 @@ class Runner:
         import json
 
         run = {"config": asdict(self.cfg), "judges": self.judges, "summary": asdict(summary)}
-        (self.out_dir / "run.json").write_text(json.dumps(run, indent=2, default=str))
+        write_text_atomic(self.out_dir / "run.json", json.dumps(run, indent=2, default=str))
         return summary
 
     def close(self) -> None:

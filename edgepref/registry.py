@@ -6,6 +6,7 @@ into a local file is edgepref.modelfiles'; platform directories are edgepref.pat
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -182,13 +183,15 @@ def read_models_file(path: Path) -> dict[str, ModelEntry]:
     return {name: _parse_entry(name, raw, str(path)) for name, raw in models.items()}
 
 def load_registry(models_file: str | Path | None = None, overrides: dict | None = None) -> Registry:
-    """Package models.toml, then the user's models file, then `models_file`, then `overrides`
-    ({name: {field: value}}, a pipeline config's [models.NAME] tables); later wins, and an
-    override changes only the fields it names."""
+    """Package models.toml, then the user's models file, then $EDGEPREF_MODELS_FILE, then
+    `models_file`, then `overrides` ({name: {field: value}}, a pipeline config's [models.NAME]
+    tables); later wins, and an override changes only the fields it names."""
     entries = read_models_file(PACKAGE_MODELS_FILE)
     user_file = config_dir() / "models.toml"
     if user_file.is_file():
         entries.update(read_models_file(user_file))
+    if os.environ.get("EDGEPREF_MODELS_FILE"):
+        entries.update(read_models_file(Path(os.environ["EDGEPREF_MODELS_FILE"])))
     if models_file is not None:
         entries.update(read_models_file(Path(models_file)))
     for name, raw in (overrides or {}).items():

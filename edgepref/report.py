@@ -150,6 +150,11 @@ def overview(view: RunView, rows: list[dict]) -> dict:
         "recipe": cfg.get("judge", {}).get("recipe"),
         "decide": view.pair_cfg.decide,
         "min_confidence": view.pair_cfg.min_confidence,
+        "verdict_chain": summary.get("verdict_chain"),
+        "expected_agreement": summary.get("expected_agreement"),
+        "target_agreement": summary.get("target_agreement"),
+        "risk": summary.get("risk"),
+        "coverage": summary.get("coverage"),
         "min_margin": view.pair_cfg.min_margin,
         "stages": [{"stage": s, "seconds": sec, "tokens": tokens.get(s),
                     "tokens_per_second": round(tokens[s] / sec, 1) if tokens.get(s) and sec else None}

@@ -154,20 +154,26 @@ def draw_plots(view, rows: list[dict]) -> list[dict]:
     margins_by_id = {rec.id: (rec.judge_info.get("verdict") or {}).get("margin") for rec in view.records}
     verdicts = [(row, margins_by_id[row["id"]]) for row in rows if margins_by_id.get(row["id"]) is not None]
     if verdicts:
-        threshold = view.pair_cfg.min_confidence
+        # a fixed --min-confidence, or each chain judge's calibrated threshold
+        fixed = view.pair_cfg.min_confidence
+        lines = ({f"--min-confidence {fixed:g}": fixed} if fixed is not None else {
+            f"{'+'.join(v['decided_by'])} threshold {v['threshold']:g}": v["threshold"]
+            for v in (rec.judge_info.get("verdict") or {} for rec in view.records) if v.get("decided_by")})
 
         def confidence(ax):
             kept = [abs(v) for r, v in verdicts if r["status"] == "pair"]
             dropped = [abs(v) for r, v in verdicts if r["status"] != "pair"]
-            top = max([abs(v) for _, v in verdicts] + [threshold * 2, 1e-3])
+            top = max([abs(v) for _, v in verdicts] + [2 * t for t in lines.values()] + [1e-3])
             bins = [top * i / 20 for i in range(21)]
             ax.hist([kept, dropped], bins=bins, stacked=True, color=[CHOSEN, "#9e9e9e"], label=["written", "dropped"])
-            ax.axvline(threshold, color=REJECTED, linestyle="--", linewidth=1.2, label=f"--min-confidence {threshold:g}")
+            for label, t in lines.items():
+                ax.axvline(t, color=REJECTED, linestyle="--", linewidth=1.2, label=label)
             ax.set_xlabel("|pairwise margin| (mean log-odds, both orders)")
             ax.set_ylabel("instructions")
             ax.legend(frameon=False)
         add("confidence", "Judge confidence", "The pairwise check's |margin| for each instruction it judged; "
-            "below the dashed line a pair is dropped as uncertain.", confidence)
+            "below a dashed line that judge was not sure (its pair went to the next judge, or was dropped "
+            "as uncertain).", confidence)
 
     agreement = [rec.judge_info.get("panel_agreement") for rec in view.records]
     agreement = [a for a in agreement if a is not None]

@@ -83,10 +83,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decide", "--decide", "pair.decide", choices=DECIDERS, groups=PAIR,
             help="pairwise: a two-order pairwise verdict decides chosen/rejected (default); "
             "ratings: the UltraFeedback scores alone."),
-    Setting("target_agreement", "--target-agreement", "pair.target_agreement", float, groups=PAIR,
-            help="Agreement with strong labels that decided pairs must reach: picks each chain judge's "
-            "calibrated threshold (default 0.7)."),
-    Setting("calibration", "--calibration", "pair.calibration", metavar="FILE", groups=PAIR,
+    Setting("target_agreement", "--target-agreement", "pair.target_agreement", float,
+            help="Agreement with strong labels that each chain judge's decided pairs must reach, by its "
+            "calibrated threshold (default: none; each judge decides above its noise floor)."),
+    Setting("calibration", "--calibration", "pair.calibration", metavar="FILE",
             help="Thresholds from `edgepref calibrate` (default: the shipped calibration of the embedded judges)."),
     Setting("min_confidence", "--min-confidence", "pair.min_confidence", float, groups=PAIR,
             help="One fixed |margin| threshold for every chain judge instead of calibrated ones "

@@ -37,6 +37,7 @@ from pathlib import Path
 from bench_pipeline import DEFAULT_INPUT, QWEN, SMOL, timed_run  # same workload as bench_pipeline
 from bench_pipeline import bench_config as pipeline_config
 from edgepref.config import PipelineConfig
+from edgepref.engine.handles import default_gpu_layers
 from edgepref.engine.serve import ServerProcess, free_port
 from edgepref.inputs import read_instructions
 from edgepref.modelfiles import resolve_model_path
@@ -74,6 +75,8 @@ class LlamaServer:
         cmd = [binary, "-m", str(resolve_model_path(model)), "--alias", model, "--host", "127.0.0.1",
                "--port", str(self.port), "--parallel", str(slots), "-c", str(n_ctx * slots),
                "-t", str(threads), "--no-webui"]
+        if default_gpu_layers():  # a GPU build: every layer on the GPU, as the engine does
+            cmd += ["-ngl", "999"]
         self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:

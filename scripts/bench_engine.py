@@ -9,6 +9,10 @@ per second of wall time). (a) loops `Llama.create_chat_completion` one request a
 distilabel's llama.cpp backend does; (b) hands all requests to `Engine.chat` at once. Each runs in
 its own child process so that peak RSS is measured per path. Prints a table and writes JSON with
 `sequential_tok_s`, `engine_tok_s`, `ratio` and the peak RSS of each.
+
+With --llama-server PATH (llama.cpp's server, built from the same llama.cpp), a third path starts
+it with --parallel N (N = --slots) and sends all requests at once, N in flight, over HTTP; the
+JSON adds `llama_server_tok_s` and `engine_vs_llama_server`.
 """
 
 from __future__ import annotations
@@ -87,6 +91,34 @@ def run_engine(model: str, prompts: list[str], max_tokens: int, n_threads: int, 
     )
 
 
+def run_llama_server(binary: str, model: str, prompts: list[str], max_tokens: int, n_threads: int, slots: int,
+                     out) -> None:
+    import tempfile
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench_backends import LlamaServer
+
+    log = Path(tempfile.mkdtemp(prefix="bench-llama-server-")) / "llama-server.log"
+    server = LlamaServer(binary, model, log, slots, 2048, n_threads)
+
+    def one(prompt: str) -> int:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
+                           "temperature": 0, "max_tokens": max_tokens}).encode()
+        req = urllib.request.Request(f"{server.url}/chat/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read())["usage"]["completion_tokens"]
+
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(slots) as pool:
+            tokens = sum(pool.map(one, prompts))
+        secs = time.perf_counter() - start
+    finally:
+        server.kill()
+    out.put({"tokens": tokens, "seconds": secs, "peak_rss_mb": 0.0})
+
+
 def in_child(target, *args) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -105,6 +137,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=None, help="engine slots (default: --requests, max 32)")
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--llama-server", default=None, metavar="PATH", help="Also time llama.cpp's llama-server.")
     args = ap.parse_args()
 
     n_threads = os.cpu_count() or 1
@@ -136,6 +169,13 @@ def main() -> None:
     print(f"{'sequential':<12}{seq['tokens']:>8}{seq['seconds']:>10.1f}{seq_tps:>9.1f}{seq['peak_rss_mb']:>13.0f}")
     print(f"{'engine':<12}{eng['tokens']:>8}{eng['seconds']:>10.1f}{eng_tps:>9.1f}{eng['peak_rss_mb']:>13.0f}")
     print(f"ratio engine/sequential: {report['ratio']:.2f}x  (slots={slots}, threads={n_threads})")
+    if args.llama_server:
+        ls = in_child(run_llama_server, args.llama_server, args.model, prompts, args.max_tokens, n_threads, slots)
+        ls_tps = ls["tokens"] / ls["seconds"]
+        report.update(llama_server_tokens=ls["tokens"], llama_server_seconds=round(ls["seconds"], 2),
+                      llama_server_tok_s=round(ls_tps, 1), engine_vs_llama_server=round(eng_tps / ls_tps, 2))
+        print(f"{'llama-server':<12}{ls['tokens']:>8}{ls['seconds']:>10.1f}{ls_tps:>9.1f}")
+        print(f"ratio engine/llama-server: {report['engine_vs_llama_server']:.2f}x  (--parallel {slots})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     sys.exit(0)

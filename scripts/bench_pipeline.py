@@ -119,7 +119,7 @@ def bench_config(max_tokens: int) -> PipelineConfig:
     return PipelineConfig(
         pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens)],
         evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens),
-        judge=JudgeConfig(models=[QWEN], mode="rationale"),
+        judge=JudgeConfig(models=[QWEN], mode="rationale"),  # and the default verdict chain after it
     )
 
 
@@ -203,7 +203,12 @@ def main() -> None:
     print(f"edgepref  : {len(ours.pairs)} pairs in {ours_s:.0f} s = {report['pairs_per_min']:.2f} pairs/min"
           f"  (stages: {ours.summary.stage_seconds})")
     if not args.skip_baseline:
-        backends = {m: SequentialBackend(m, n_ctx=4096, n_threads=threads) for m in (QWEN, SMOL)}
+        from edgepref.pipeline import Runner
+
+        probe = Runner(cfg, None)
+        chain = [m for d in probe.chain.active for m in d.models]  # the verdict chain's judges
+        probe.close()
+        backends = {m: SequentialBackend(m, n_ctx=4096, n_threads=threads) for m in dict.fromkeys((QWEN, SMOL, *chain))}
         base_s, base = timed_run(read_instructions(args.input, limit=args.instructions), cfg, backends)
         report.update(
             baseline_seconds=round(base_s, 1),

@@ -58,6 +58,7 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 QWEN = "qwen2.5-coder-0.5b"
 SMOL = "smollm2-135m"
+JUDGE15 = "qwen2.5-coder-1.5b"
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +75,19 @@ def smol_engine(session_env: Path):
     from edgepref.engine import Engine
 
     engine = Engine(SMOL, n_slots=8, n_ctx=2048)
+    yield engine
+    engine.close()
+
+@pytest.fixture(scope="session")
+def judge15_engine(session_env: Path):
+    """The verdict chain's second judge, installed by `pip install 'edgepref[judge]'` (CI does)."""
+    from edgepref.engine import Engine
+    from edgepref.modelfiles import availability
+    from edgepref.registry import load_registry
+
+    if not availability(load_registry().get(JUDGE15)).available:
+        pytest.skip(f"{JUDGE15} is not installed: pip install '.[judge]' (the test extra includes it)")
+    engine = Engine(JUDGE15, n_slots=2, n_ctx=2048)
     yield engine
     engine.close()
 

@@ -14,7 +14,7 @@ from edgepref.calibration import (
     fixed_sequence,
     read_calibration,
 )
-from edgepref.cascade import Decider, build_chain, decide, settle
+from edgepref.cascade import Decider, build_chain, check_chain, decide, settle
 from edgepref.errors import ConfigError
 
 
@@ -107,8 +107,22 @@ def test_chain_decides_with_the_first_sure_judge():
     assert verdict["decided_by"] == ["k"] and verdict["agreement"] == 0.8 and verdict["margins"] == {"j": 0.1, "k": -0.3}
 
 
-def test_a_judge_without_a_threshold_is_not_run():
-    chain = build_chain([("j",)], min_confidence=None, target=0.7, calibration_path=None, recipe="no-such-recipe")
-    assert chain.active and chain.notes  # uncalibrated recipe: a fixed threshold and a note
-    skipped = Decider(("j",), None)
-    assert skipped.threshold is None
+def test_a_chain_that_decides_nothing_says_what_to_do(tmp_path):
+    """The judge keeps nothing at 0.7 on the calibration pairs but does at 0.6: a run at 0.7
+    would drop every pair, so it stops before any model runs and names the way out."""
+    labels = [True] * 60
+    margins = [1.0 - i / 100 for i in range(60)]  # confident and right on 36 of 60, in order
+    hits = [i < 36 or i % 2 == 0 for i in range(60)]
+    jm = JudgeMargins("small", "headings-ab", "alone-512", [m if h else -m for m, h in zip(margins, hits)], 0.0)
+    f = CalibrationFile(["small"], "headings-ab", 0.1,
+                        [calibrate_chain([jm], labels, t, 0.1) for t in (0.6, 0.95)])
+    assert f.at(0.6).judges[0].decides and not f.at(0.95).judges[0].decides
+    path = tmp_path / "cal.json"
+    f.write(path)
+    chain = build_chain([("small",)], min_confidence=None, target=0.95, calibration_path=str(path), recipe="headings-ab")
+    assert not chain.active and chain.reachable == 0.6
+    with pytest.raises(ConfigError, match="every pair would be dropped") as err:
+        check_chain(chain)
+    assert "--target-agreement to 0.6" in err.value.hint and "edgepref[judge]" in err.value.hint
+    check_chain(build_chain([("small",)], min_confidence=None, target=0.6, calibration_path=str(path),
+                            recipe="headings-ab"))  # decides: no error

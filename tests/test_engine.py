@@ -337,3 +337,34 @@ def test_kv_budget_is_checked_up_front() -> None:
     with pytest.raises(Exception) as info:
         Engine(SMOL, n_slots=4096, n_ctx=8192)
     assert "lower --slots" in str(info.value)
+
+
+def test_model_params_match_llama_cpp_pythons_llama() -> None:
+    """Every field of the engine's llama_model_params against those of a default `Llama` on the
+    same file; each field that may differ says why."""
+    import ctypes
+
+    import llama_cpp as C
+
+    from edgepref.engine.handles import default_gpu_layers, default_use_extra_buffers, model_params
+
+    explained = {
+        # the engine offloads every layer on a GPU build; Llama's default is 0 (equal on a CPU build)
+        "n_gpu_layers": default_gpu_layers() != 0,
+        # the engine turns llama.cpp's extra buffer types off on AMX CPUs (llama.cpp#20824)
+        "use_extra_bufts": not default_use_extra_buffers(),
+    }
+    ours = model_params(default_gpu_layers(), default_use_extra_buffers())
+    llm = C.Llama(str(resolve_model_path(SMOL)), verbose=False, n_ctx=64)
+    try:
+        theirs = llm.model_params
+        assert ours.load_mode == theirs.load_mode == C.LLAMA_LOAD_MODE_MMAP
+        for name, kind in type(ours)._fields_:
+            a, b = getattr(ours, name), getattr(theirs, name)
+            if isinstance(a, (int, float, bool, type(None))) and isinstance(b, (int, float, bool, type(None))):
+                same = a == b
+            else:  # pointers and callbacks: both NULL or both set
+                same = bool(ctypes.cast(a, ctypes.c_void_p).value) == bool(ctypes.cast(b, ctypes.c_void_p).value)
+            assert same or explained.get(name), f"{name}: engine {a!r}, Llama {b!r}"
+    finally:
+        llm.close()

@@ -266,3 +266,17 @@ def test_uncertain_and_missing_verdicts_are_drop_reasons() -> None:
         PairConfig(min_confidence=-0.1)
     with pytest.raises(ConfigError, match="decide"):
         PairConfig(decide="vibes")
+
+
+def test_calibrated_mode_writes_what_a_judge_of_the_chain_decided() -> None:
+    decided = with_verdict(make_record([("a", 5, None), ("b", 1, None)], "sure"), "m0:0", "m1:0", 0.3, by=("big",))
+    decided.judge_info["verdict"]["agreement"] = 0.81
+    undecided = with_verdict(make_record([("a", 5, None), ("b", 1, None)], "unsure"), "m0:0", "m1:0", 0.9, by=())
+    report = pair_records([decided, undecided], PairConfig())
+    assert [p.id for p in report.pairs] == ["sure"] and report.dropped == {"uncertain": 1}
+    assert report.pairs[0].agreement == 0.81 and report.pairs[0].decided_by == "big"
+    # a fixed threshold instead decides on the margin alone, and promises no agreement
+    undecided.judge_info["verdict"]["asked"] = ["big"]
+    fixed = pair_records([decided, undecided], PairConfig(min_confidence=0.5))
+    assert [p.id for p in fixed.pairs] == ["unsure"] and fixed.pairs[0].agreement is None
+    assert fixed.pairs[0].decided_by == "big"

@@ -26,7 +26,8 @@ def small_config(**judge) -> PipelineConfig:
         pool=[PoolMember(QWEN, max_tokens=48), PoolMember(SMOL, max_tokens=48)],
         evolve=EvolveConfig(num_evolutions=1, max_tokens=64),
         judge=JudgeConfig(models=[QWEN], max_rationale_chars=40, **judge),
-        pair=PairConfig(min_margin=1.0),
+        # a fixed threshold of 0: every verdict decides (calibrated chains: test_cascade_*)
+        pair=PairConfig(min_margin=1.0, min_confidence=0.0),
     )
 
 
@@ -136,9 +137,9 @@ def test_uncertain_pairs_are_dropped_and_counted(first_run, engines, tmp_path) -
     run_pipeline(INSTRUCTIONS, out, small_config(), backends=engines)  # leave the module's run as it was
 
 
-def test_escalation_decides_the_uncertain_pairs(engines, tmp_path) -> None:
+def test_escalation_asks_the_next_judge_of_the_chain(engines, tmp_path) -> None:
     """smollm2 judges; every verdict it gives is uncertain (threshold above any margin), so
-    qwen decides each pair and is recorded as the decider."""
+    qwen, the judge it escalates to, is asked about each pair."""
     cfg = small_config()
     cfg.evolve.num_evolutions = 0
     cfg.judge.models, cfg.judge.escalate_to = [SMOL], QWEN
@@ -147,15 +148,65 @@ def test_escalation_decides_the_uncertain_pairs(engines, tmp_path) -> None:
     result = run_pipeline(INSTRUCTIONS[:2], tmp_path, cfg, backends=engines, on_event=events.append)
     for record in result.records:
         verdict = record.judge_info["verdict"]
-        assert verdict["escalated"] and verdict["decided_by"] == [QWEN]
+        assert verdict["asked"] == [QWEN] and verdict["decided_by"] == []
         assert set(verdict["margins"]) == {SMOL, QWEN} and verdict["margin"] == verdict["margins"][QWEN]
     assert result.summary.pairs_dropped == {"uncertain": 2}  # qwen is no surer than 1e6 either
-    assert any(e.stage == f"escalate-{QWEN}" for e in events if e.kind == "stage-start")
+    assert [e.stage for e in events if e.kind == "stage-start" and e.stage.startswith("verify")] == [
+        f"verify-{SMOL}", f"verify-{QWEN}"]
     cfg.pair.min_confidence = 0.0
     from edgepref.pair import pair_records
 
     report = pair_records(result.records, cfg.pair)
     assert report.pairs and all(p.decided_by == QWEN for p in report.pairs)
+
+
+def test_a_resumed_run_writes_the_same_pairs(first_run, engines, tmp_path) -> None:
+    """Interrupted after its first verdict request, a run resumes and computes the other verdicts
+    in a smaller call: the same margins to the last digit, so the same pairs, byte for byte."""
+    import shutil
+
+    out, result, _ = first_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    (resumed / "pairs.jsonl").unlink()
+    cache = resumed / "cache" / f"verify-{QWEN}.jsonl"
+    lines = cache.read_text().splitlines(keepends=True)
+    assert len(lines) > 2
+    cache.write_text(lines[0])
+    again = run_pipeline(INSTRUCTIONS, resumed, small_config(), backends=engines)
+    assert again.summary.completion_tokens == 0 and again.summary.stage_prompt_tokens[f"verify-{QWEN}"]["decoded"] > 0
+    assert [r.judge_info["verdict"] for r in again.records] == [r.judge_info["verdict"] for r in result.records]
+    assert (resumed / "pairs.jsonl").read_text() == (out / "pairs.jsonl").read_text()
+
+
+def test_cascade_sends_unsure_pairs_to_the_next_judge(engines, judge15_engine, tmp_path) -> None:
+    """A calibrated chain: qwen's threshold is above any margin it gives, so the 1.5B decides
+    every pair, and each pair carries that judge and its calibrated agreement."""
+    from edgepref.calibration import Calibration, CalibrationFile, JudgeCalibration
+
+    big = "qwen2.5-coder-1.5b"
+    cal = Calibration(0.7, 0.1, 100, [
+        JudgeCalibration(QWEN, "headings-ab", "alone-512", 0.05, 100.0, 100, 0, None, 0.0),
+        JudgeCalibration(big, "headings-ab", "alone-512", 0.05, 1e-6, 100, 60, 0.8, 0.6),
+    ])
+    path = tmp_path / "cal.json"
+    CalibrationFile([QWEN, big], "headings-ab", 0.1, [cal]).write(path)
+    cfg = small_config()
+    cfg.evolve.num_evolutions = 0
+    cfg.judge.cascade = [QWEN, big]
+    cfg.pair.min_confidence, cfg.pair.calibration, cfg.pair.target_agreement = None, str(path), 0.7
+    backends = {**engines, big: judge15_engine}
+    result = run_pipeline(INSTRUCTIONS[:2], tmp_path / "out", cfg, backends=backends)
+    for record in result.records:
+        verdict = record.judge_info["verdict"]
+        assert set(verdict["margins"]) == {QWEN, big} and verdict["decided_by"] == [big]
+        assert verdict["agreement"] == 0.8 and verdict["read_path"] == "alone-512"
+    assert result.pairs and all(p.decided_by == big and p.agreement == 0.8 for p in result.pairs)
+    s = result.summary
+    assert s.expected_agreement == 0.8 and s.target_agreement == 0.7 and s.coverage == 1.0
+    assert big in s.verdict_chain and "calibrated agreement 80%" in s.verdict_chain
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["summary"]["expected_agreement"] == 0.8
 
 
 def test_rerun_resumes_from_cache_with_identical_output(first_run, engines) -> None:

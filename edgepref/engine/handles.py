@@ -38,7 +38,10 @@ _BACKEND_READY = []
 
 def init_backend() -> None:
     if not _BACKEND_READY:
-        C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        # EDGEPREF_LLAMA_LOG_CALLBACK=0 keeps llama.cpp's own logging (a GPU diagnosis variant,
+        # scripts/gpu_load_variants.py); errors then quote nothing of what llama.cpp said
+        if os.environ.get("EDGEPREF_LLAMA_LOG_CALLBACK", "1") != "0":
+            C.llama_log_set(_log_callback, ctypes.c_void_p(0))
         C.llama_backend_init()
         _BACKEND_READY.append(True)
 
@@ -78,12 +81,34 @@ def default_gpu_layers() -> int:
     return ALL_LAYERS if gpu_offload_supported() else 0
 
 
+# How llama.cpp reads the weights: memory-mapped, as llama-cpp-python's `Llama` does by default
+# (use_mmap=True). llama.cpp's own default is AUTO (-1), which probes every offload device's
+# properties while loading tensors, a branch that only runs when a GPU device exists.
+LOAD_MODES = {"mmap": C.LLAMA_LOAD_MODE_MMAP, "none": C.LLAMA_LOAD_MODE_NONE, "auto": C.LLAMA_LOAD_MODE_AUTO}
+DEFAULT_LOAD_MODE = "mmap"
+
+
+def model_params(n_gpu_layers: int, use_extra_buffers: bool, load_mode: str = DEFAULT_LOAD_MODE):
+    """The engine's llama_model_params: llama.cpp's defaults with every field the engine decides
+    set explicitly (tests/test_engine.py compares them with those of a default `Llama`)."""
+    if load_mode not in LOAD_MODES:
+        raise EngineError(f"unknown load mode {load_mode!r}; choose from {', '.join(LOAD_MODES)}")
+    params = C.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.use_extra_bufts = use_extra_buffers
+    params.load_mode = LOAD_MODES[load_mode]
+    return params
+
+
+def default_load_mode() -> str:
+    """EDGEPREF_LOAD_MODE (mmap, none or auto), else mmap."""
+    return os.environ.get("EDGEPREF_LOAD_MODE", DEFAULT_LOAD_MODE).strip().lower()
+
+
 class LlamaModel:
-    def __init__(self, path: Path, n_gpu_layers: int, use_extra_buffers: bool):
+    def __init__(self, path: Path, n_gpu_layers: int, use_extra_buffers: bool, load_mode: str | None = None):
         init_backend()
-        params = C.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
-        params.use_extra_bufts = use_extra_buffers
+        params = model_params(n_gpu_layers, use_extra_buffers, load_mode or default_load_mode())
         _RECENT_LOG.clear()
         self.ptr = C.llama_model_load_from_file(str(path).encode("utf-8"), params)
         if not self.ptr:
@@ -402,7 +427,6 @@ def load_high_level_llama(path: str | os.PathLike, **kwargs):
         return C.Llama(str(path), verbose=False, **kwargs)
 
 
-# ChatML, for GGUFs that carry no template of their own.
 def available_memory() -> int | None:
     """Bytes of memory free for new allocations (MemAvailable on Linux, else physical memory)."""
     try:
