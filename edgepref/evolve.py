@@ -39,14 +39,17 @@ from .records import Completion, ErrorSink, Record, content_key, normalise_text,
 _LEAKED_HEADING = re.compile(
     r"""^\s*(?:
         \#{1,6}\s*[^\n]*\b(?:response|answer|rewrite|rewritten|version)\b[^\n]*\n   # "# Improved Response"
+      | \*\*\s*(?:improved|rewritten|new|better|revised|enhanced|updated|refined|final)\b[^\n]*
+            \b(?:response|answer|version|instruction)\b[^\n]*\n                       # "**Improved Version of Your Answer:**"
       | \**\s*(?:improved|rewritten|new|better|revised|enhanced|updated|final)\s+
             (?:response|answer|version)\s*\**\s*:?\s*\**\s*(?:\n|(?=\S))            # "Improved Response:"
-      | (?:here\s+is|here's)\s+(?:the|an|my)\s+(?:improved|rewritten|revised|better|new)\s+
+      | (?:here\s+is|here[’']s)\s+(?:the|an|my)\s+(?:improved|rewritten|revised|better|new)\s+
             (?:response|answer|version)[^\n]*:\s*\n?                                  # "Here is the improved response:"
       | (?:(?:sure|certainly|of\s+course|okay|ok)\s*[!,.]\s*)?
-        (?:here\s+is|here's|here\s+are|below\s+is)\s+(?:the|an?|my|your)\b[^\n:]{0,100}?
+        (?:here\s+is|here[’']s|here\s+are|below\s+is)\s+(?:the|an?|my|your)\b[^\n:]{0,100}?
             \b(?:response|answer|version|rewrite|revision)s?\b[^\n:]{0,160}:[ \t]*\n?    # "Here's a new response that ...:"
-      | (?:response|answer)\s*:\s*\n?                                                # "Response:"
+      | (?:the\s+new\s+)?(?:response|answer)\s*(?:is)?\s*:\s*\n?                   # "Response:", "The new answer is:"
+      | (?:-{3,}|\*{3,}|_{3,})[ \t]*\n                                             # a horizontal rule left above
     )""",
     re.IGNORECASE | re.VERBOSE,
 )
@@ -58,14 +61,15 @@ _LEAKED_HEADING = re.compile(
 _TALK = re.compile(
     r"""\b(?:improv|rewr[io]t|revis|enhanc|updat|refin|modif|expand)\w*\b[^.!?\n]{0,40}?
           \b(?:your|my|the|this|previous|original)\s+(?:\w+\s+)?(?:answer|response|version|rewrite)s?\b
-      | \b(?:this|the|here's|here\s+is)\s+(?:an?\s+)?(?:improved|revised|rewritten|updated|enhanced|new|refined|
+      | \b(?:this|the|here[’']s|here\s+is)\s+(?:an?\s+)?(?:improved|revised|rewritten|updated|enhanced|new|refined|
           better|expanded|more\s+\w+)\s+(?:version|answer|response)\b
       | \b(?:happy|glad|delighted)\s+to\s+help\b""",
     re.IGNORECASE | re.VERBOSE,
 )
 # A lead-in sentence: a pleasantry, or talk about the rewrite that ends the line or a colon.
 _LEAD_SENTENCE = re.compile(r"^[^\n]{0,300}?(?:[.!?:](?=\s)|[.!?:]?\s*\n|:\s*$)")
-_PLEASANTRY = re.compile(r"^\s*(?:sure|certainly|of\s+course|absolutely|okay|ok|great|yes)\s*[!,.]\s*", re.IGNORECASE)
+_PLEASANTRY = re.compile(r"^\s*(?:(?:sure|certainly|of\s+course|absolutely|okay|ok|great|yes)\s*[!,.]"
+                         r"|thank\s+you\b[^.!?\n]{0,80}[.!])\s*", re.IGNORECASE)
 
 
 def _sentences(text: str) -> list[str]:
@@ -89,13 +93,18 @@ def strip_leaked_headings(text: str) -> str:
     while previous != text:
         previous = text
         text = _LEAKED_HEADING.sub("", text, count=1).strip()
-        text = _PLEASANTRY.sub("", text, count=1).strip() if _TALK.search(_first_sentence(text)) else text
+        polite = _PLEASANTRY.match(text)  # "Sure!", "Thank you for ...", when talk follows it
+        if polite and _TALK.search(_first_sentence(text[polite.end():]) or _first_sentence(text)):
+            text = text[polite.end():].strip()
         first = _first_sentence(text)
         if first and _TALK.search(first) and first.rstrip().endswith((":", ".", "!")) and len(first) < len(text):
             text = text[len(first):].strip()
     paragraphs = text.split("\n\n")
     if len(paragraphs) > 1 and talk_share(paragraphs[-1]) > 0.5:
         text = "\n\n".join(paragraphs[:-1]).strip()
+    # closing sentences that talk about the rewrite ("This revised version uses ...")
+    while (last := (_sentences(text) or [""])[-1]) and _TALK.search(last) and len(last) < len(text):
+        text = text[: text.rfind(last)].strip()
     return text
 
 

@@ -235,9 +235,37 @@ def test_bradley_terry_orders_by_wins() -> None:
     # not a lead-in: a sentence of the answer that mentions a response, or no colon
     ("Here is the answer you asked for, in short. Paris.", "Here is the answer you asked for, in short. Paris."),
     ("Here are the steps:\n1. Boil water.", "Here are the steps:\n1. Boil water."),
+    # lead-ins of rewrites as follow-up turns, collected from real runs on the dev instructions
+    # (scripts/collect_rewrite_openings.py); the answers after them are ours
+    ("Sure, I'd be happy to help you improve your answer. Here's a version that is more helpful and includes "
+     "all the information you need:\n\n**Improved Answer:**\n\n1. Water it weekly.", "1. Water it weekly."),
+    ("Certainly! Here's an improved version of your answer:\n\n---\n\n**Ingredients:**\n- 2 cloves garlic",
+     "**Ingredients:**\n- 2 cloves garlic"),
+    ("Certainly! Here's a revised version of your answer:\n\n---\n\n**Improved Version of Your Answer:**\n\n"
+     "Detecting a drone takes a radio scanner.", "Detecting a drone takes a radio scanner."),
+    ("**Improved Version: Building a Waitlist**\n\nStart with a landing page.", "Start with a landing page."),
+    ("Thank you for the detailed explanation. Here is the improved version of your answer:\nCan we meet today?",
+     "Can we meet today?"),
+    ("Sure! Here\u2019s an improved version of your answer:\n\nWater it weekly.", "Water it weekly."),
+    ("Here is the revised version of your answer:\n\n**Soup**: a classic dish.", "**Soup**: a classic dish."),
+    ("The new answer is:\nUpload a video of the whole body.", "Upload a video of the whole body."),
+    ("Phones spread in the 2000s. They got cheaper.\nThis revised version uses dates to be more precise.",
+     "Phones spread in the 2000s. They got cheaper."),
+    # a pleasantry before the answer itself stays
+    ("Sure! Paris is the capital.", "Sure! Paris is the capital."),
 ])
 def test_leaked_headings_are_stripped(raw: str, clean: str) -> None:
     assert strip_leaked_headings(raw) == clean
+
+
+def test_a_rewrite_that_is_mostly_talk_is_dropped() -> None:
+    # seen in a real run: the whole rewrite was one sentence about "the new answer"
+    assert drop_reason('The new answer is "The Movie Title".', "The film is Up.")[0] == "talk"
+    talk = "I have improved your answer by adding details. This revised version is clearer. Paris."
+    assert strip_leaked_headings(talk) == "Paris."  # leading talk sentences go, the answer stays
+    assert drop_reason("This revised version of your answer adds two details and improves the answer's tone.",
+                       "Paris.")[0] == "talk"
+    assert drop_reason("Paris is the capital of France, on the Seine.", "Paris.")[0] is None
 
 
 def test_evolve_records_criterion_and_parent(qwen_engine) -> None:
