@@ -123,6 +123,20 @@ def test_a_chain_that_decides_nothing_says_what_to_do(tmp_path):
     assert not chain.active and chain.reachable == 0.6
     with pytest.raises(ConfigError, match="every pair would be dropped") as err:
         check_chain(chain)
-    assert "--target-agreement to 0.6" in err.value.hint and "edgepref[judge]" in err.value.hint
+    assert "--target-agreement to 0.6" in err.value.hint and "leave --target-agreement out" in err.value.hint
     check_chain(build_chain([("small",)], min_confidence=None, target=0.6, calibration_path=str(path),
                             recipe="headings-ab"))  # decides: no error
+
+
+def test_by_default_each_judge_decides_above_its_noise_floor():
+    """No target: each judge's threshold is the noise floor the shipped calibration measured."""
+    shipped = read_calibration(None)
+    chain = build_chain([(m,) for m in shipped.chain], min_confidence=None, target=None, calibration_path=None,
+                        recipe=shipped.recipe)
+    assert [d.threshold for d in chain.deciders] == [shipped.noise[m]["floor"] for m in shipped.chain]
+    assert all(d.threshold > 0.05 for d in chain.deciders) and chain.target is None
+    assert "its noise floor" in chain.describe()
+    # a judge the calibration never measured gets the fixed fallback, said in a note
+    other = build_chain([("someone-else",)], min_confidence=None, target=None, calibration_path=None,
+                        recipe=shipped.recipe)
+    assert other.deciders[0].threshold == 0.1 and other.notes
