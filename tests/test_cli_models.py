@@ -93,7 +93,7 @@ def test_unknown_model_is_a_clean_error() -> None:
     result = run("models", "path", "qwen2.5-coder")
     assert_clean_error(result)
     assert "unknown model 'qwen2.5-coder'" in result.stderr
-    assert "hint: did you mean qwen2.5-coder-0.5b" in result.stderr
+    assert "hint: did you mean " in result.stderr and "qwen2.5-coder-0.5b" in result.stderr
 
 
 def test_debug_lets_the_exception_through() -> None:

@@ -230,13 +230,13 @@ def test_pair_command_takes_the_pair_settings_from_the_table(tmp_path) -> None:
             Completion("s:0", f"meh {i}", "smollm2-135m"),
         ], ratings=[Rating("q:0", "j", "overall", 4, 4.0), Rating("s:0", "j", "overall", 2, 2.0)],
             judge_info={"verdict": {"x": "q:0", "y": "s:0", "margin": margin, "margins": {"j": margin},
-                                    "decided_by": ["j"]}})
+                                    "asked": ["j"], "decided_by": ["j"] if abs(margin) > 0.1 else []}})
 
     src = tmp_path / "judged.jsonl"
     write_jsonl_atomic(src, (record(i, m).to_row() for i, m in enumerate((0.5, 0.01, -0.3))))
     out = tmp_path / "pairs.jsonl"
     result = CliRunner().invoke(cli, ["pair", str(src), "--out", str(out)])
-    assert result.exit_code == 0 and "2 pairs; dropped: uncertain 1" in result.output
+    assert result.exit_code == 0 and "2 pairs; dropped: uncertain 1" in result.output  # no judge was sure of r1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["chosen"] for r in rows] == ["A good answer 0.", "meh 2"]  # the verdict decides, not the scores
     result = CliRunner().invoke(cli, ["pair", str(src), "--out", str(out), "--min-confidence", "0",

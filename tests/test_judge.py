@@ -336,13 +336,16 @@ def test_criterion_draw_is_seeded_and_covers_all() -> None:
 
 def test_two_orders_of_a_pair_share_the_instructions_prefix(qwen_engine) -> None:
     instruction = "Summarise the following notes in one sentence. " + " ".join(
-        f"Note {i}: the meeting moved to room {i}." for i in range(12))
+        f"Note {i}: the meeting moved to room {i}." for i in range(60))
     seen = []
-    compare([(instruction, "Meetings moved rooms.", "Room numbers changed often, up to room 11.")],
+    compare([(instruction, "Meetings moved rooms.", "Room numbers changed often, up to room 59.")],
             [RECIPES["headings-ab12"]], qwen_engine, QWEN, on_result=lambda progress, res: seen.append(res))
     assert len(seen) == 4 and all(r.ok for r in seen)
     shared = qwen_engine.count_tokens([{"role": "system", "content": RECIPES["headings-ab12"].system},
                                        {"role": "user", "content": "# Instruction\n" + instruction}])
-    # every question after the first reuses at least the whole blocks of system prompt + instruction
+    # verdicts are reads, decoded one after another in whole read blocks: every question after the
+    # first reuses the whole blocks of system prompt + instruction it shares with the one before
+    block = qwen_engine.read_block
+    assert shared >= block
     reused = sorted(r.cached_prompt_tokens for r in seen)
-    assert reused[0] == 0 and all(n >= (shared // 32 - 1) * 32 for n in reused[1:])
+    assert reused[0] == 0 and all(n >= shared // block * block for n in reused[1:])
