@@ -73,7 +73,7 @@ _MIN_SHARED_PREFIX = 16
 DEFAULT_PROMPT_BLOCK = 32
 
 # Reads are decoded alone in blocks of this many tokens: on 2 CPU cores 512-token blocks decode
-# prompts faster than 32-token ones (README, "Verdicts that do not depend on the call").
+# prompts faster than smaller ones (README, "Labels you can trust": seconds per pair by path).
 DEFAULT_READ_BLOCK = 512
 
 
