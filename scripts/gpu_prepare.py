@@ -13,8 +13,10 @@ Writes, each piece under 64 MiB:
   gpu_carry/wheels/                       pure-Python wheels edgepref needs that a bare Python
                                           may lack (click, rich, jinja2, ...), for `pip --no-index`
 
-The sequence on the device (README, "GPU offload"): call 1 carries src/ and the tiny model and
-builds; call 2 carries the model pieces and runs everything. gpu_carry/ is ignored by git.
+The sequence on the device (README, "GPU offload"), each call under 64 MiB: call 1 carries src/
+(44 MiB), the tiny model and the last SmolLM2 piece, and builds; call 2 carries the wheels and
+two more pieces; call 3 the last piece, then runs everything on SmolLM2 (the tiny model alone
+already gives the load diagnosis). gpu_carry/ is ignored by git.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PIECE = 40 * 2**20
+PIECE = 30 * 2**20
 DROP = ("vendor/llama.cpp/models", "vendor/llama.cpp/docs", "vendor/llama.cpp/media", "vendor/llama.cpp/benches",
         "vendor/llama.cpp/tests", "vendor/llama.cpp/examples", "docs", "examples", "tests", "docker")
 KEEP_BACKENDS = {"ggml-cpu", "ggml-cuda", "ggml-blas"}
@@ -60,6 +62,7 @@ def tiny_gguf(dest: Path, gguf_py: Path) -> None:
     import numpy as np
     import gguf
 
+    dest.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     n_vocab, n_embd, n_ff, n_layer, n_head = 259, 64, 128, 2, 4
     w = gguf.GGUFWriter(str(dest), "llama")
@@ -102,16 +105,16 @@ def tiny_gguf(dest: Path, gguf_py: Path) -> None:
     w.close()
 
 
-def split(path: Path, dest_dir: Path) -> None:
+def split(path: Path, dest_dir: Path, name: str) -> None:
     dest_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         k = 0
         while chunk := fh.read(PIECE):
             digest.update(chunk)
-            (dest_dir / f"{path.name}.part{k:02d}").write_bytes(chunk)
+            (dest_dir / f"{name}.part{k:02d}").write_bytes(chunk)
             k += 1
-    (dest_dir / f"{path.name}.sha256").write_text(f"{digest.hexdigest()}  {path.name}\n")
+    (dest_dir / f"{name}.sha256").write_text(f"{digest.hexdigest()}  {name}\n")
 
 
 def main() -> None:
@@ -133,7 +136,7 @@ def main() -> None:
         tiny_gguf(args.out / "models/tiny-random.gguf", gguf_py)
     from edgepref.modelfiles import resolve_model_path
 
-    split(resolve_model_path("smollm2-135m"), args.out / "models")
+    split(resolve_model_path("smollm2-135m"), args.out / "models", "smollm2-135m.gguf")
     subprocess.run([sys.executable, "-m", "pip", "download", "--only-binary", ":all:", "--no-deps",
                     "-d", str(args.out / "wheels"), *WHEELS], check=True)
     for p in sorted(args.out.rglob("*")):
