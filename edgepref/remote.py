@@ -17,11 +17,13 @@ How requests travel:
     so a rerun resumes with nothing lost and nothing done twice.
   - 401/403 (bad or missing key) and an unknown model id are errors for the whole run, found by
     a preflight GET /models before the first request. Other 4xx answers fail that request only.
-  - Grammars go in the server's own field: `grammar` (llama.cpp) or `structured_outputs`
-    (vLLM). Where a server cannot constrain output (`api = "openai"`), or an answer still does
-    not parse, the request's `validate` hook rejects it and the sample is retried up to
-    `parse_retries` times with a new seed; what still fails is a counted error, never a None.
-  - Choice probabilities come from `logprobs`/`top_logprobs` (see TOP_LOGPROBS): the
+  - What differs between kinds of server (`api` in the model entry) is one `ApiKind` entry in
+    `KINDS`: the extra sampling fields, the grammar's field (`grammar` for llama.cpp,
+    `structured_outputs` for vLLM) and the logprob limit. Where a server cannot constrain
+    output (`api = "openai"`), or an answer still does not parse, the request's `validate` hook
+    rejects it and the sample is retried up to `parse_retries` times with a new seed; what
+    still fails is a counted error, never a None.
+  - Choice probabilities come from `logprobs`/`top_logprobs` (`ApiKind.top_logprobs`): the
     probability of each candidate's text, renormalised over the candidates, as the local
     engine does over their first tokens.
 
@@ -36,20 +38,60 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .backend import ChatRequest, ChatResult, Generation, ProgressCallback, ProgressCounter, renormalised
 from .errors import ConfigError, EdgeprefError, ModelNotFoundError
 from .http_json import AuthError, EndpointsDownError, RequestFailed, Retryable, request_json
 from .logprobs import AnswerError, read_choice
 
-# Alternatives asked for per token. OpenAI and vLLM (by default) allow at most 20; llama.cpp
-# servers take more, and at a score position of a small judge the five digits are not always
-# among the top 20 (a digit outside the list counts as probability 0).
-__all__ = ["AuthError", "EndpointStats", "EndpointsDownError", "ServerBackend", "TOP_LOGPROBS"]
+__all__ = ["API_KINDS", "ApiKind", "AuthError", "EndpointStats", "EndpointsDownError", "KINDS", "ServerBackend"]
 
-TOP_LOGPROBS = {"llama.cpp": 100, "vllm": 20, "openai": 20}
+
+@dataclass(frozen=True)
+class ApiKind:
+    """One kind of OpenAI-compatible server: what its request bodies carry beyond the common
+    OpenAI fields. Adding a kind of server is adding an entry to `KINDS`."""
+
+    name: str  # the model entry's `api`
+    top_logprobs: int  # alternatives asked for per token when logprobs are needed
+    fields: Callable[[ChatRequest], dict]  # its own body fields: sampling knobs, the grammar
+
+
+# Every knob is sent, neutral values too: servers have their own defaults (the llama-cpp-python
+# server's are top_k 40, min_p 0.05 and repeat_penalty 1.1), and the answer must depend on the
+# request alone.
+def _llama_cpp_fields(req: ChatRequest) -> dict:
+    s = req.sampling
+    fields = {"top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repeat_penalty}
+    if req.grammar:
+        fields["grammar"] = req.grammar
+    return fields
+
+
+def _vllm_fields(req: ChatRequest) -> dict:
+    s = req.sampling
+    fields = {"top_k": s.top_k or -1, "min_p": s.min_p, "repetition_penalty": s.repeat_penalty}  # -1: off
+    if req.grammar:
+        fields["structured_outputs"] = {"grammar": req.grammar}
+    return fields
+
+
+def _openai_fields(req: ChatRequest) -> dict:
+    return {}  # no extra knobs and no grammar: the request's `validate` hook checks the format
+
+
+# OpenAI and vLLM (by default) allow at most 20 alternatives per token; llama.cpp servers take
+# more, and at a score position of a small judge the five digits are not always among the top 20
+# (a digit outside the list counts as probability 0).
+KINDS: dict[str, ApiKind] = {kind.name: kind for kind in (
+    ApiKind("llama.cpp", top_logprobs=100, fields=_llama_cpp_fields),
+    ApiKind("vllm", top_logprobs=20, fields=_vllm_fields),
+    ApiKind("openai", top_logprobs=20, fields=_openai_fields),
+)}
+API_KINDS = tuple(KINDS)  # the names a model entry's `api` may take
 
 
 def _read_choice(data: dict, req: ChatRequest, seed: int | None) -> tuple[Generation, int, dict | None]:
@@ -91,6 +133,113 @@ class _Outcome:
     down: tuple[str, str] | None = None  # (endpoint, reason)
 
 
+def _assemble(req: ChatRequest, parts: dict[int, tuple], error: str | None, start: float) -> ChatResult:
+    """A request's result from its samples (sample number -> sample), or its first error."""
+    if error is not None:
+        return ChatResult(req, [], 0, error=error, seconds=time.perf_counter() - start)
+    gens, prompt_tokens, logprobs = [], 0, None
+    for k in sorted(parts):
+        gen, pt, lp = parts[k]
+        gens.append(gen)
+        prompt_tokens = pt
+        logprobs = logprobs if logprobs is not None else lp
+    return ChatResult(req, gens, prompt_tokens, choice_probs=renormalised(logprobs),
+                      seconds=time.perf_counter() - start, choice_logprobs=logprobs)
+
+
+class _Dispatch:
+    """The shared state of one `chat` call: the queue of samples to run, how many are in flight,
+    the endpoints taken out, and the results.
+
+    Worker threads `take` a unit and `report` its outcome, or `hand_back` the unit when their
+    endpoint cannot be reached. The calling thread reads the outcomes (`next_outcome`) and
+    `record`s them, so the caller's progress callback runs on its own thread. `endpoints` are the
+    stats of the endpoints that passed the preflight; an endpoint is down when its `down` is set.
+    """
+
+    def __init__(self, requests: Sequence[ChatRequest], endpoints: dict[str, EndpointStats], start: float):
+        self.requests = requests
+        self.endpoints = endpoints
+        self.start = start
+        self.results: list[ChatResult | None] = [None] * len(requests)
+        self._todo = deque(_Unit(i, k) for i, req in enumerate(requests) for k in range(max(1, req.n)))
+        self.remaining = len(self._todo)  # units whose outcome is not recorded yet
+        self._parts: dict[int, dict[int, tuple]] = {i: {} for i in range(len(requests))}
+        self._errors: dict[int, str] = {}
+        self._in_flight = 0
+        self._stopped = False
+        self._cv = threading.Condition()
+        self._outbox: queue.Queue[_Outcome] = queue.Queue()
+
+    # ------------------------------------------------------------------ worker threads
+
+    def take(self, base: str) -> _Unit | None:
+        """The next unit for a worker on `base`; None when that worker should end: the call is
+        stopped, `base` is down, or nothing is left. While the queue is empty but units are in
+        flight it waits, as one may be handed back."""
+        with self._cv:
+            while not self._todo and self._in_flight and not self._stopped and not self.endpoints[base].down:
+                self._cv.wait(0.2)
+            if self._stopped or self.endpoints[base].down or not self._todo:
+                return None
+            self._in_flight += 1
+            return self._todo.popleft()
+
+    def report(self, outcome: _Outcome) -> None:
+        """A taken unit's answer or failure, for the calling thread."""
+        self._outbox.put(outcome)
+        with self._cv:
+            self._in_flight -= 1
+            self._cv.notify_all()
+
+    def hand_back(self, base: str, unit: _Unit, reason: str) -> None:
+        """`base` cannot be reached: `unit` goes back to the front of the queue for the other
+        endpoints, and `base` is marked down (its first reason kept, and sent to the calling
+        thread as an outcome with `down`)."""
+        with self._cv:
+            if not self.endpoints[base].down:
+                self.endpoints[base].down = reason
+                self._outbox.put(_Outcome(None, down=(base, reason)))
+            self._todo.appendleft(unit)
+            self._in_flight -= 1
+            self._cv.notify_all()
+
+    # ------------------------------------------------------------------ the calling thread
+
+    def next_outcome(self, timeout: float) -> _Outcome | None:
+        """The next outcome a worker sent, or None after `timeout` seconds without one."""
+        try:
+            return self._outbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def up(self) -> list[str]:
+        """The endpoints not down."""
+        with self._cv:
+            return [u for u, st in self.endpoints.items() if not st.down]
+
+    def record(self, outcome: _Outcome) -> ChatResult | None:
+        """Store one unit's answer or error. When that was its request's last sample: the
+        request's result, also kept in `results` at the request's index."""
+        unit = outcome.unit
+        self.remaining -= 1
+        if outcome.error is not None:
+            self._errors.setdefault(unit.index, outcome.error)
+        parts = self._parts[unit.index]
+        parts[unit.k] = outcome.sample
+        req = self.requests[unit.index]
+        if len(parts) < max(1, req.n):
+            return None
+        self.results[unit.index] = _assemble(req, parts, self._errors.get(unit.index), self.start)
+        return self.results[unit.index]
+
+    def stop(self) -> None:
+        """End the call: every worker ends when it next asks for a unit."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+
+
 class ServerBackend:
     """Runs chat requests on one or more OpenAI-compatible endpoints serving the same model."""
 
@@ -115,7 +264,9 @@ class ServerBackend:
         self.endpoints = [u.rstrip("/") for u in endpoints]
         self.served_model = served_model
         self.api_key_env = api_key_env
-        self.api = api
+        if api not in KINDS:
+            raise ConfigError(f"model {name!r} has api = {api!r}", f"use one of {', '.join(API_KINDS)}")
+        self.api = KINDS[api]  # an ApiKind
         self.max_in_flight = max(1, int(max_in_flight))
         self.timeout = timeout
         self.retries = retries
@@ -178,9 +329,12 @@ class ServerBackend:
         self._checked.add(base)
         return True
 
-    # ------------------------------------------------------------------ one sample
+    # ------------------------------------------------------------------ one sample, one HTTP call
 
     def _body(self, req: ChatRequest, seed: int | None, temperature: float) -> dict:
+        """The JSON body of one chat completion: the common OpenAI fields, then the kind's own."""
+        if req.prefill:
+            raise RequestFailed("assistant prefill is not supported on servers")
         s = req.sampling
         body: dict = {
             "messages": req.messages,
@@ -196,27 +350,16 @@ class ServerBackend:
             body["seed"] = seed
         if s.stop:
             body["stop"] = list(s.stop)
-        if self.api in ("llama.cpp", "vllm"):
-            # Every knob is sent, neutral values too: servers have their own defaults (the
-            # llama-cpp-python server's are top_k 40, min_p 0.05 and repeat_penalty 1.1), and
-            # the answer must depend on the request alone.
-            body["top_k"] = s.top_k if self.api == "llama.cpp" else (s.top_k or -1)
-            body["min_p"] = s.min_p
-            body["repeat_penalty" if self.api == "llama.cpp" else "repetition_penalty"] = s.repeat_penalty
-        if req.grammar:
-            if self.api == "llama.cpp":
-                body["grammar"] = req.grammar
-            elif self.api == "vllm":
-                body["structured_outputs"] = {"grammar": req.grammar}
+        body.update(self.api.fields(req))
         if req.choices or req.trace_choices:
             body["logprobs"] = True
-            body["top_logprobs"] = TOP_LOGPROBS[self.api]
-        if req.prefill:
-            raise RequestFailed("assistant prefill is not supported on servers")
+            body["top_logprobs"] = self.api.top_logprobs
         return body
 
-    def _sample(self, base: str, req: ChatRequest, k: int) -> tuple[Generation, int, dict | None]:
-        """One sample on one endpoint, with retries. Raises Retryable(connection) if it is down."""
+    def _request_one(self, base: str, req: ChatRequest, k: int) -> tuple[Generation, int, dict | None]:
+        """Sample `k` of `req` from `base`: one chat completion over HTTP, its call retried as
+        `_with_retries` does and drawn again while `validate` rejects the answer. Raises
+        Retryable(connection) if `base` cannot be reached."""
         stats = self.stats[base]
         s = req.sampling
         seed0 = None if s.seed is None and s.greedy else (s.seed or 0) + k
@@ -253,115 +396,86 @@ class ServerBackend:
     # ------------------------------------------------------------------ Backend protocol
 
     def chat(self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None) -> list[ChatResult]:
-        start = time.perf_counter()
-        results: list[ChatResult | None] = [None] * len(requests)
+        """Run `requests` on the endpoints that pass the preflight; results in request order."""
         if not requests:
             return []
-        for st in self.stats.values():
-            st.down = None  # every call gives every endpoint a new chance
-        live = [u for u in self.endpoints if self._preflight(u)]
+        start = time.perf_counter()
+        live = self._live_endpoints()
         if not live:
             raise self._all_down(0, len(requests))
+        work = _Dispatch(requests, {u: self.stats[u] for u in live}, start)
+        threads = self._start_workers(work)
+        counter = ProgressCounter(len(requests), on_result)
+        try:
+            self._collect(work, threads, counter)
+        finally:
+            work.stop()
+        if work.remaining > 0:
+            raise self._all_down(counter.done, len(requests))
+        return work.results  # type: ignore[return-value]
 
-        units: list[_Unit] = [_Unit(i, k) for i, r in enumerate(requests) for k in range(max(1, r.n))]
-        todo = list(units)
-        parts: dict[int, dict[int, tuple]] = {i: {} for i in range(len(requests))}
-        errors: dict[int, str] = {}
-        outbox: queue.Queue = queue.Queue()
-        cv = threading.Condition()
-        state = {"in_flight": 0, "stop": False}
+    def _live_endpoints(self) -> list[str]:
+        """The endpoints that pass the preflight; every call gives every endpoint a new chance."""
+        for st in self.stats.values():
+            st.down = None
+        return [u for u in self.endpoints if self._preflight(u)]
 
-        def worker(base: str) -> None:
-            while True:
-                with cv:
-                    while not todo and state["in_flight"] > 0 and not state["stop"] and not self.stats[base].down:
-                        cv.wait(0.2)
-                    if state["stop"] or self.stats[base].down or not todo:
-                        return
-                    unit = todo.pop(0)
-                    state["in_flight"] += 1
-                try:
-                    outcome = _Outcome(unit, sample=self._sample(base, requests[unit.index], unit.k))
-                    self.stats[base].ok += 1
-                except Retryable as exc:
-                    if exc.connection:  # the endpoint cannot be reached: hand the sample back
-                        with cv:
-                            if not self.stats[base].down:
-                                self.stats[base].down = str(exc)
-                                outbox.put(_Outcome(None, down=(base, str(exc))))
-                            todo.insert(0, unit)
-                            state["in_flight"] -= 1
-                            cv.notify_all()
-                        return
-                    outcome = _Outcome(unit, error=str(exc))  # 429/5xx after every retry
-                except RequestFailed as exc:
-                    outcome = _Outcome(unit, error=str(exc))
-                except EdgeprefError as exc:  # auth / model id: fatal for the run
-                    outcome = _Outcome(unit, fatal=exc)
-                except Exception as exc:  # a bug or an unexpected answer: fail this request only
-                    outcome = _Outcome(unit, error=f"{type(exc).__name__}: {exc}")
-                outbox.put(outcome)
-                with cv:
-                    state["in_flight"] -= 1
-                    cv.notify_all()
-
+    def _start_workers(self, work: _Dispatch) -> list[threading.Thread]:
+        """`max_in_flight` worker threads for each endpoint of `work`, started."""
         threads = [
-            threading.Thread(target=worker, args=(u,), daemon=True, name=f"edgepref-{u}")
-            for u in live for _ in range(self.max_in_flight)
+            threading.Thread(target=self._worker, args=(work, u), daemon=True, name=f"edgepref-{u}")
+            for u in work.endpoints for _ in range(self.max_in_flight)
         ]
         for t in threads:
             t.start()
-        counter = ProgressCounter(len(requests), on_result)
-        remaining = len(units)
-        fatal: EdgeprefError | None = None
-        try:
-            while remaining > 0:
-                try:
-                    outcome = outbox.get(timeout=0.2)
-                except queue.Empty:
-                    if not any(t.is_alive() for t in threads):
-                        break  # every endpoint is down
-                    continue
-                if outcome.down:
-                    base, reason = outcome.down
-                    left = [u for u in live if not self.stats[u].down]
-                    self.on_notice(f"{self.name}: endpoint {base} is down ({reason}); "
-                                   f"{'moving its requests to ' + ', '.join(left) if left else 'no endpoint left'}")
-                    continue
-                if outcome.fatal:
-                    fatal = outcome.fatal
-                    break
-                remaining -= 1
-                unit = outcome.unit
-                if outcome.error is not None:
-                    errors.setdefault(unit.index, outcome.error)
-                parts[unit.index][unit.k] = outcome.sample
-                req = requests[unit.index]
-                if len(parts[unit.index]) == max(1, req.n):
-                    res = self._assemble(req, parts[unit.index], errors.get(unit.index), start)
-                    results[unit.index] = res
-                    counter.finished(res)
-        finally:
-            with cv:
-                state["stop"] = True
-                cv.notify_all()
-        if fatal is not None:
-            raise fatal
-        if remaining > 0:
-            raise self._all_down(counter.done, len(requests))
-        return results  # type: ignore[return-value]
+        return threads
 
-    def _assemble(self, req: ChatRequest, parts: dict[int, object], error: str | None, start: float) -> ChatResult:
-        if error is not None:
-            return ChatResult(req, [], 0, error=error, seconds=time.perf_counter() - start)
-        gens, prompt_tokens, logprobs = [], 0, None
-        for k in sorted(parts):
-            gen, pt, lp = parts[k]
-            gens.append(gen)
-            prompt_tokens = pt
-            logprobs = logprobs if logprobs is not None else lp
-        return ChatResult(req, gens, prompt_tokens, choice_probs=renormalised(logprobs),
-                          seconds=time.perf_counter() - start, choice_logprobs=logprobs)
+    def _worker(self, work: _Dispatch, base: str) -> None:
+        """One worker thread on `base`: runs units until `work` has none for it. When `base`
+        cannot be reached it hands its unit back and ends."""
+        while (unit := work.take(base)) is not None:
+            try:
+                outcome = self._outcome(base, work.requests[unit.index], unit)
+            except Retryable as exc:  # only a connection failure gets here
+                work.hand_back(base, unit, str(exc))
+                return
+            work.report(outcome)
+
+    def _outcome(self, base: str, req: ChatRequest, unit: _Unit) -> _Outcome:
+        """One unit's answer or failure on `base`. Raises Retryable(connection) if `base` is down."""
+        try:
+            sample = self._request_one(base, req, unit.k)
+        except Retryable as exc:
+            if exc.connection:
+                raise
+            return _Outcome(unit, error=str(exc))  # 429/5xx after every retry
+        except RequestFailed as exc:
+            return _Outcome(unit, error=str(exc))
+        except EdgeprefError as exc:  # auth / model id: fatal for the run
+            return _Outcome(unit, fatal=exc)
+        except Exception as exc:  # a bug or an unexpected answer: fail this request only
+            return _Outcome(unit, error=f"{type(exc).__name__}: {exc}")
+        self.stats[base].ok += 1
+        return _Outcome(unit, sample=sample)
+
+    def _collect(self, work: _Dispatch, threads: list[threading.Thread], counter: ProgressCounter) -> None:
+        """On the calling thread: record outcomes and report finished requests to `counter` until
+        every unit has an outcome or every worker has ended (no endpoint left). A fatal error
+        (bad key, unknown model) is raised."""
+        while work.remaining > 0:
+            outcome = work.next_outcome(timeout=0.2)
+            if outcome is None:
+                if not any(t.is_alive() for t in threads):
+                    return  # every endpoint is down
+            elif outcome.down:
+                base, reason = outcome.down
+                left = work.up()
+                self.on_notice(f"{self.name}: endpoint {base} is down ({reason}); "
+                               f"{'moving its requests to ' + ', '.join(left) if left else 'no endpoint left'}")
+            elif outcome.fatal:
+                raise outcome.fatal
+            elif (result := work.record(outcome)) is not None:
+                counter.finished(result)
 
     def _all_down(self, done: int, total: int) -> EndpointsDownError:
         reasons = "; ".join(f"{u}: {self.stats[u].down}" for u in self.endpoints)
@@ -372,6 +486,3 @@ class ServerBackend:
 
     def endpoint_stats(self) -> list[dict]:
         return [s.as_dict() for s in self.stats.values()]
-
-
-# ---------------------------------------------------------------------- answers

@@ -452,3 +452,121 @@ def test_candidate_log_probabilities_from_top_alternatives() -> None:
     # a candidate outside the list gets the smallest listed log probability, an upper bound
     assert candidate_logprobs(top, ["A", "C"])["C"] == pytest.approx(math.log(0.05))
     assert candidate_logprobs(top, ["X", "Y"]) is None
+
+
+# ---------------------------------------------------------------- the kinds table and the dispatch
+
+
+def test_each_api_kind_sends_its_own_fields() -> None:
+    from edgepref import registry, remote
+
+    assert remote.API_KINDS == registry.API_KINDS  # the registry checks `api` against its own copy
+    req = ChatRequest([{"role": "user", "content": "Pick."}], Sampling(top_k=0, min_p=0.1, repeat_penalty=1.2),
+                      grammar='root ::= "a"')
+    bodies = {api: ServerBackend("m", ["http://x/v1"], api=api)._body(req, 1, 0.5) for api in remote.API_KINDS}
+    assert {k: bodies["llama.cpp"].get(k) for k in ("top_k", "repeat_penalty", "grammar")} == {
+        "top_k": 0, "repeat_penalty": 1.2, "grammar": 'root ::= "a"'}
+    assert {k: bodies["vllm"].get(k) for k in ("top_k", "repetition_penalty", "structured_outputs")} == {
+        "top_k": -1, "repetition_penalty": 1.2, "structured_outputs": {"grammar": 'root ::= "a"'}}
+    assert not {"top_k", "min_p", "grammar", "structured_outputs"} & set(bodies["openai"])
+    choice = ChatRequest([{"role": "user", "content": "Y or N?"}], Sampling(max_tokens=0), choices=("Y", "N"))
+    assert {api: ServerBackend("m", ["http://x/v1"], api=api)._body(choice, None, 0.0)["top_logprobs"]
+            for api in remote.API_KINDS} == {"llama.cpp": 100, "vllm": 20, "openai": 20}
+    with pytest.raises(ConfigError) as info:
+        ServerBackend("m", ["http://x/v1"], api="tgi")
+    assert "llama.cpp, vllm, openai" in info.value.hint
+
+
+def test_dispatch_hands_back_work_of_a_down_endpoint_and_keeps_request_order() -> None:
+    import threading
+    import time
+
+    from edgepref.backend import Generation
+    from edgepref.remote import EndpointStats, _Dispatch, _Outcome, _Unit
+
+    reqs = [ChatRequest([{"role": "user", "content": "a"}], Sampling(), n=2, id=0),
+            ChatRequest([{"role": "user", "content": "b"}], Sampling(), id=1),
+            ChatRequest([{"role": "user", "content": "c"}], Sampling(), id=2)]
+    work = _Dispatch(reqs, {u: EndpointStats(u) for u in "ABC"}, start=0.0)
+    a, b, c = work.take("A"), work.take("B"), work.take("B")
+    assert [(u.index, u.k) for u in (a, b, c)] == [(0, 0), (0, 1), (1, 0)]
+    work.hand_back("B", b, "cannot reach B")
+    work.hand_back("B", c, "a later reason")  # B's second worker: the first reason stays
+    assert work.take("B") is None and work.endpoints["B"].down == "cannot reach B" and work.up() == ["A", "C"]
+    d = _Unit(2, 0)
+    assert [work.take("A") for _ in range(3)] == [c, b, d]  # handed-back units go before the others
+    assert work.next_outcome(0.01).down == ("B", "cannot reach B") and work.next_outcome(0.01) is None
+
+    waiting: list = []
+    worker = threading.Thread(target=lambda: waiting.append(work.take("C")))
+    worker.start()  # the queue is empty but units are in flight: C's worker waits, as one may come back
+    time.sleep(0.05)
+    work.hand_back("A", b, "cannot reach A")
+    worker.join(5)
+    assert waiting == [b]  # ...and it does, from A, now down
+    assert work.take("A") is None and work.next_outcome(0.01).down == ("A", "cannot reach A")
+    assert work.up() == ["C"]
+
+    work.report(_Outcome(c, error="HTTP 400: bad"))
+    work.report(_Outcome(b, sample=(Generation("second", 1, "stop", 2), 5, None)))
+    work.report(_Outcome(a, sample=(Generation("first", 1, "stop", 1), 5, None)))
+    work.report(_Outcome(d, sample=(Generation("third", 1, "stop", None), 5, None)))
+    finished = [work.record(work.next_outcome(0.01)) for _ in range(4)]
+    assert finished[0].request.id == 1 and finished[0].error == "HTTP 400: bad" and finished[1] is None
+    assert [g.text for g in finished[2].generations] == ["first", "second"]  # by sample number
+    assert [r.request.id for r in work.results] == [0, 1, 2] and work.remaining == 0
+
+
+class DroppingServer:
+    """A real HTTP server that lists FlakyServer's model but drops every chat request's connection
+    unanswered, as a server that dies between the preflight and the requests."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                raw = json.dumps({"data": [{"id": "flaky"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.close_connection = True  # no answer at all
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def test_failover_to_the_endpoint_that_answers_and_all_down_without_one() -> None:
+    dropping, working = DroppingServer(), FlakyServer([])
+    notices: list[str] = []
+    try:
+        backend = ServerBackend("flaky", [dropping.url, working.url], retries=1, backoff=0.01, max_in_flight=2,
+                                on_notice=notices.append)
+        done = []
+        results = backend.chat(prompts(6), on_result=lambda progress, result: done.append(progress.done))
+        assert [r.request.id for r in results] == list(range(6)) and all(r.ok for r in results)
+        assert done == list(range(1, 7))
+        stats = {s["url"]: s for s in backend.endpoint_stats()}
+        assert "cannot reach" in stats[dropping.url]["down"] and stats[working.url]["ok"] == 6
+        assert len(notices) == 1 and f"moving its requests to {working.url}" in notices[0]
+
+        alone = ServerBackend("flaky", [dropping.url], retries=0, on_notice=notices.append)
+        with pytest.raises(EndpointsDownError) as info:
+            alone.chat(prompts(3))
+        assert "0 of 3 requests finished" in info.value.message and notices[-1].endswith("no endpoint left")
+    finally:
+        dropping.close()
+        working.close()
