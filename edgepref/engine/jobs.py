@@ -1,7 +1,11 @@
 """What one `Engine.chat` call schedules: a job per sample of each request, the slots (KV cache
-sequences) that run them, and the call's own state (queue, results, progress). The engine
-(edgepref.engine.core) owns llama.cpp and moves jobs through slots; this module holds no
-llama.cpp state of its own.
+sequences) that run them, and the call's own state (queue, results, progress).
+
+Plain Python data only: a `Slot` records what its sequence holds in the KV cache (token ids,
+kept logits as a numpy array) but holds no llama.cpp handle. The engine owns llama.cpp:
+`Engine` (core.py) the model, the context whose cache the slots describe, and the batch;
+its `Batcher` (batching.py) each running job's sampler, opened when the job takes a slot and
+closed when the job leaves it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from typing import Sequence
 import numpy as np
 
 from ..backend import ChatRequest, ChatResult, Generation, ProgressCallback, ProgressCounter, renormalised
-from .handles import LlamaSampler
 
 
 @dataclass
@@ -48,10 +51,12 @@ class Job:
 
 @dataclass
 class Slot:
+    """One sequence of the KV cache, as the engine's bookkeeping: what it holds and which job
+    runs in it. The methods change this record only; the engine changes the cache to match."""
+
     seq: int
     tokens: list[int] = field(default_factory=list)  # what this sequence holds in the KV cache
     job: Job | None = None
-    sampler: LlamaSampler | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_token: int | None = None  # sampled, to be decoded in the next step
     canon: int = 0  # leading tokens whose KV was decoded as prompt blocks (reusable)
@@ -63,6 +68,25 @@ class Slot:
     def n_past(self) -> int:
         return len(self.tokens)
 
+    def hold(self, prompt: list[int], common: int, src: Slot | None) -> None:
+        """The slot's job starts on `prompt`, whose first `common` tokens the slot now holds
+        (taken from `src`'s cache); the rest is pending. When `src` gives the whole prompt, its
+        kept logits come along."""
+        logits = src.logits if src is not None and common == len(prompt) else None
+        self.tokens = prompt[:common]
+        self.canon = common
+        self.pending = prompt[common:]
+        self.logits, self.logits_len = (logits, common) if logits is not None else (None, -1)
+
+    def cut(self, n: int) -> None:
+        """Keep only the first n tokens (and the logits kept after them)."""
+        del self.tokens[n:]
+        self.canon = min(self.canon, n)
+
+    def forget(self) -> None:
+        """The sequence holds nothing."""
+        self.tokens, self.canon, self.logits, self.logits_len = [], 0, None, -1
+
     def release(self) -> Job:
         """Finish the slot's job (its text cut at a stop string) and free the slot; its cached
         tokens stay for reuse."""
@@ -71,33 +95,10 @@ class Slot:
         stop_at = find_stop(job.text, job.request.sampling.stop)
         if stop_at is not None:
             job.text = job.text[:stop_at]
-        if self.sampler:
-            self.sampler.close()
-            self.sampler = None
         self.job = None
         self.pending = []
         self.next_token = None
         return job
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def reusable(tokens: list[int], canon: int, logits_len: int, prompt: list[int], block: int) -> int:
-    """How many tokens of `prompt` a sequence holding `tokens` can give, so that the prompt's KV
-    and first logits are exactly those of a fresh block-wise decode: the whole prompt when the
-    sequence kept the logits after exactly this prompt, else a whole number of blocks, short of
-    the prompt's last block (which must be decoded to produce its logits)."""
-    common = common_prefix(tokens[: max(canon, 0)], prompt)
-    if common == len(prompt) == logits_len:
-        return common
-    last_block_start = (len(prompt) - 1) // block * block
-    return min(common // block * block, last_block_start)
 
 
 class Call:
@@ -124,6 +125,13 @@ class Call:
             job = Job(self.requests[i], i, k, prompt, base_seed + k, trace, choices)
             self.jobs[i].append(job)
             self.queue.append(job)
+
+    def take_reads(self) -> list[Job]:
+        """Take the reads (jobs that generate nothing) out of the queue, in their order."""
+        reads = [job for job in self.queue if job.request.sampling.max_tokens <= 0]
+        if reads:
+            self.queue = deque(job for job in self.queue if job.request.sampling.max_tokens > 0)
+        return reads
 
     def job_started(self, job: Job) -> None:
         job.started = time.perf_counter()
