@@ -57,7 +57,7 @@ class Recipe:
     about: str = ""
 
 
-RECIPES: dict[str, Recipe] = {
+PAIRWISE_RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe("headings-ab", about="markdown headings, strict-judge system prompt, A/B"),
@@ -91,10 +91,10 @@ RECIPES: dict[str, Recipe] = {
 
 
 def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ConfigError(f"unknown judge recipe {name!r}; choose from {', '.join(RECIPES)}",
+    if name not in PAIRWISE_RECIPES:
+        raise ConfigError(f"unknown judge recipe {name!r}; choose from {', '.join(PAIRWISE_RECIPES)}",
                           "edgepref eval-judge --help lists what each recipe does")
-    return RECIPES[name]
+    return PAIRWISE_RECIPES[name]
 
 
 @dataclass

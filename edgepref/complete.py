@@ -20,7 +20,9 @@ import jinja2
 from .backend import Backend, ChatRequest, ChatResult, Sampling
 from .config import PoolMember
 from .errors import ConfigError
-from .records import Completion, ErrorSink, Record, content_key, similarity
+from .evolve import EvolveStage, in_place
+from .records import Completion, ErrorSink, Record, completion_text, content_key, similarity
+from .stage import Stage, StageContext
 
 
 def member_seed(seed: int, member: PoolMember, record_id: str, attempt: int = 0) -> int:
@@ -49,11 +51,6 @@ def _follow_ups(results: list[ChatResult], on_follow_ups) -> None:
     follow_ups = [res.follow_up for res in results if res.follow_up is not None]
     if on_follow_ups is not None and follow_ups:
         on_follow_ups(follow_ups)
-
-
-def completion_text(generated: str) -> str:
-    """The text a pool completion keeps of what its model generated."""
-    return generated.strip()
 
 
 def _completion(member: PoolMember, res: ChatResult, k: int, gen_index: int) -> Completion:
@@ -129,3 +126,54 @@ def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshol
         )
         record.completions[record.completions.index(comp)] = fresh
 
+
+
+class CompleteStage(Stage):
+    """Stage 1: one unit per pool member (the member whose model rewrites next goes last: one
+    model load fewer); each adds that member's completions."""
+
+    kind = "complete"
+    help = """Stage 1 alone: every pool member writes completions.
+
+    INPUT is an instructions file (or records JSONL); writes records JSONL.
+
+    \b
+    Example:
+      edgepref complete instructions.jsonl --out completed.jsonl --pool qwen2.5-coder-0.5b --pool smollm2-135m
+    """
+
+    def __init__(self, member: PoolMember, n_ctx: int):
+        super().__init__(f"complete-{member.name}", member.model, n_ctx)
+        self.member = member
+
+    @classmethod
+    def plan(cls, ctx: StageContext) -> list[Stage]:
+        members = sorted(ctx.cfg.pool, key=lambda m: m.model == ctx.evolve_model)
+        return [cls(m, ctx.cfg.engine.n_ctx) for m in members]
+
+    @classmethod
+    def after(cls, records: list[Record], ctx: StageContext) -> None:
+        """Put members back in pool order inside each record, whatever order they ran in."""
+        order = {m.name: i for i, m in enumerate(ctx.cfg.pool)}
+        for r in records:
+            r.completions.sort(key=lambda c: (c.source != "pool", order.get(c.member, 99), c.id))
+
+    def run(self, records: list[Record], backend: Backend | None, ctx: StageContext, on_result) -> None:
+        cfg = ctx.cfg
+        then = in_place(self.member, cfg.pool, ctx.evolve_model, cfg.evolve, cfg.seed)
+        on_follow_ups = self._into_evolve(ctx) if then is not None else None
+        complete(records, self.member, backend, seed=cfg.seed, similarity_threshold=cfg.similarity_threshold,
+                 on_result=on_result, on_error=ctx.error, then=then, on_follow_ups=on_follow_ups)
+
+    @staticmethod
+    def _into_evolve(ctx: StageContext):
+        """Where rewrites asked as follow-ups go: the evolve stage's request cache and counters."""
+        cache = ctx.cache(EvolveStage.kind, ctx.evolve_model, ctx.cfg.engine.n_ctx)
+        stats = ctx.stats(EvolveStage.kind)
+
+        def on_follow_ups(results) -> None:
+            cache.prefetch(results)
+            for result in results:
+                stats.count(result, continued=True)
+
+        return on_follow_ups

@@ -5,7 +5,7 @@ A config file looks like:
     seed = 0
     [engine]
     n_ctx = 2048
-    slots = 8
+    slots = 16
     [[pool]]
     model = "qwen2.5-coder-0.5b"
     system_prompt = "You are a helpful assistant."
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .pair import PairConfig
+from .prompts import EVOL_CRITERIA
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,8 +38,6 @@ else:  # pragma: no cover
 
 EMBEDDED_POOL = ("qwen2.5-coder-0.5b", "smollm2-135m")
 COURSE_POOL = ("smollm2-1.7b", "qwen2.5-1.5b")
-# the default verdict chain: the embedded 0.5B judge, then the 1.5B (`pip install 'edgepref[judge]'`)
-EMBEDDED_CHAIN = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 JUDGE_MODES = ("rationale", "score-only", "pairwise")
 # which pool completions EvolQuality rewrites: "own", one per instruction, the evolving model's
 # own (else the first pool member's); "all", every one (edgepref.evolve.parents)
@@ -77,9 +76,7 @@ class EvolveConfig:
     # in the slot that holds the conversation (its KV cache is reused); false: in the evolve
     # stage, each a request of its own, decoded as prompt blocks like any other
     in_place: bool = True
-    criteria: list[str] = field(
-        default_factory=lambda: ["helpfulness", "relevance", "deepening", "creativity", "details"]
-    )
+    criteria: list[str] = field(default_factory=lambda: list(EVOL_CRITERIA))
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 40
@@ -97,7 +94,7 @@ class JudgeConfig:
     exclude_self: bool = False  # a panel judge does not rate its own model's completions
     max_rationale_chars: int = 120
     n_ctx: int = 4096
-    # the pairwise recipe (edgepref.compare.RECIPES) that verifies chosen/rejected and drives
+    # the pairwise recipe (edgepref.compare.PAIRWISE_RECIPES) that verifies chosen/rejected and drives
     # pairwise mode; the default measured best on the dev pairs (scripts/eval_judge_recipes.py)
     recipe: str = "headings-ab"
     # a model that decides the pairs this judge (or panel) is uncertain about, instead of

@@ -1,4 +1,4 @@
-"""Everything edgepref draws on a terminal: tables, errors. Imported by cli.py only.
+"""Everything edgepref draws on a terminal: tables, errors. Imported by the cli/ package only.
 
 Functions take library values (ModelEntry, Availability, GgufSummary, EdgeprefError) and
 print them; they decide nothing. A Console is made per call so that output goes to whatever
@@ -165,7 +165,7 @@ class StageProgress:
             if self.live:
                 self.tasks[event.stage] = self.progress.add_task(label, total=event.total or None, rate="")
             elif not self.quiet:
-                self.console.print(f"[{event.stage}] start: {event.model}, {event.total} items", markup=False)
+                self.console.print(f"[{event.stage}] start: {event.model or 'no model'}, {event.total} items", markup=False)
         elif event.kind == "progress":
             if event.tokens_per_second:
                 rate = f"{event.tokens_per_second:.0f} tok/s"

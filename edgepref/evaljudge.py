@@ -10,7 +10,7 @@ Two kinds of recipe:
       rationale / score-only       what the judge writes (see judge.py)
       int | expected               integer scores, or probability-weighted ones
       one-order | both-orders      the verdict of one showing order, or the mean of both
-  pairwise recipes (compare.RECIPES)  two-order log-odds verdicts, as the pipeline's pairwise
+  pairwise recipes (compare.PAIRWISE_RECIPES)  two-order log-odds verdicts, as the pipeline's pairwise
       check decides chosen and rejected; margin = mean log-odds for a over b
 
 Every verdict has a margin (score difference, or log-odds); its size is the confidence, and
@@ -29,13 +29,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from .backend import Backend
-from .config import EMBEDDED_CHAIN, JudgeConfig
+from .config import JudgeConfig
 from .errors import ConfigError, InputError
 from .inputs import iter_jsonl_rows, rows_from_datasets
 from .backend import ChatRequest, Sampling
-from .compare import RECIPES as COMPARE_RECIPES
+from .compare import PAIRWISE_RECIPES
 from .compare import Verdict, compare, get_recipe
-from .calibration import CalibrationFile, JudgeMargins, calibrate_chain
+from .calibration import CalibrationFile, JudgeMargins, calibrate_chain, read_calibration
 from .cascade import Chain, decide, group
 from .hosting import read_path
 from .judge import judge
@@ -56,7 +56,7 @@ SELF_PREFERENCE_N = 40
 
 
 def recipe_names() -> list[str]:
-    return list(RATING_RECIPES) + list(COMPARE_RECIPES)
+    return list(RATING_RECIPES) + list(PAIRWISE_RECIPES)
 
 
 @dataclass
@@ -283,7 +283,7 @@ def rate_pairs(runner, model: str, pairs: list, jcfg: JudgeConfig) -> tuple[list
     returns the rated records and the seconds it took."""
     records = [pair_record(p) for p in pairs]
     start = time.perf_counter()
-    runner.run_stage(f"eval-{jcfg.mode}-{model}", model, runner.judge_n_ctx, len(records),
+    runner.run_requests(f"eval-{jcfg.mode}-{model}", model, runner.judge_n_ctx, len(records),
                      lambda be, cb: judge(records, model, be, jcfg, on_result=cb))
     return records, time.perf_counter() - start
 
@@ -296,7 +296,7 @@ def compare_pairs(runner, model: str, pairs: list, recipes: list) -> tuple[dict[
     stats: dict = {}
     start = time.perf_counter()
     items = [(p.instruction, p.response_a, p.response_b) for p in pairs]
-    runner.run_stage(f"eval-compare-{model}", model, runner.judge_n_ctx, len(items),
+    runner.run_requests(f"eval-compare-{model}", model, runner.judge_n_ctx, len(items),
                      lambda be, cb: out.update(compare(items, recipes, be, model, on_result=cb, stats=stats)),
                      reads=True)
     return out, (time.perf_counter() - start) / max(1, stats.get("prompt_tokens", 0))
@@ -322,7 +322,7 @@ def judge_recipes(runner, recipes: list[str], pairs: list[JudgePair], judges: li
 def judge_recipes_alone(runner, recipes: list[str], pairs: list[JudgePair], model: str,
                         seed: int = 0) -> dict[str, RecipeRun]:
     out: dict[str, RecipeRun] = {}
-    pairwise = [get_recipe(r) for r in recipes if r in COMPARE_RECIPES]
+    pairwise = [get_recipe(r) for r in recipes if r in PAIRWISE_RECIPES]
     if pairwise:
         got, per_token = compare_pairs(runner, model, pairs, pairwise)
         for name, vs in got.items():
@@ -358,7 +358,7 @@ def own_answers(runner, model: str, pairs: list[JudgePair]) -> list[JudgePair]:
     reqs = [ChatRequest([{"role": "user", "content": p.instruction}], Sampling(temperature=0.0, max_tokens=512),
                         id=p.id) for p in pairs]
     results: list = []
-    runner.run_stage(f"eval-own-{model}", model, runner.cfg.engine.n_ctx, len(reqs),
+    runner.run_requests(f"eval-own-{model}", model, runner.cfg.engine.n_ctx, len(reqs),
                      lambda be, cb: results.extend(be.chat(reqs, on_result=cb)))
     return [JudgePair(f"own-{p.id}", p.instruction, res.text.strip(),
                       p.response_a if p.label == "a" else p.response_b, "b", model)
@@ -418,7 +418,7 @@ def noise_floor(cfg, cache_dir, model: str, pairs: list[JudgePair], recipe: str,
             start = time.perf_counter()
             margins.append(chain_margins(runner, [model], pairs, recipe)[model])
             paths.append(read_path(model, alt, runner.host.registry))
-            if not runner.cached_requests:  # timed only when computed, not replayed from the cache
+            if not any(u.cached_requests for u in runner.units.values()):  # timed only when computed, not replayed from the cache
                 seconds[paths[-1]] = round((time.perf_counter() - start) / max(1, len(pairs)), 2)
         finally:
             runner.close()
@@ -514,7 +514,8 @@ def run_calibrate(
     cache_dir = Path(cache_dir) if cache_dir else Path(str(out) + ".cache")
     runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
     try:
-        chain = chain or [m for m in EMBEDDED_CHAIN if runner.available(m)]
+        # default: the chain of the shipped calibration (the embedded judges), those installed
+        chain = chain or [m for m in read_calibration().chain if all(runner.available(j) for j in group(m))]
         models = list(dict.fromkeys(m for name in chain for m in group(name)))
         margins = chain_margins(runner, models, pairs, recipe)
         path = {m: read_path(m, cfg, runner.host.registry) for m in models}

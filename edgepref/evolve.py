@@ -28,10 +28,10 @@ import random
 import re
 
 from .backend import Backend, ChatRequest, Sampling
-from .complete import completion_text
-from .config import EvolveConfig
+from .config import EvolveConfig, PoolMember
 from .prompts import evol_template_name, render_prompt
-from .records import Completion, ErrorSink, Record, content_key, normalise_text, similarity
+from .records import Completion, ErrorSink, Record, completion_text, content_key, normalise_text, similarity
+from .stage import Stage, StageContext
 
 # Small models like to announce their answer: a heading or a lead-in sentence that ends in a
 # colon. These are stripped from the start of a rewrite, so that the judge and the dataset see
@@ -118,14 +118,30 @@ def pick_criterion(cfg: EvolveConfig, seed: int, record_id: str, parent_id: str,
     return rng.choice(list(cfg.criteria))
 
 
-def parents(record: Record, model: str, cfg: EvolveConfig) -> list[Completion]:
-    """The pool completions of `record` that `model` rewrites, by `cfg.pick` and `cfg.members`."""
-    pool = [c for c in record.completions
+def pick_parents(completions: list[Completion], model: str, cfg: EvolveConfig) -> list[Completion]:
+    """The one rule for which completions `model` rewrites: the pool ones of `cfg.members` (all
+    members when None); with `pick` "all" every one, with "own" the first that `model` wrote, or
+    the first of all when it wrote none."""
+    pool = [c for c in completions
             if c.source == "pool" and (cfg.members is None or c.member in cfg.members)]
     if cfg.pick == "all":
         return pool
     own = [c for c in pool if c.model == model]
     return (own or pool)[:1]
+
+
+def parents(record: Record, model: str, cfg: EvolveConfig) -> list[Completion]:
+    """The completions of `record` that `model` rewrites."""
+    return pick_parents(record.completions, model, cfg)
+
+
+def planned_parents(pool: list[PoolMember], model: str, cfg: EvolveConfig) -> set[str]:
+    """Ids of the completions `model` will rewrite when every pool member answers: those whose
+    rewrite can be asked as a follow-up of their completion request (the same rule as `parents`)."""
+    if cfg.num_evolutions < 1:
+        return set()
+    planned = [Completion(f"{m.name}:{k}", "", m.model, member=m.name) for m in pool for k in range(m.n)]
+    return {c.id for c in pick_parents(planned, model, cfg)}
 
 
 def rewrite_request(record: Record, parent: Completion, criterion: str, cfg: EvolveConfig, seed: int) -> ChatRequest:
@@ -145,21 +161,31 @@ def rewrite_request(record: Record, parent: Completion, criterion: str, cfg: Evo
     return ChatRequest(messages, sampling, id=record.id)
 
 
-def continuation(record: Record, member: str, model: str, k: int, evolve_model: str, cfg: EvolveConfig,
-                 seed: int):
-    """For the completion request of pool member `member` (on `model`), sample k: a
-    ChatRequest.then that asks for this stage's first rewrite of the answer, the very request
-    `evolve` would send, or None when that answer is not one this stage rewrites (another model,
-    not picked, evolution off). The parent's text is the one the complete stage keeps."""
-    if cfg.num_evolutions < 1 or model != evolve_model or (cfg.members is not None and member not in cfg.members):
-        return None
-    if cfg.pick == "own" and k != 0:
-        return None
+def continuation(record: Record, member: str, model: str, k: int, cfg: EvolveConfig, seed: int):
+    """For sample k of pool member `member`'s completion request (on `model`): a ChatRequest.then
+    that asks for this stage's first rewrite of the answer, the very request `evolve` would send.
+    The parent's text is the one the complete stage keeps."""
     parent_id = f"{member}:{k}"
 
     def then(text: str) -> ChatRequest:
         parent = Completion(parent_id, completion_text(text), model, member=member)
         return rewrite_request(record, parent, pick_criterion(cfg, seed, record.id, parent_id, 1), cfg, seed)
+
+    return then
+
+
+def in_place(member: PoolMember, pool: list[PoolMember], evolve_model: str, cfg: EvolveConfig, seed: int):
+    """`then(record, k)` for the complete stage of `member`: the rewrite of each answer this stage
+    rewrites, asked in place (the model that wrote it rewrites it, `cfg.in_place`); None when the
+    member has no such answer."""
+    ids = planned_parents(pool, evolve_model, cfg) if cfg.in_place and member.model == evolve_model else set()
+    if not any(i.partition(":")[0] == member.name for i in ids):
+        return None
+
+    def then(record: Record, k: int):
+        if f"{member.name}:{k}" not in ids:
+            return None
+        return continuation(record, member.name, member.model, k, cfg, seed)
 
     return then
 
@@ -225,3 +251,27 @@ def evolve(
             next_frontier.append((record, child, root))
         frontier = next_frontier
     return records
+
+
+class EvolveStage(Stage):
+    """Stage 2: one unit on the evolving model (`[evolve] model`, default the first judge)."""
+
+    kind = "evolve"
+    help = """Stage 2 alone: EvolQuality rewrites of the completions in INPUT (records JSONL).
+
+    \b
+    Example:
+      edgepref evolve completed.jsonl --out evolved.jsonl --evolutions 2
+    """
+
+    @classmethod
+    def plan(cls, ctx: StageContext) -> list[Stage]:
+        if ctx.cfg.evolve.num_evolutions < 1:
+            return []
+        return [cls(cls.kind, ctx.evolve_model, ctx.cfg.engine.n_ctx)]
+
+    def run(self, records: list[Record], backend: Backend | None, ctx: StageContext, on_result) -> None:
+        before = {r.id: len(r.dropped) for r in records}
+        evolve(records, self.model, backend, ctx.cfg.evolve, seed=ctx.cfg.seed,
+               similarity_threshold=ctx.cfg.similarity_threshold, on_result=on_result, on_error=ctx.error)
+        self.stats.dropped.update(d["reason"] for r in records for d in r.dropped[before[r.id]:])

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from .errors import EdgeprefError, InputError
 from .paths import hub_offline
+from .rundir import PAIR_FIELDS, PAIRS, pairs_source
 from .store import read_jsonl
 
-FORMATS = ("jsonl", "parquet", "hf")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf")  # file types of `edgepref export`
 
 
 @dataclass
@@ -26,20 +27,12 @@ class RunOutput:
 
 
 def load_run(path: str | Path) -> RunOutput:
-    path = Path(path)
-    if path.is_dir():
-        pairs_file = path / "pairs.jsonl"
-        if not pairs_file.is_file():
-            raise InputError(f"{path} has no pairs.jsonl", f"run the pipeline first: edgepref run INPUT --out {path}")
-        run_file = path / "run.json"
-    elif path.is_file():
-        pairs_file, run_file = path, path.with_name("run.json")
-    else:
-        raise InputError(f"not found: {path}", "pass an output directory or a pairs.jsonl file")
+    """The pairs of a run directory or a pairs file, with the run's run.json when there is one."""
+    run_dir, pairs_file = pairs_source(path)
     pairs = list(read_jsonl(pairs_file))
-    if pairs and not {"prompt", "chosen", "rejected"} <= set(pairs[0]):
+    if pairs and not PAIR_FIELDS <= set(pairs[0]):
         raise InputError(f"{pairs_file} does not look like pairs (needs prompt, chosen, rejected)")
-    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    run, _ = run_dir.read_run()
     return RunOutput(pairs, run, pairs_file)
 
 
@@ -147,8 +140,8 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
     """Write the pairs in `fmt` under directory `to` with a README.md card; optionally push."""
     import datasets
 
-    if fmt not in FORMATS:
-        raise EdgeprefError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise EdgeprefError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
     if not run.pairs:
         raise EdgeprefError(
             f"{run.source} has no pairs to export",
@@ -162,7 +155,7 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
     ds = datasets.Dataset.from_list(run.pairs)
     written: dict[str, str] = {}
     if fmt == "jsonl":
-        target = to / "pairs.jsonl"
+        target = to / PAIRS
         ds.to_json(str(target), lines=True, force_ascii=False)
     elif fmt == "parquet":
         target = to / "pairs.parquet"

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .errors import EdgeprefError
 
-SCORES = "12345"
+SCORE_DIGITS = "12345"  # the UltraFeedback scores, one token each
 SEPARATOR = " - "
 
 
@@ -50,7 +50,7 @@ def build_rating_grammar(n: int, max_rationale_chars: int = 160) -> str:
     if max_rationale_chars < 1:
         raise ValueError(f"max_rationale_chars must be at least 1, got {max_rationale_chars}")
     rules = _root_and_lines(n, f'score "{SEPARATOR}" rationale "\\n"')
-    rules.append(f"score ::= [{SCORES[0]}-{SCORES[-1]}]")
+    rules.append(f"score ::= [{SCORE_DIGITS[0]}-{SCORE_DIGITS[-1]}]")
     # The bound keeps a rambling small model from spending the whole token budget on one line.
     rest = max_rationale_chars - 1
     tail = f" [^\\n]{{0,{rest}}}" if rest else ""
@@ -62,7 +62,7 @@ def build_score_grammar(n: int) -> str:
     """Exactly `n` lines, each a single digit 1-5 and a newline (the cheap score-only mode)."""
     _check_n(n)
     rules = _root_and_lines(n, 'score "\\n"')
-    rules.append(f"score ::= [{SCORES[0]}-{SCORES[-1]}]")
+    rules.append(f"score ::= [{SCORE_DIGITS[0]}-{SCORE_DIGITS[-1]}]")
     return "\n".join(rules) + "\n"
 
 
@@ -96,7 +96,7 @@ def build_choice_grammar(choices: Sequence[str]) -> str:
 
 def _parse_line(line: str, offset: int, with_rationale: bool, max_chars: int | None) -> RatingLine:
     number = f"line {line!r}"
-    if not line or line[0] not in SCORES:
+    if not line or line[0] not in SCORE_DIGITS:
         raise RatingParseError(f"{number} does not start with a score from 1 to 5")
     score = int(line[0])
     if not with_rationale:

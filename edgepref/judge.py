@@ -12,9 +12,8 @@ exactly that many responses makes every answer parse; the strict parser double-c
 
 Position bias: responses are shown in a seeded shuffled order; `both_orders` judges again in
 the reversed order and averages. A small judge's ratings follow the shown position more than
-the content (see the README's judge table), so they shortlist, and `verify` decides: the
-shortlisted pair of each record gets a two-order pairwise verdict (edgepref.compare), which
-the pair stage uses to pick chosen and rejected or to drop the pair as uncertain. Pairwise
+the content (see the README's judge table), so they shortlist, and the verify stage decides
+(verify.py): the shortlisted pair of each record gets a two-order pairwise verdict. Pairwise
 mode compares every two responses that way and turns the margins into 1..5 scores.
 """
 
@@ -25,19 +24,21 @@ import math
 import random
 
 from .backend import Backend, ChatRequest, ChatResult, Sampling
-from .compare import compare, get_recipe
+from .cascade import check_chain
+from .compare import compare, get_recipe, self_preference_notice
 from .config import JudgeConfig
-from .grammars import RatingParseError, build_rating_grammar, build_score_grammar, parse_rating_lines
+from .grammars import SCORE_DIGITS, RatingParseError, build_rating_grammar, build_score_grammar, parse_rating_lines
 from .prompts import judge_template_name, render_prompt
 from .records import ErrorSink, Rating, Record, content_key
+from .stage import Stage, StageContext
 
-SCORES = ("1", "2", "3", "4", "5")
+SCORE_TOKENS = tuple(SCORE_DIGITS)  # the choices whose probabilities give the expected score
 
 
 def expected_score(dist: dict[str, float]) -> float:
     """Probability-weighted mean over the digits 1..5."""
-    total = sum(dist.get(s, 0.0) for s in SCORES)
-    return sum(int(s) * dist.get(s, 0.0) for s in SCORES) / total
+    total = sum(dist.get(s, 0.0) for s in SCORE_TOKENS)
+    return sum(int(s) * dist.get(s, 0.0) for s in SCORE_TOKENS) / total
 
 
 def shown_orders(record: Record, ids: list[str], cfg: JudgeConfig, seed: int) -> list[list[str]]:
@@ -70,7 +71,7 @@ def _rating_request(record: Record, texts: list[str], cfg: JudgeConfig) -> ChatR
         [{"role": "user", "content": prompt}],
         Sampling(temperature=0.0, max_tokens=max_tokens),
         grammar=grammar,
-        trace_choices=SCORES if cfg.expected else None,
+        trace_choices=SCORE_TOKENS if cfg.expected else None,
         id=record.id,
         validate=_validator(n, with_rationale),
     )
@@ -239,58 +240,6 @@ def _judge_pairwise(records: list[Record], judge_model: str, backend: Backend, c
     return records
 
 
-def _known_margin(record: Record, judge_model: str, x: str, y: str) -> float | None:
-    """This judge's margin of x over y from pairwise mode, if it compared them."""
-    known = record.judge_info.get("margins", {}).get(judge_model, {})
-    if f"{x}>{y}" in known:
-        return known[f"{x}>{y}"]
-    return -known[f"{y}>{x}"] if f"{y}>{x}" in known else None
-
-
-def verify(
-    records: list[Record],
-    shortlists: dict[str, tuple[str, str]],
-    judge_model: str,
-    backend: Backend,
-    cfg: JudgeConfig,
-    *,
-    on_result=None,
-    on_error: ErrorSink | None = None,
-) -> dict[str, float]:
-    """The pairwise check of each record's shortlisted pair (x, y) by one judge: its margin of x
-    over y (> 0: x better) by record id, also kept in record.judge_info["verdict"]["margins"].
-    A verdict on another shortlist is started afresh; a margin this judge already gave (a
-    resumed stage, or pairwise mode) is not asked again. Deciding is the cascade's job."""
-    recipe = get_recipe(cfg.recipe)
-    todo: list[tuple[Record, str, str]] = []
-    margins: list[float | None] = []
-    for record in records:
-        if record.id not in shortlists:
-            continue
-        x, y = shortlists[record.id]
-        verdict = record.judge_info.get("verdict")
-        if not verdict or (verdict["x"], verdict["y"]) != (x, y):
-            record.judge_info["verdict"] = {"x": x, "y": y, "margins": {}, "margin": None, "decided_by": []}
-        todo.append((record, x, y))
-        known = record.judge_info["verdict"]["margins"].get(judge_model)
-        margins.append(known if known is not None else _known_margin(record, judge_model, x, y))
-    ask = [k for k, m in enumerate(margins) if m is None]
-    items = [(todo[k][0].instruction, todo[k][0].completion(todo[k][1]).text, todo[k][0].completion(todo[k][2]).text)
-             for k in ask]
-    verdicts = compare(items, [recipe], backend, judge_model, on_result=on_result)[recipe.name] if items else []
-    for k, v in zip(ask, verdicts):
-        if v.ok:
-            margins[k] = v.margin
-        elif on_error:
-            on_error(todo[k][0], "judge", f"{judge_model} (pairwise check): {v.error}")
-    out = {}
-    for (record, _, _), m in zip(todo, margins):
-        if m is not None:
-            record.judge_info["verdict"]["margins"][judge_model] = round(m, 4)
-            out[record.id] = round(m, 4)
-    return out
-
-
 # ---------------------------------------------------------------- panels
 
 
@@ -312,3 +261,35 @@ def panel_agreement(record: Record) -> float | None:
             agree += 1.0 if da * db > 0 else 0.5 if da == 0 and db == 0 else 0.0
             total += 1
     return agree / total if total else None
+
+
+class JudgeStage(Stage):
+    """Stage 3: one unit per judge; a panel's agreement is added once all have rated."""
+
+    kind = "judge"
+    help = """Stage 3 alone: UltraFeedback ratings for every completion in INPUT (records JSONL),
+    then the verdict chain's pairwise check of each shortlisted pair.
+
+    \b
+    Example:
+      edgepref judge evolved.jsonl --out judged.jsonl --aspect helpfulness
+    """
+
+    @classmethod
+    def plan(cls, ctx: StageContext) -> list[Stage]:
+        if ctx.cfg.pair.decide == "pairwise":
+            check_chain(ctx.chain)  # before the ratings: a chain that decides nothing is an error
+        pool_models = {m.model for m in ctx.cfg.pool}
+        for j in ctx.judges:
+            if j in pool_models and not (ctx.cfg.judge.exclude_self and len(ctx.judges) > 1):
+                ctx.notice(self_preference_notice(j, ctx.cfg.judge.recipe), cls.kind, j)
+        return [cls(f"{cls.kind}-{j}", j, ctx.judge_n_ctx) for j in ctx.judges]
+
+    @classmethod
+    def after(cls, records: list[Record], ctx: StageContext) -> None:
+        if len(ctx.judges) > 1:
+            for r in records:
+                r.judge_info["panel_agreement"] = panel_agreement(r)
+
+    def run(self, records: list[Record], backend: Backend | None, ctx: StageContext, on_result) -> None:
+        judge(records, self.model, backend, ctx.cfg.judge, seed=ctx.cfg.seed, on_result=on_result, on_error=ctx.error)

@@ -1,7 +1,6 @@
 """Combine the output directories of shard runs (`edgepref run ... --shard I/N`) into one.
 
-Each shard wrote records.jsonl, pairs.jsonl, errors.jsonl and run.json for its share of the
-input. The merge keeps every record and pair once (by id: a shard that was run twice, or a
+Each shard wrote a run directory (rundir.py) for its share of the input. The merge keeps every record and pair once (by id: a shard that was run twice, or a
 directory given twice, adds nothing), keeps every error once, checks that the shards were made
 with the same settings, and says which shards of 0..N-1 are missing. The result is an ordinary
 run directory: `edgepref export`, `inspect` and TRL read it like any other.
@@ -14,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, InputError
-from .store import read_jsonl, write_jsonl_atomic
+from .rundir import RECORDS, RunDir
+from .store import read_jsonl
 
 
 @dataclass
@@ -61,10 +61,12 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
     base_dir: Path | None = None
     judges: list = []
     for d in dirs:
-        rec_file = d / "records.jsonl"
-        if not rec_file.is_file():
-            raise InputError(f"{d} has no records.jsonl", "pass directories written by `edgepref run --out DIR`")
-        run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
+        run_dir = RunDir(d)
+        if not run_dir.records_file.is_file():
+            raise InputError(f"{d} has no {RECORDS}", "pass directories written by `edgepref run --out DIR`")
+        run, problem = run_dir.read_run()
+        if problem:
+            raise InputError(f"{d}: {problem}", "rerun that shard (it resumes) to write its run.json again")
         config = run.get("config")
         if config is not None:
             if base_config is None:
@@ -85,36 +87,30 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
             report.shard_count = n
             report.shards_seen.append(i)
         report.runs += 1
-        for row in read_jsonl(rec_file):
+        for row in run_dir.record_rows():
             if row.get("id") in records:
                 report.duplicate_records += 1
             else:
                 records[row["id"]] = row
-        if (d / "pairs.jsonl").is_file():
-            for row in read_jsonl(d / "pairs.jsonl"):
+        if run_dir.pairs_file.is_file():
+            for row in read_jsonl(run_dir.pairs_file):
                 if row.get("id") in pairs:
                     report.duplicate_pairs += 1
                 else:
                     pairs[row["id"]] = row
         else:
             report.runs_without_pairs.append(str(d))
-        for row in read_jsonl(d / "errors.jsonl"):
+        for row in run_dir.error_rows():
             errors.setdefault(json.dumps(row, sort_keys=True), row)
     if report.shard_count is not None:
         report.shards_seen = sorted(set(report.shards_seen))
         report.missing_shards = [i for i in range(report.shard_count) if i not in report.shards_seen]
     report.records, report.pairs, report.errors = len(records), len(pairs), len(errors)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"records": out / "records.jsonl", "pairs": out / "pairs.jsonl", "errors": out / "errors.jsonl"}
-    write_jsonl_atomic(files["records"], records.values())
-    write_jsonl_atomic(files["pairs"], pairs.values())
-    write_jsonl_atomic(files["errors"], errors.values())
-    report.files = {k: str(v) for k, v in files.items()}
     run = {
         "config": base_config or {},
         "judges": judges,
         "merged_from": [str(d) for d in dirs],
         "summary": {"instructions": len(records), "pairs": len(pairs), **asdict(report)},
     }
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
+    report.files = RunDir(out).write(records.values(), errors.values(), pairs.values(), run)
     return report

@@ -3,7 +3,7 @@
 Reads  Record.instruction, Record.completions (id, text, model), Record.ratings
        (completion_id, score, expected, rationale).
        Record.judge_info["verdict"] (decide = "pairwise"): the two-order pairwise verdict on
-       the shortlisted pair, written by judge.verify.
+       the shortlisted pair, written by the verify stage (verify.py).
 Writes one `Pair` per record that survives, or a drop reason:
   fewer_than_two_rated  fewer than two completions have a rating
   tie                   best and rejected have equal primary score and equal tie-break score
@@ -33,11 +33,12 @@ from typing import Iterable
 
 from .errors import ConfigError
 from .records import Completion, Pair, Rating, Record, content_key, normalise_text
+from .stage import Stage, StageContext
 
 STRATEGIES = ("best-worst", "best-random")
 DECIDERS = ("pairwise", "ratings")
-SCORES = ("score", "expected")
-FORMATS = ("standard", "conversational")
+SCORE_KINDS = ("score", "expected")  # what ranks completions: the integer score or the expected one
+PAIR_LAYOUTS = ("standard", "conversational")  # how a pair's prompt/chosen/rejected are written
 
 # Means of floats are compared with a little slack so a margin of exactly 1.0 computed as
 # 0.9999999999999996 is not dropped as small.
@@ -69,8 +70,8 @@ class PairConfig:
     def __post_init__(self) -> None:
         for label, value, allowed in (
             ("strategy", self.strategy, STRATEGIES),
-            ("score", self.score, SCORES),
-            ("format", self.format, FORMATS),
+            ("score", self.score, SCORE_KINDS),
+            ("format", self.format, PAIR_LAYOUTS),
             ("decide", self.decide, DECIDERS),
         ):
             if value not in allowed:
@@ -260,3 +261,22 @@ def pair_records(records: Iterable[Record], cfg: PairConfig) -> PairReport:
             if pair.confidence is not None:
                 report.confidences.append(pair.confidence)
     return report
+
+
+class PairStage(Stage):
+    """Stage 4, one unit and no model: the run's pairs, in `report`."""
+
+    kind = "pair"
+    # no `help`: the `pair` command needs no model options, cli/pipeline.py declares it
+
+    def __init__(self):
+        super().__init__(self.kind, None)
+        self.report = PairReport()
+
+    @classmethod
+    def plan(cls, ctx: StageContext) -> list[Stage]:
+        return [cls()]
+
+    def run(self, records: list[Record], backend, ctx: StageContext, on_result) -> None:
+        self.report = pair_records(records, ctx.cfg.pair)
+        self.stats.dropped.update(self.report.dropped)

@@ -38,6 +38,11 @@ def similarity(a: str, b: str) -> float:
     return matcher.ratio()
 
 
+def completion_text(generated: str) -> str:
+    """The text a pool completion keeps of what its model generated."""
+    return generated.strip()
+
+
 @dataclass
 class Completion:
     id: str  # unique within its record: "<member>:<k>" for pool, "<root id>+evol<k>" for evolutions

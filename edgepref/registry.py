@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError, ModelNotFoundError
 from .paths import config_dir
+from .remote import API_KINDS  # the server kinds: one table, remote.KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -133,7 +134,6 @@ def _parse_entry(name: str, raw: dict, where: str) -> ModelEntry:
         raise ConfigError(f"{where}: model {name!r} is malformed ({exc})") from exc
 
 
-API_KINDS = ("llama.cpp", "vllm", "openai")
 
 
 def _api(value: str, name: str, where: str) -> str:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import EdgeprefError, InputError
-from .inputs import iter_jsonl_rows, read_records
 from .pair import PairConfig, pick_pair, rank_completions
 from .records import Record
+from .rundir import PAIRS, RECORDS, RUN, RunDir
 from .summary import completions_per_model
 
 PAGE = Path(__file__).with_name("report.html.jinja2")
@@ -44,41 +44,35 @@ class RunView:
 
 
 def load_run_dir(directory: str | Path) -> RunView:
-    directory = Path(directory)
-    if not directory.is_dir():
+    run_dir = RunDir(directory)
+    if not run_dir.path.is_dir():
         raise InputError(f"not a run directory: {directory}", "pass the --out directory of `edgepref run` or `merge`")
-    view = RunView(directory)
-    run_file, records_file, pairs_file = (directory / n for n in ("run.json", "records.jsonl", "pairs.jsonl"))
-    if not any(f.is_file() for f in (run_file, records_file, pairs_file)):
-        raise InputError(f"{directory} has no run.json, records.jsonl or pairs.jsonl",
+    view = RunView(run_dir.path)
+    if not run_dir.exists():
+        raise InputError(f"{directory} has no {RUN}, {RECORDS} or {PAIRS}",
                          f"run the pipeline first: edgepref run INPUT --out {directory}")
-    if run_file.is_file():
-        try:
-            view.run = json.loads(run_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            view.problems.append(f"run.json is not readable JSON ({exc}); settings and timings are not shown")
-    else:
-        view.problems.append("no run.json (the run has not finished): settings, timings and drop counts "
+    view.run, problem = run_dir.read_run()
+    if problem:
+        view.problems.append(f"{problem}; settings and timings are not shown")
+    elif not run_dir.run_file.is_file():
+        view.problems.append(f"no {RUN} (the run has not finished): settings, timings and drop counts "
                              "come from the records alone")
-    if records_file.is_file():
-        view.records, bad = read_records(records_file)
-        view.problems += [f"records.jsonl line {p.row}: {p.reason} (left out)" for p in bad]
+    if run_dir.records_file.is_file():
+        view.records, bad = run_dir.read_records()
+        view.problems += bad
     else:
-        view.problems.append("no records.jsonl: candidates, scores and drop reasons cannot be shown")
-    if pairs_file.is_file():
-        for n, row, problem in iter_jsonl_rows(pairs_file):
-            if problem or not {"prompt", "chosen", "rejected"} <= set(row):
-                view.problems.append(f"pairs.jsonl line {n}: {problem or 'not a pair'} (left out)")
-            else:
-                view.pairs.append(row)
+        view.problems.append(f"no {RECORDS}: candidates, scores and drop reasons cannot be shown")
+    if run_dir.pairs_file.is_file():
+        view.pairs, bad = run_dir.read_pairs()
+        view.problems += bad
     else:
-        view.problems.append("no pairs.jsonl yet: the run has not reached the pair stage")
+        view.problems.append(f"no {PAIRS} yet: the run has not reached the pair stage")
     raw = view.run.get("config", {}).get("pair", {})
     known = {f.name for f in fields(PairConfig)}
     try:
         view.pair_cfg = PairConfig(**{k: v for k, v in raw.items() if k in known})
     except EdgeprefError as exc:
-        view.problems.append(f"run.json [pair] settings are not valid ({exc.message}); defaults used")
+        view.problems.append(f"{RUN} [pair] settings are not valid ({exc.message}); defaults used")
     return view
 
 
@@ -134,13 +128,35 @@ def instruction_rows(view: RunView) -> list[dict]:
     return rows
 
 
+def _rate(n: int | None, seconds: float | None) -> float | None:
+    return round(n / seconds, 1) if n and seconds else None
+
+
+def stage_rows(summary: dict) -> list[dict]:
+    """The stage table from the summary's per-stage counters (a run.json older than them has
+    seconds and generated tokens only). Tokens/s counts the tokens a stage generated in its own
+    time: rewrites that ran as follow-ups of the complete stage are shown, not rated."""
+    stages = summary.get("stages")
+    if stages is None:
+        tokens = summary.get("stage_completion_tokens", {})
+        stages = {s: {"seconds": sec, "completion_tokens": tokens.get(s)}
+                  for s, sec in summary.get("stage_seconds", {}).items()}
+    rows = []
+    for name, st in stages.items():
+        own = (st.get("completion_tokens") or 0) - (st.get("continued_tokens") or 0)
+        rows.append({"stage": name, "seconds": st.get("seconds"), "tokens": st.get("completion_tokens"),
+                     "continued_tokens": st.get("continued_tokens") or 0,
+                     "tokens_per_second": _rate(own, st.get("seconds")),
+                     "prompt_decoded": st.get("prompt_decoded"), "prompt_cached": st.get("prompt_cached"),
+                     "prompt_tokens_per_second": _rate(st.get("prompt_decoded"), st.get("seconds"))})
+    return rows
+
+
 def overview(view: RunView, rows: list[dict]) -> dict:
     """The run at a glance; counts come from run.json's summary when there is one."""
     summary = view.run.get("summary", {})
     cfg = view.run.get("config", {})
     drops = Counter(r["status"] for r in rows if r["status"] != "pair")
-    seconds = summary.get("stage_seconds", {})
-    tokens = summary.get("stage_completion_tokens", {})
     return {
         "instructions": summary.get("instructions", len(view.records) or len(rows)),
         "candidates": summary.get("completions_per_model") or completions_per_model(view.records),
@@ -156,9 +172,7 @@ def overview(view: RunView, rows: list[dict]) -> dict:
         "risk": summary.get("risk"),
         "coverage": summary.get("coverage"),
         "min_margin": view.pair_cfg.min_margin,
-        "stages": [{"stage": s, "seconds": sec, "tokens": tokens.get(s),
-                    "tokens_per_second": round(tokens[s] / sec, 1) if tokens.get(s) and sec else None}
-                   for s, sec in seconds.items()],
+        "stages": stage_rows(summary),
         "wall_seconds": summary.get("wall_seconds"),
         "settings": cfg,
     }

@@ -2,7 +2,7 @@
 
 A `Setting` names its flag, where it lands in a `PipelineConfig` and its type; choices come
 from the module that owns them. The CLI turns the table into click options
-(`edgepref.cli.setting_options`) and `apply_overrides` applies the values a user gave on top of
+(`edgepref.cli.options.setting_options`) and `apply_overrides` applies the values a user gave on top of
 a config file. Adding an option is one row here plus the code that uses the config field.
 
 Targets: "section.field" sets one field ("judge.recipe"), "pool.field" sets that field of every
@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, is_dataclass, replace
 from typing import Any, Callable
 
-from .compare import RECIPES
+from .compare import PAIRWISE_RECIPES
 from .config import EVOLVE_PICKS, JUDGE_MODES, PRESETS, PipelineConfig, PoolMember
 from .errors import ConfigError
-from .pair import DECIDERS, FORMATS, SCORES, STRATEGIES
+from .pair import DECIDERS, PAIR_LAYOUTS, SCORE_KINDS, STRATEGIES
 from .prompts import JUDGE_ASPECTS
 
 
@@ -34,7 +34,9 @@ class Setting:
     metavar: str | None = None
     short: str | None = None
     apply: Callable[[PipelineConfig, Any], None] | None = None
-    groups: tuple[str, ...] = ("pipeline",)  # "pair": also an option of `edgepref pair`
+    # the commands' option groups: "pipeline" (run, try, the stages), "pair" (`edgepref pair`),
+    # "eval-judge", "serve"
+    groups: tuple[str, ...] = ("pipeline",)
 
     def given(self, value: Any) -> bool:
         return bool(value) if self.multiple else value is not None
@@ -69,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("temperature", "--temperature", "pool.temperature", float, help="Sampling temperature of the pool."),
     Setting("max_tokens", "--max-tokens", "pool.max_tokens", int, help="Completion length limit of the pool."),
     Setting("completions", "--completions", "pool.n", int, short="-n", help="Completions per pool member."),
-    Setting("judges", "--judge", "judge.models", multiple=True, metavar="MODEL",
+    Setting("judges", "--judge", "judge.models", multiple=True, metavar="MODEL", groups=("pipeline", "eval-judge"),
             help="Judge model; repeat for a panel (default: strongest available)."),
     Setting("aspect", "--aspect", "judge.aspect", choices=JUDGE_ASPECTS,
             help="What the UltraFeedback judge rates."),
@@ -78,7 +80,7 @@ SETTINGS: tuple[Setting, ...] = (
             "candidates compared in both orders."),
     Setting("both_orders", "--both-orders/--one-order", "judge.both_orders", bool,
             help="Judge twice in opposite orders and average."),
-    Setting("judge_recipe", "--judge-recipe", "judge.recipe", choices=tuple(RECIPES),
+    Setting("judge_recipe", "--judge-recipe", "judge.recipe", choices=tuple(PAIRWISE_RECIPES),
             help="Pairwise recipe that decides chosen/rejected (see `edgepref eval-judge`)."),
     Setting("decide", "--decide", "pair.decide", choices=DECIDERS, groups=PAIR,
             help="pairwise: a two-order pairwise verdict decides chosen/rejected (default); "
@@ -107,15 +109,17 @@ SETTINGS: tuple[Setting, ...] = (
             help="Smallest chosen-rejected score gap kept."),
     Setting("pair_strategy", "--pair-strategy", "pair.strategy", choices=STRATEGIES, groups=PAIR,
             help="The rejected response: the worst rated one or a random lower-rated one."),
-    Setting("pair_format", "--pair-format", "pair.format", choices=FORMATS, groups=PAIR,
+    Setting("pair_format", "--pair-format", "pair.format", choices=PAIR_LAYOUTS, groups=PAIR,
             help="standard: prompt/chosen/rejected strings; conversational: message lists."),
-    Setting("pair_score", "--pair-score", "pair.score", choices=SCORES, groups=PAIR,
+    Setting("pair_score", "--pair-score", "pair.score", choices=SCORE_KINDS, groups=PAIR,
             help="Rank by the judge's integer score or its probability-weighted score."),
     Setting("seed", "--seed", None, int, apply=_set_seed, groups=PAIR,
             help="Seed of sampling, shuffles and random pairing."),
     Setting("slots", "--slots", "engine.slots", int, help="Sequences decoded in parallel."),
-    Setting("n_ctx", "--n-ctx", "engine.n_ctx", int, help="Context tokens per slot."),
-    Setting("threads", "--threads", "engine.threads", int, help="CPU threads (default: all cores)."),
+    Setting("n_ctx", "--n-ctx", "engine.n_ctx", int, groups=("pipeline", "serve"),
+            help="Context tokens per slot (serve: default the judge's context)."),
+    Setting("threads", "--threads", "engine.threads", int, groups=("pipeline", "serve"),
+            help="CPU threads (default: all cores)."),
     Setting("gpu_layers", "--n-gpu-layers", "engine.gpu_layers", int,
             help="Layers to offload to CUDA/Metal (default: all when the build has a GPU backend)."),
     Setting("endpoints", "--endpoint", None, multiple=True, metavar="MODEL=URL", apply=_add_endpoints,

@@ -10,14 +10,35 @@ model. Changed settings change the hash, so stale answers are never reused. A to
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .backend import Backend, ChatRequest, ChatResult, Generation, Progress, ProgressCallback, ProgressCounter
+from .errors import EdgeprefError
 from .records import content_key
+
+
+@contextmanager
+def disk_errors(path: Path):
+    """A full disk (or quota) while writing `path` becomes an error that names the file and the
+    free space, and says that a rerun resumes."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            free = f"{shutil.disk_usage(Path(path).parent).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        raise EdgeprefError(f"no space left on the device while writing {path} ({free})",
+                            "free some space and rerun the same command: it resumes where it stopped") from exc
 
 
 def repair_torn_tail(path: Path) -> int:
@@ -75,14 +96,22 @@ class JsonlAppender:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def append(self, row: dict) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._fh.flush()
+        with disk_errors(self.path):
+            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._fh.flush()
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+        if self._fh.closed:
+            return
+        try:
+            with disk_errors(self.path):
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+        finally:
+            try:
+                self._fh.close()
+            except OSError:
+                pass  # only when the flush above failed: that error is the one raised
 
     def __enter__(self) -> "JsonlAppender":
         return self
@@ -98,12 +127,16 @@ def _write_atomic(path: Path, chunks: Iterable[str]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-            n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with disk_errors(path), open(tmp, "w", encoding="utf-8") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file stays whole; no half-written temp is left
+        raise
     os.replace(tmp, path)
     return n
 

@@ -6,6 +6,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from .evolve import EvolveStage
 from .inputs import InputBatch
 from .pair import rank_completions
 from .records import Record
@@ -42,9 +43,10 @@ class RunSummary:
     cached_requests: int = 0
     # rewrites that ran as follow-up turns of their completion requests (evolve.continuation)
     continued_requests: int = 0
-    stage_seconds: dict = field(default_factory=dict)
-    stage_completion_tokens: dict = field(default_factory=dict)  # stage -> tokens generated in it
-    stage_prompt_tokens: dict = field(default_factory=dict)  # stage -> {"decoded": n, "cached": n}
+    # stage unit ("complete-<member>", "evolve", "judge-<model>", "verify-<model>", "pair") ->
+    # its own counters (stage.StageStats.as_dict): seconds, tokens generated (continued: as
+    # follow-ups in an earlier unit), prompt tokens decoded and reused, requests replayed, drops
+    stages: dict = field(default_factory=dict)
     judges: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     shard: list | None = None  # [index, count] when the run was one shard of its input
@@ -57,23 +59,23 @@ def completions_per_model(records: list[Record]) -> dict[str, int]:
 
 
 def summarize(records: list[Record], report, batch: InputBatch | None, runner) -> RunSummary:
-    """The counts of a finished run; `runner` is the pipeline.Runner that made it."""
+    """The counts of a run; `runner` is the pipeline.Runner that made it: its stage units'
+    counters (`units`), its errors, judges, chain, servers and start time."""
     s = RunSummary(out_dir=str(runner.out_dir) if runner.out_dir else None)
     s.instructions = len(records)
     if batch is not None:
         s.input_problems, s.duplicates = len(batch.problems), batch.duplicates
         s.shard = list(batch.shard) if batch.shard else None
     hist: dict[str, Counter] = defaultdict(Counter)
-    dropped: Counter = Counter()
     for r in records:
         s.evolutions_kept += sum(1 for c in r.completions if c.source == "evol")
-        dropped.update(d["reason"] for d in r.dropped if d.get("stage") == "evolve")
         s.ratings += len(r.ratings)
         models = {c.id: c.model for c in r.completions}
         for rank in rank_completions(r, runner.cfg.pair.score):
             hist[models[rank.completion.id]][str(int(round(rank.primary)))] += 1
     s.completions_per_model = completions_per_model(records)
-    s.evolutions_dropped = dict(dropped)
+    evolve = runner.units.get(EvolveStage.kind)
+    s.evolutions_dropped = dict(evolve.dropped) if evolve else {}
     s.score_histogram = {m: {str(k): h.get(str(k), 0) for k in range(1, 6)} for m, h in hist.items()}
     if report is not None:
         s.pairs = len(report.pairs)
@@ -92,13 +94,12 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
                 s.expected_agreement = round(sum(calibrated) / len(calibrated), 4)
     s.request_errors = sum(1 for e in runner.errors if e["stage"] != "input")
     s.wall_seconds = time.perf_counter() - runner.started
-    s.completion_tokens = runner.completion_tokens
+    units = runner.units.values()
+    s.completion_tokens = sum(u.completion_tokens for u in units)
     s.tokens_per_second = s.completion_tokens / s.wall_seconds if s.wall_seconds else 0.0
-    s.cached_requests = runner.cached_requests
-    s.continued_requests = runner.continued_requests
-    s.stage_seconds = dict(runner.stage_seconds)
-    s.stage_completion_tokens = dict(runner.stage_completion_tokens)
-    s.stage_prompt_tokens = {k: dict(v) for k, v in runner.stage_prompt_tokens.items()}
+    s.cached_requests = sum(u.cached_requests for u in units)
+    s.continued_requests = sum(u.continued_requests for u in units)
+    s.stages = {name: u.as_dict() for name, u in runner.units.items()}
     s.judges = list(runner.judges)
     s.endpoints = {name: be.endpoint_stats() for name, be in runner.host.servers.items()}
     return s

@@ -56,7 +56,7 @@ def timed(args, cfg: PipelineConfig) -> dict:
         "pairs": len(result.pairs),
         "pairs_per_min": round(len(result.pairs) / (seconds / 60), 2),
         "request_errors": result.summary.request_errors,
-        "stage_seconds": result.summary.stage_seconds,
+        "stage_seconds": {name: st["seconds"] for name, st in result.summary.stages.items()},
         "endpoints": result.summary.endpoints,
     }
 

@@ -130,6 +130,10 @@ def timed_run(batch, cfg, backends=None, keep: Path | None = None) -> tuple[floa
         return time.perf_counter() - start, result
 
 
+def stage_seconds(summary) -> dict:
+    return {name: st["seconds"] for name, st in summary.stages.items()}
+
+
 def judge_split(stage_seconds: dict) -> dict:
     """The judge's wall time: UltraFeedback ratings, and the pairwise check (with escalation)."""
     ratings = sum(v for k, v in stage_seconds.items() if k.startswith("judge-"))
@@ -142,8 +146,9 @@ def prompt_cost(summary, pairs: int, instructions: int) -> dict:
     """Prompt tokens decoded and reused per stage and in all, tokens generated, and the decoded
     prompt tokens per written pair and per instruction: the cost that batching cannot hide."""
     stages = {}
-    for stage, p in summary.stage_prompt_tokens.items():
-        stages[stage] = {**p, "generated": summary.stage_completion_tokens.get(stage, 0)}
+    for stage, st in summary.stages.items():
+        stages[stage] = {"decoded": st["prompt_decoded"], "cached": st["prompt_cached"],
+                         "generated": st["completion_tokens"]}
     decoded = sum(p["decoded"] for p in stages.values())
     return {
         "stages": stages,
@@ -195,13 +200,13 @@ def main() -> None:
         "dropped": ours.summary.pairs_dropped,
         "evolutions_dropped": ours.summary.evolutions_dropped,
         "request_errors": ours.summary.request_errors,
-        "stage_seconds": ours.summary.stage_seconds,
-        "judge_seconds": judge_split(ours.summary.stage_seconds),
+        "stage_seconds": stage_seconds(ours.summary),
+        "judge_seconds": judge_split(stage_seconds(ours.summary)),
         "prompt_tokens": prompt_cost(ours.summary, len(ours.pairs), args.instructions),
         "peak_rss_mb": round(peak_rss_mb),
     }
     print(f"edgepref  : {len(ours.pairs)} pairs in {ours_s:.0f} s = {report['pairs_per_min']:.2f} pairs/min"
-          f"  (stages: {ours.summary.stage_seconds})")
+          f"  (stages: {stage_seconds(ours.summary)})")
     if not args.skip_baseline:
         from edgepref.pipeline import Runner
 
@@ -218,7 +223,7 @@ def main() -> None:
         )
         report["ratio"] = round(report["pairs_per_min"] / max(report["baseline_pairs_per_min"], 1e-9), 2)
         print(f"baseline  : {len(base.pairs)} pairs in {base_s:.0f} s = {report['baseline_pairs_per_min']:.2f} pairs/min"
-              f"  (stages: {base.summary.stage_seconds})")
+              f"  (stages: {stage_seconds(base.summary)})")
         print(f"ratio (pairs/min): {report['ratio']:.2f}x   wall-time ratio: {report['seconds_ratio']:.2f}x")
     drops = ", ".join(f"{k} {v}" for k, v in sorted(ours.summary.pairs_dropped.items())) or "none"
     print(f"yield     : {report['yield']:.0%} of instructions gave a pair (dropped: {drops})")

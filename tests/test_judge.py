@@ -6,12 +6,14 @@ import math
 
 import pytest
 
-from edgepref.config import EvolveConfig, JudgeConfig
-from edgepref.evolve import continuation, drop_reason, evolve, parents, pick_criterion, rewrite_request, strip_leaked_headings
+from edgepref.config import EvolveConfig, JudgeConfig, PoolMember
+from edgepref.evolve import (continuation, drop_reason, evolve, in_place, parents, pick_criterion, planned_parents,
+                             rewrite_request, strip_leaked_headings)
 from edgepref.backend import ChatRequest, ChatResult, Sampling
-from edgepref.compare import RECIPES, compare
+from edgepref.compare import PAIRWISE_RECIPES, compare
 from edgepref.compare import request as compare_request
-from edgepref.judge import bradley_terry, judge, panel_agreement, shown_orders, verify
+from edgepref.judge import bradley_terry, judge, panel_agreement, shown_orders
+from edgepref.verify import verify
 from edgepref.pair import PairConfig, pick_pair
 from edgepref.records import Completion, Rating, Record
 
@@ -140,13 +142,13 @@ QUESTION = "What is the capital of France?"
 def test_two_order_log_odds_are_antisymmetric(qwen_engine, recipe) -> None:
     good, bad = "The capital of France is Paris.", "I think it is Lyon."
     items = [(QUESTION, good, bad), (QUESTION, bad, good)]
-    first = compare(items, [RECIPES[recipe]], qwen_engine, QWEN)[recipe]
-    again = compare(items[::-1], [RECIPES[recipe]], qwen_engine, QWEN)[recipe][::-1]  # from the KV cache
+    first = compare(items, [PAIRWISE_RECIPES[recipe]], qwen_engine, QWEN)[recipe]
+    again = compare(items[::-1], [PAIRWISE_RECIPES[recipe]], qwen_engine, QWEN)[recipe][::-1]  # from the KV cache
     assert all(v.ok for v in first + again)
     assert first[1].margin == -first[0].margin  # swapping x and y negates the margin exactly
     assert [v.margin for v in again] == [v.margin for v in first]
     assert first[0].margin > 0  # Paris beats Lyon
-    assert len(first[0].logodds) == len(RECIPES[recipe].label_sets)
+    assert len(first[0].logodds) == len(PAIRWISE_RECIPES[recipe].label_sets)
 
 
 class ScriptedJudge:
@@ -171,7 +173,7 @@ class ScriptedJudge:
 def test_margin_arithmetic_and_worse_questions() -> None:
     judge_ = ScriptedJudge()
     items = [(QUESTION, "Paris.", "Lyon."), (QUESTION, "Lyon.", "Paris.")]
-    got = compare(items, [RECIPES["headings-ab"], RECIPES["contrast-ab"]], judge_, "scripted")
+    got = compare(items, [PAIRWISE_RECIPES["headings-ab"], PAIRWISE_RECIPES["contrast-ab"]], judge_, "scripted")
     # one question per (order, question): 2 orders x (better, worse), shared by both items and recipes
     assert len(judge_.asked) == 4
     plain, contrast = got["headings-ab"], got["contrast-ab"]
@@ -183,7 +185,7 @@ def test_margin_arithmetic_and_worse_questions() -> None:
 
 
 def test_choice_log_probabilities_sum_the_spellings(qwen_engine) -> None:
-    req = compare_request(RECIPES["headings-ab"], QUESTION, "Paris.", "Lyon.", ("A", "B"))
+    req = compare_request(PAIRWISE_RECIPES["headings-ab"], QUESTION, "Paris.", "Lyon.", ("A", "B"))
     res = qwen_engine.chat([req])[0]
     lp, probs = res.choice_logprobs, res.choice_probs
     assert set(lp) == {"A", "B"} and all(v < 0 for v in lp.values())
@@ -312,19 +314,35 @@ def test_which_completions_are_rewritten() -> None:
 def test_a_rewrite_continues_the_conversation_it_rewrites() -> None:
     record = Record(id="r", instruction="Say hi.", completions=[Completion("b:0", "Hello.", QWEN, member="b")])
     cfg = EvolveConfig()
-    then = continuation(record, "b", QWEN, 0, QWEN, cfg, seed=3)
+    then = continuation(record, "b", QWEN, 0, cfg, seed=3)
     req = then("  Hello.\n")
     # the very request the stage sends for this completion, so it finds the answer in its cache
     assert req == rewrite_request(record, record.completions[0], pick_criterion(cfg, 3, "r", "b:0", 1), cfg, 3)
     assert [m["role"] for m in req.messages] == ["user", "assistant", "user"]
     assert req.messages[:2] == [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hello."}]
     assert req.messages[2]["content"].startswith("Write an improved version of your answer. Make it")
-    # not for another model, a second sample under "own", a member left out, or no evolution
-    assert continuation(record, "b", "other", 0, QWEN, cfg, 3) is None
-    assert continuation(record, "b", QWEN, 1, QWEN, cfg, 3) is None
-    assert continuation(record, "b", QWEN, 1, QWEN, EvolveConfig(pick="all"), 3) is not None
-    assert continuation(record, "b", QWEN, 0, QWEN, EvolveConfig(members=["a"]), 3) is None
-    assert continuation(record, "b", QWEN, 0, QWEN, EvolveConfig(num_evolutions=0), 3) is None
+
+
+def test_the_rewrites_asked_in_place_are_the_ones_the_stage_picks() -> None:
+    a, b = PoolMember("small", label="a"), PoolMember(QWEN, label="b", n=2)
+    pool = [a, b]
+    assert planned_parents(pool, QWEN, EvolveConfig()) == {"b:0"}  # own: the rewriting model's first
+    assert planned_parents(pool, "other", EvolveConfig()) == {"a:0"}
+    assert planned_parents(pool, QWEN, EvolveConfig(pick="all")) == {"a:0", "b:0", "b:1"}
+    assert planned_parents(pool, QWEN, EvolveConfig(num_evolutions=0)) == set()
+    # [evolve] members applies in place too: with only "a" picked, b's answers are not rewritten
+    assert in_place(b, pool, QWEN, EvolveConfig(members=["a"]), 3) is None
+    # a second member on the rewriting model, picked by `members`, is the one rewritten in place
+    c = PoolMember(QWEN, label="c")
+    assert in_place(c, [b, c], QWEN, EvolveConfig(members=["c"]), 3) is not None
+    assert in_place(b, [b, c], QWEN, EvolveConfig(members=["c"]), 3) is None
+    # not for another model, a second sample under "own", or with in_place off
+    assert in_place(a, pool, QWEN, EvolveConfig(pick="all"), 3) is None
+    record = Record(id="r", instruction="Say hi.")
+    then = in_place(b, pool, QWEN, EvolveConfig(), 3)
+    assert then(record, 0) is not None and then(record, 1) is None
+    assert in_place(b, pool, QWEN, EvolveConfig(pick="all"), 3)(record, 1) is not None
+    assert in_place(b, pool, QWEN, EvolveConfig(in_place=False), 3) is None
 
 
 def test_criterion_draw_is_seeded_and_covers_all() -> None:
@@ -339,9 +357,9 @@ def test_two_orders_of_a_pair_share_the_instructions_prefix(qwen_engine) -> None
         f"Note {i}: the meeting moved to room {i}." for i in range(60))
     seen = []
     compare([(instruction, "Meetings moved rooms.", "Room numbers changed often, up to room 59.")],
-            [RECIPES["headings-ab12"]], qwen_engine, QWEN, on_result=lambda progress, res: seen.append(res))
+            [PAIRWISE_RECIPES["headings-ab12"]], qwen_engine, QWEN, on_result=lambda progress, res: seen.append(res))
     assert len(seen) == 4 and all(r.ok for r in seen)
-    shared = qwen_engine.count_tokens([{"role": "system", "content": RECIPES["headings-ab12"].system},
+    shared = qwen_engine.count_tokens([{"role": "system", "content": PAIRWISE_RECIPES["headings-ab12"].system},
                                        {"role": "user", "content": "# Instruction\n" + instruction}])
     # verdicts are reads, decoded one after another in whole read blocks: every question after the
     # first reuses the whole blocks of system prompt + instruction it shares with the one before

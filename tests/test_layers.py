@@ -14,9 +14,10 @@ LAYERS = [
     # 1. where models run and where answers are kept
     {"registry", "modelfiles", "engine", "remote", "http_json", "store"},
     # 2. the stages and their settings
-    {"config", "compare", "complete", "evolve", "judge", "pair", "calibration", "cascade"},
+    {"config", "stage", "compare", "complete", "evolve", "judge", "verify", "pair", "calibration", "cascade"},
     # 3. runs: inputs, hosting models, the pipeline, its summary and outputs, judge evaluation
-    {"settings", "inputs", "hosting", "pipeline", "summary", "merge", "export", "evaljudge", "report", "report_plots"},
+    {"settings", "inputs", "rundir", "hosting", "pipeline", "summary", "merge", "export", "evaljudge", "report",
+     "report_plots"},
     # 4. the interface
     {"display", "cli", "__main__"},
 ]

@@ -9,6 +9,7 @@ import pytest
 
 from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
 from edgepref.pair import PairConfig
+from edgepref.complete import CompleteStage
 from edgepref.pipeline import Runner, run_pipeline, run_single_stage
 from edgepref.records import Record
 
@@ -84,10 +85,12 @@ def test_rewrites_continue_the_conversation_in_the_completion_call(first_run) ->
     # (a near-duplicate answer is asked again, and so is its rewrite)
     assert len(rows) == 3 + sum(c.regenerated for c in parents) and all(row["prefetched"] for row in rows)
     assert result.summary.cached_requests == 0  # prefetched answers are not resumed work
-    evolve_tokens = result.summary.stage_prompt_tokens["evolve"]
+    evolve_stats = result.summary.stages["evolve"]
     # each rewrite's prompt reused its conversation: the instruction's prompt and the answer
-    assert evolve_tokens["cached"] >= sum(c.prompt_tokens + c.completion_tokens - 2 for c in parents)
-    assert result.summary.stage_completion_tokens["evolve"] > 0
+    assert evolve_stats["prompt_cached"] >= sum(c.prompt_tokens + c.completion_tokens - 2 for c in parents)
+    # every token was generated inside the complete stage's time: none is rated in the evolve stage's
+    assert evolve_stats["completion_tokens"] == evolve_stats["continued_tokens"] > 0
+    assert evolve_stats["continued_requests"] == len(rows)
 
 
 def test_files_load_with_datasets_as_trl_expects(first_run) -> None:
@@ -103,19 +106,20 @@ def test_files_load_with_datasets_as_trl_expects(first_run) -> None:
 
 def test_prompt_tokens_are_counted_per_stage(first_run) -> None:
     out, result, _ = first_run
-    tokens = result.summary.stage_prompt_tokens
-    assert set(tokens) == set(result.summary.stage_seconds)
-    for stage, t in tokens.items():
-        assert t["decoded"] > 0 and t["cached"] >= 0, stage
+    stages = result.summary.stages
+    assert list(stages)[-1] == "pair" and stages["pair"]["dropped"] == dict(result.summary.pairs_dropped)
+    for stage, t in stages.items():
+        if stage != "pair":
+            assert t["prompt_decoded"] > 0 and t["prompt_cached"] >= 0, stage
     # the rating prompts share the rubric before the instruction: the engine decodes it once
-    judge = next(t for s, t in tokens.items() if s.startswith("judge-"))
-    assert judge["cached"] > 0
+    judge = next(t for s, t in stages.items() if s.startswith("judge-"))
+    assert judge["prompt_cached"] > 0
     pool = [c for r in result.records for c in r.completions if c.source == "pool" and c.model == SMOL]
-    smol = tokens[f"complete-{SMOL}"]
+    smol = stages[f"complete-{SMOL}"]
     # one request per completion, and one more for each that was regenerated as a near-duplicate
-    assert smol["decoded"] + smol["cached"] == sum(c.prompt_tokens * (1 + c.regenerated) for c in pool)
+    assert smol["prompt_decoded"] + smol["prompt_cached"] == sum(c.prompt_tokens * (1 + c.regenerated) for c in pool)
     run = json.loads((out / "run.json").read_text())
-    assert run["summary"]["stage_prompt_tokens"] == tokens
+    assert run["summary"]["stages"] == stages
 
 
 def test_self_preference_is_announced(first_run) -> None:
@@ -174,7 +178,7 @@ def test_a_resumed_run_writes_the_same_pairs(first_run, engines, tmp_path) -> No
     assert len(lines) > 2
     cache.write_text(lines[0])
     again = run_pipeline(INSTRUCTIONS, resumed, small_config(), backends=engines)
-    assert again.summary.completion_tokens == 0 and again.summary.stage_prompt_tokens[f"verify-{QWEN}"]["decoded"] > 0
+    assert again.summary.completion_tokens == 0 and again.summary.stages[f"verify-{QWEN}"]["prompt_decoded"] > 0
     assert [r.judge_info["verdict"] for r in again.records] == [r.judge_info["verdict"] for r in result.records]
     assert (resumed / "pairs.jsonl").read_text() == (out / "pairs.jsonl").read_text()
 
@@ -225,11 +229,13 @@ def test_changed_settings_do_not_reuse_stale_answers(first_run, engines) -> None
     runner = Runner(cfg, out, backends=engines)
     try:
         fresh = [Record(id=r.id, instruction=r.instruction) for r in result.records[:1]]
-        records = runner.complete(fresh)
+        records = fresh
+        runner.run_kind(CompleteStage, records)
     finally:
         runner.close()
     # the changed member missed the cache and was generated again; the unchanged one was replayed
-    assert runner.completion_tokens > 0
+    assert runner.units[f"complete-{QWEN}"].completion_tokens > 0
+    assert runner.units[f"complete-{SMOL}"].completion_tokens == 0
     qwen = next(c for c in records[0].completions if c.model == QWEN)
     smol = next(c for c in records[0].completions if c.model == SMOL)
     assert qwen.system_prompt == "Answer like a pirate."
@@ -254,7 +260,8 @@ def test_diversity_guard_regenerates_near_duplicates(engines, tmp_path) -> None:
                 PoolMember(SMOL, temperature=0.0, max_tokens=24, label="b")]
     runner = Runner(cfg, None, backends=engines)
     try:
-        records = runner.complete([Record(id="r1", instruction="Name a color.")])
+        records = [Record(id="r1", instruction="Name a color.")]
+        runner.run_kind(CompleteStage, records)
     finally:
         runner.close()
     a, b = records[0].completions

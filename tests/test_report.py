@@ -67,8 +67,12 @@ def test_report_numbers_match_the_run(run_dir: Path) -> None:
         assert (chosen["text"], rejected["text"]) == (p["chosen"], p["rejected"])
         assert row["margin"] == pytest.approx(p["margin"], abs=1e-3)
         assert (row["model_chosen"], row["model_rejected"]) == (p["model_chosen"], p["model_rejected"])
-    for stage, seconds in summary["stage_seconds"].items():
-        assert re.search(rf"<td>{re.escape(stage)}</td><td>{seconds}</td><td>{summary['stage_completion_tokens'].get(stage, '')}</td>", page)
+    for stage, st in summary["stages"].items():  # each unit's own counters, prompt tokens too
+        assert re.search(rf"<td>{re.escape(stage)}</td><td>{st['seconds']}</td><td>{st['completion_tokens']}[^<]*</td>"
+                         rf"<td>[^<]*</td><td>{st['prompt_decoded']}</td><td>{st['prompt_cached']}</td>", page)
+    evolve = summary["stages"]["evolve"]  # rewrites generated in the complete stage's time are not rated here
+    assert evolve["continued_tokens"] == evolve["completion_tokens"] > 0
+    assert re.search(r"<td>evolve</td><td>[^<]*</td><td>\d+ \(\d+ as follow-ups in the complete stage\)</td><td></td>", page)
     assert f"recipe {run['config']['judge']['recipe']}" in page
     for plot in ("scores", "expected", "confidence"):
         assert f'id="plot-{plot}"' in page

@@ -10,6 +10,7 @@ from .. import display
 from ..ggufmeta import summarize_gguf
 from ..modelfiles import availability, pull_model, resolve_model_path
 from ..registry import load_registry
+from .options import setting_options
 from .root import cli, models_file_option
 
 
@@ -93,8 +94,7 @@ def models_info(name: str, models_file: Path | None, show_template: bool) -> Non
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0: all interfaces).")
 @click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context tokens.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@setting_options("serve")
 @click.option("--api-key-env", default=None, metavar="VAR",
               help="Require the key held in this environment variable.")
 @models_file_option
@@ -109,9 +109,11 @@ def serve(models, host, port, n_ctx, threads, api_key_env, models_file) -> None:
       edgepref serve qwen2.5-coder-0.5b --port 8080
       edgepref run data.jsonl --out out --endpoint qwen2.5-coder-0.5b=http://127.0.0.1:8080/v1
     """
+    from ..config import JudgeConfig
     from ..engine.serve import api_key_from_env, served_models
     from ..engine.serve import serve as run_server
 
+    n_ctx = n_ctx or JudgeConfig().n_ctx  # a served model may be asked judge prompts
     served = served_models(models, load_registry(models_file))
     key = api_key_from_env(api_key_env)
     display.render_path(f"serving {', '.join(a for a, _ in served)} at http://{host}:{port}/v1 (Ctrl-C stops)")

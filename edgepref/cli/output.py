@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .. import display
+from ..export import EXPORT_FORMATS
 from .root import cli
 
 
@@ -32,7 +33,7 @@ def inspect(path: Path, min_margin, model, limit) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path), metavar="DIR")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "hf"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="jsonl", show_default=True)
 @click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the data and its README.md dataset card.")
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Also publish to the Hub (needs a network).")

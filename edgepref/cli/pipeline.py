@@ -10,6 +10,8 @@ import click
 
 from .. import display
 from ..evaljudge import SELF_PREFERENCE_N, recipe_names
+from ..pipeline import stage_commands
+from ..rundir import ERRORS, PAIRS, RECORDS, RUN
 from .options import build_config, config_option, input_options, pipeline_options, setting_options
 from .root import cli, models_file_option
 
@@ -17,7 +19,7 @@ from .root import cli, models_file_option
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory: records.jsonl, pairs.jsonl, errors.jsonl, run.json.")
+              help=f"Output directory: {RECORDS}, {PAIRS}, {ERRORS}, {RUN}.")
 @click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
 @input_options
 @pipeline_options
@@ -53,8 +55,8 @@ def run(input_path: str, out_dir: Path, with_report: bool, column, split, limit,
 # ---------------------------------------------------------------- single stages
 
 
-def _stage_command(stage: str, doc: str):
-    @cli.command(stage, help=doc)
+def _stage_command(command_name: str, doc: str):
+    @cli.command(command_name, help=doc)
     @click.argument("input_path", metavar="INPUT")
     @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                   help="Records JSONL to write (a .cache directory beside it makes reruns resume).")
@@ -71,7 +73,7 @@ def _stage_command(stage: str, doc: str):
         for p in problems:
             display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
         with display.StageProgress(quiet) as progress:
-            n, errors = run_single_stage(stage, records, out, cfg, on_event=progress)
+            n, errors = run_single_stage(command_name, records, out, cfg, on_event=progress)
         for e in errors:
             display.render_warning(f"{e['stage']} {e.get('id')}: {e['reason']}")
         display.render_path(f"{out}  ({n} records)")
@@ -79,26 +81,8 @@ def _stage_command(stage: str, doc: str):
     return command
 
 
-_stage_command("complete", """Stage 1 alone: every pool member writes completions.
-
-    INPUT is an instructions file (or records JSONL); writes records JSONL.
-
-    \b
-    Example:
-      edgepref complete instructions.jsonl --out completed.jsonl --pool qwen2.5-coder-0.5b --pool smollm2-135m
-    """)
-_stage_command("evolve", """Stage 2 alone: EvolQuality rewrites of the completions in INPUT (records JSONL).
-
-    \b
-    Example:
-      edgepref evolve completed.jsonl --out evolved.jsonl --evolutions 2
-    """)
-_stage_command("judge", """Stage 3 alone: UltraFeedback ratings for every completion in INPUT (records JSONL).
-
-    \b
-    Example:
-      edgepref judge evolved.jsonl --out judged.jsonl --aspect helpfulness
-    """)
+for _name, _help in stage_commands().items():
+    _stage_command(_name, _help)
 
 
 @cli.command("pair")
@@ -168,7 +152,7 @@ def _pairs_options(func):
         click.option("--limit", type=int, default=None, help="Use only N pairs (after --skip)."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Where requests are cached (default: beside the output); a rerun resumes from it."),
-        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path)),
+        config_option,
         models_file_option,
         click.option("--quiet", "-q", is_flag=True),
     ]):
@@ -178,8 +162,7 @@ def _pairs_options(func):
 
 @cli.command("eval-judge")
 @click.argument("pairs_path", metavar="PAIRS")
-@click.option("--judge", "judges", multiple=True, metavar="MODEL",
-              help="Judge model; repeat for a panel (default: the pipeline's judge).")
+@setting_options("eval-judge")
 @click.option("--recipe", default=None, type=click.Choice(recipe_names()),
               help="Judge recipe (default: the one the pipeline decides chosen/rejected with).")
 @click.option("--self-preference", "self_preference_n", type=int, default=SELF_PREFERENCE_N, show_default=True,
