@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .engine.core import DEFAULT_PROMPT_BLOCK, DEFAULT_READ_BLOCK, DEFAULT_SLOTS
 from .errors import ConfigError
 from .pair import PairConfig
 from .prompts import EVOL_CRITERIA
@@ -109,15 +110,15 @@ class JudgeConfig:
 @dataclass
 class EngineConfig:
     n_ctx: int = 2048
-    slots: int = 16
+    slots: int = DEFAULT_SLOTS
     threads: int | None = None
     gpu_layers: int | None = None
     # prompts are decoded in blocks of this many tokens and reused at block boundaries (the
     # engine's determinism rule); one block of n_batch decodes a short prompt in one call
-    prompt_block: int = 32
+    prompt_block: int = DEFAULT_PROMPT_BLOCK
     # reads (pairwise verdicts) are decoded alone, each prompt in blocks of this many tokens, so
     # a verdict depends on its prompt only (edgepref.engine.core, "Reads")
-    read_block: int = 512
+    read_block: int = DEFAULT_READ_BLOCK
     # false: reads are scheduled beside other requests like generation (in prompt_block blocks);
     # only for measuring the noise floor of verdicts (edgepref eval-judge --noise-pairs)
     reads_alone: bool = True

@@ -75,6 +75,9 @@ DEFAULT_PROMPT_BLOCK = 32
 # prompts faster than smaller ones (README, "Labels you can trust": seconds per pair by path).
 DEFAULT_READ_BLOCK = 512
 
+# Sequences decoded together: generation gains 2-3x from batching on CPU (README, "Speed").
+DEFAULT_SLOTS = 16
+
 
 @dataclass
 class EngineStats:
@@ -115,7 +118,7 @@ class Engine:
         model: str | os.PathLike,
         *,
         n_ctx: int = 2048,
-        n_slots: int = 8,
+        n_slots: int = DEFAULT_SLOTS,
         n_batch: int = 512,
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,

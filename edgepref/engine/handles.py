@@ -1,4 +1,5 @@
-"""Owners of llama.cpp's C handles (model, context, batch, sampler) and the chat template.
+"""Owners of llama.cpp's C handles (model, context, batch, sampler); the model handle also reads
+the chat template string the GGUF carries (template.py renders it).
 
 Each class frees its handle exactly once (`close()` is idempotent, `__del__` calls it).
 C failures become `EngineError`s. Only the engine package uses this module.

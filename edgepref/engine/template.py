@@ -14,6 +14,7 @@ from ..errors import EngineError
 from .handles import LlamaModel
 
 
+# ChatML, for a GGUF that carries no chat template
 _FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
