@@ -53,16 +53,6 @@ class StageStats:
         self.prompt_decoded += result.prompt_tokens * samples - result.cached_prompt_tokens
         self.prompt_cached += result.cached_prompt_tokens
 
-    @property
-    def tokens_per_second(self) -> float | None:
-        """Tokens generated per second of this stage's own time (follow-ups ran in another's)."""
-        own = self.completion_tokens - self.continued_tokens
-        return own / self.seconds if own and self.seconds > 0 else None
-
-    @property
-    def prompt_tokens_per_second(self) -> float | None:
-        return self.prompt_decoded / self.seconds if self.prompt_decoded and self.seconds > 0 else None
-
     def as_dict(self) -> dict:
         return {"seconds": round(self.seconds, 2), "completion_tokens": self.completion_tokens,
                 "continued_tokens": self.continued_tokens, "prompt_decoded": self.prompt_decoded,
