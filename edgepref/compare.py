@@ -12,6 +12,11 @@ and swapping X and Y negates the margin exactly: the verdict is order-invariant 
 construction. Margins of several label sets are averaged (each label's own prior cancels too),
 and so are a panel's. Positive: X is better; |margin| is the confidence.
 
+Pointwise recipes (`scale` set) ask instead for a rating of each response on its own, read as the
+probability-weighted score over the scale's digits at the first answer token; then
+margin(X over Y) = (score(X) - score(Y)) / 2, in score units. Neither response is ever shown
+beside the other, so no position or label prior exists to cancel.
+
 Log-odds rather than probabilities: a small judge is often near-certain of the label it puts
 first (P(A) = 0.99 in both orders); averaging those probabilities leaves nothing, while the
 log-odds still differ by how much the content moved them.
@@ -20,6 +25,7 @@ log-odds still differ by how much the content moved them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -54,7 +60,13 @@ class Recipe:
     prefill: str = ""
     # Show each response only up to this many words (0: whole). Fewer prompt tokens per pair.
     max_words: int = 0
+    # Pointwise: the rating scale's answers, lowest first (template "pointwise"); empty: pairwise.
+    scale: tuple[str, ...] = ()
     about: str = ""
+
+    @property
+    def pointwise(self) -> bool:
+        return bool(self.scale)
 
 
 PAIRWISE_RECIPES: dict[str, Recipe] = {
@@ -86,6 +98,10 @@ PAIRWISE_RECIPES: dict[str, Recipe] = {
                about="expert-ab, also asked which is worse"),
         Recipe("headings-ab-w120", max_words=120, about="headings-ab, each response cut after 120 words"),
         Recipe("headings-ab-w60", max_words=60, about="headings-ab, each response cut after 60 words"),
+        Recipe("rate5", template="pointwise", scale=tuple("12345"),
+               about="each response rated alone 1-5, the probability-weighted score compared"),
+        Recipe("rate9", template="pointwise", scale=tuple("123456789"),
+               about="as rate5 on a 1-9 scale"),
     )
 }
 
@@ -101,13 +117,14 @@ def get_recipe(name: str) -> Recipe:
 class Verdict:
     """One judge's verdict on X against Y. `logodds`: per label set and question, (X shown first,
     Y shown first), each read as a preference for the response it names first, so that a
-    "worse" question's log-odds are negated."""
+    "worse" question's log-odds are negated. A pointwise verdict holds (score of X, score of Y)."""
 
     judge: str
     margin: float = 0.0
     logodds: list[tuple[float, float]] = field(default_factory=list)
     error: str | None = None
     prompt_tokens: int = 0  # the prompt tokens of its requests, as if asked alone
+    pointwise: bool = False
 
     @property
     def ok(self) -> bool:
@@ -119,6 +136,13 @@ def request(recipe: Recipe, instruction: str, first: str, second: str, labels: t
     """The question (default: the recipe's first) with `first` shown first, answered by one of `labels`."""
     if recipe.max_words:
         first, second = clip_words(first, recipe.max_words), clip_words(second, recipe.max_words)
+    if recipe.pointwise:  # `first` alone is rated; `second` and `labels` play no part
+        user = render_prompt(recipe.template, instruction=instruction, response=first,
+                             low=recipe.scale[0], high=recipe.scale[-1])
+        messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
+            {"role": "user", "content": user}
+        ]
+        return ChatRequest(messages, Sampling(max_tokens=0), choices=recipe.scale)
     user = render_prompt(recipe.template, instruction=instruction, first=first, second=second,
                          label_first=labels[0], label_second=labels[1], question=question or recipe.questions[0])
     messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
@@ -139,7 +163,20 @@ def clip_words(text: str, n: int) -> str:
 
 
 def _questions(recipe: Recipe) -> list[tuple[tuple[str, str], str]]:
+    if recipe.pointwise:
+        return [(LETTERS, "rate")]  # one rating of each response; the labels are not shown
     return [(labels, q) for labels in recipe.label_sets for q in recipe.questions]
+
+
+def rated(result: ChatResult, scale: Sequence[str]) -> float | None:
+    """The probability-weighted score over `scale` (its answers are 1, 2, ... in order), the
+    probabilities renormalised over the scale; None without them."""
+    lp = result.choice_logprobs
+    if not result.ok or not lp or any(s not in lp for s in scale):
+        return None
+    top = max(lp[s] for s in scale)
+    weights = [math.exp(lp[s] - top) for s in scale]
+    return sum((k + 1) * w for k, w in enumerate(weights)) / sum(weights)
 
 
 def logodds(result: ChatResult, labels: tuple[str, str]) -> float | None:
@@ -193,10 +230,13 @@ def compare(
     for recipe in recipes:
         verdicts = []
         for asked in plan[recipe.name]:
-            v = Verdict(judge)
+            v = Verdict(judge, pointwise=recipe.pointwise)
             for labels, sign, i, j in asked:
                 v.prompt_tokens += results[i].prompt_tokens + results[j].prompt_tokens
-                lx, ly = logodds(results[i], labels), logodds(results[j], labels)
+                if recipe.pointwise:
+                    lx, ly = rated(results[i], recipe.scale), rated(results[j], recipe.scale)
+                else:
+                    lx, ly = logodds(results[i], labels), logodds(results[j], labels)
                 if lx is None or ly is None:
                     bad = results[i] if lx is None else results[j]
                     v.error = bad.error or "the judge returned no label probabilities"
@@ -217,12 +257,13 @@ def panel_margin(verdicts: Sequence[Verdict]) -> float | None:
 
 # How often a judge preferred its own greedy answer to the better response of a dev pair
 # (AlpacaEval's strong-model answers), measured by `edgepref eval-judge` on the first 40 dev
-# pairs with each recipe: (judge, recipe) -> (share, n).
+# pairs with each recipe (the 1.5B on the first 16): (judge, recipe) -> (share, n).
 SELF_PREFERENCE: dict[tuple[str, str], tuple[float, int]] = {
     ("qwen2.5-coder-0.5b", "headings-ab"): (0.175, 40),
     ("qwen2.5-coder-0.5b", "contrast-ab"): (0.35, 40),
     ("qwen2.5-coder-0.5b", "repeat-ab"): (0.225, 40),
     ("qwen2.5-coder-0.5b", "criteria-ab"): (0.30, 40),
+    ("qwen2.5-coder-1.5b", "headings-ab"): (0.3125, 16),
 }
 
 

@@ -192,10 +192,12 @@ def judged_from_ratings(recipe: str, pairs: list[JudgePair], records: list[Recor
 
 
 def judged_from_verdicts(verdicts: list[Verdict]) -> list[Judged | None]:
-    """Pairwise recipes: one judge's verdicts of x=a over y=b."""
+    """Pairwise recipes: one judge's verdicts of x=a over y=b. A pointwise recipe shows no order:
+    its one lead stands for both (swap consistency 1, position bias one half)."""
     return [
-        Judged(v.margin, [(lx, True) for lx, _ in v.logodds] + [(-ly, False) for _, ly in v.logodds])
-        if v.ok else None
+        None if not v.ok
+        else Judged(v.margin, [(v.margin, True), (v.margin, False)]) if v.pointwise
+        else Judged(v.margin, [(lx, True) for lx, _ in v.logodds] + [(-ly, False) for _, ly in v.logodds])
         for v in verdicts
     ]
 

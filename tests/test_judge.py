@@ -184,6 +184,38 @@ def test_margin_arithmetic_and_worse_questions() -> None:
     assert contrast[0].prompt_tokens == 40
 
 
+def test_pointwise_recipes_rate_each_response_alone(qwen_engine) -> None:
+    good, bad = "The capital of France is Paris.", "I think it is Lyon."
+    recipe = PAIRWISE_RECIPES["rate5"]
+    asked = compare_request(recipe, QUESTION, good, bad, ("A", "B")).messages[-1]["content"]
+    assert good in asked and bad not in asked and "from 1 to 5" in asked
+    items = [(QUESTION, good, bad), (QUESTION, bad, good)]
+    got = compare(items, [recipe], qwen_engine, QWEN)["rate5"]
+    assert all(v.ok and v.pointwise for v in got)
+    (sx, sy), = got[0].logodds
+    assert 1.0 <= sy < sx <= 5.0  # scores on the scale, Paris rated above Lyon
+    assert got[0].margin == pytest.approx((sx - sy) / 2)
+    assert got[1].margin == -got[0].margin  # the same two ratings, read the other way round
+
+
+def test_a_rating_is_the_probability_weighted_score() -> None:
+    class Rater:
+        def chat(self, requests, on_result=None):
+            # P(3) = 2/3, P(5) = 1/3 for a Paris answer; P(1) = 1 for a Lyon answer; the
+            # probabilities are not normalised over the scale (the rest went to other tokens)
+            out = []
+            for req in requests:
+                paris = "Paris" in req.messages[-1]["content"]
+                lp = {s: -50.0 for s in req.choices}
+                lp.update({"3": math.log(0.2), "5": math.log(0.1)} if paris else {"1": math.log(0.3)})
+                out.append(ChatResult(req, [], 10, choice_logprobs=lp))
+            return out
+
+    (v,) = compare([(QUESTION, "Paris.", "Lyon.")], [PAIRWISE_RECIPES["rate5"]], Rater(), "scripted")["rate5"]
+    assert v.logodds == [(pytest.approx(3 * 2 / 3 + 5 / 3), pytest.approx(1.0))]
+    assert v.margin == pytest.approx((11 / 3 - 1.0) / 2)
+
+
 def test_choice_log_probabilities_sum_the_spellings(qwen_engine) -> None:
     req = compare_request(PAIRWISE_RECIPES["headings-ab"], QUESTION, "Paris.", "Lyon.", ("A", "B"))
     res = qwen_engine.chat([req])[0]

@@ -129,7 +129,7 @@ def test_unknown_template_lists_available() -> None:
 
 
 def test_list_prompts_has_all_package_templates() -> None:
-    expected = {"pairwise", "pairwise_headings"} | {evol_template_name(c) for c in EVOL_CRITERIA}
+    expected = {"pairwise", "pairwise_headings", "pointwise"} | {evol_template_name(c) for c in EVOL_CRITERIA}
     expected |= {judge_template_name(a) for a in JUDGE_ASPECTS}
     assert set(list_prompts()) == expected
 
