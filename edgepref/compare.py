@@ -133,18 +133,17 @@ class Verdict:
 
 def request(recipe: Recipe, instruction: str, first: str, second: str, labels: tuple[str, str],
             question: str | None = None) -> ChatRequest:
-    """The question (default: the recipe's first) with `first` shown first, answered by one of `labels`."""
+    """The question (default: the recipe's first) with `first` shown first, answered by one of `labels`;
+    for a pointwise recipe, `first` alone to be rated on its scale."""
     if recipe.max_words:
         first, second = clip_words(first, recipe.max_words), clip_words(second, recipe.max_words)
     if recipe.pointwise:  # `first` alone is rated; `second` and `labels` play no part
         user = render_prompt(recipe.template, instruction=instruction, response=first,
                              low=recipe.scale[0], high=recipe.scale[-1])
-        messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
-            {"role": "user", "content": user}
-        ]
-        return ChatRequest(messages, Sampling(max_tokens=0), choices=recipe.scale)
-    user = render_prompt(recipe.template, instruction=instruction, first=first, second=second,
-                         label_first=labels[0], label_second=labels[1], question=question or recipe.questions[0])
+        labels = recipe.scale
+    else:
+        user = render_prompt(recipe.template, instruction=instruction, first=first, second=second,
+                             label_first=labels[0], label_second=labels[1], question=question or recipe.questions[0])
     messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
         {"role": "user", "content": user}
     ]
