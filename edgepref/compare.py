@@ -211,7 +211,7 @@ def compare(
             for recipe in recipes:
                 for labels, question in _questions(recipe):
                     req = request(recipe, instruction, first, second, labels, question)
-                    key = json.dumps([req.messages, req.prefill, list(labels)])
+                    key = json.dumps([req.messages, req.prefill, list(req.choices)])
                     if key not in index:
                         index[key] = len(reqs)
                         reqs.append(req)
