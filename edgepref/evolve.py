@@ -274,4 +274,4 @@ class EvolveStage(Stage):
         before = {r.id: len(r.dropped) for r in records}
         evolve(records, self.model, backend, ctx.cfg.evolve, seed=ctx.cfg.seed,
                similarity_threshold=ctx.cfg.similarity_threshold, on_result=on_result, on_error=ctx.error)
-        self.stats.dropped.update(d["reason"] for r in records for d in r.dropped[before[r.id]:])
+        ctx.stats(self.name).dropped.update(d["reason"] for r in records for d in r.dropped[before[r.id]:])

@@ -279,4 +279,4 @@ class PairStage(Stage):
 
     def run(self, records: list[Record], backend, ctx: StageContext, on_result) -> None:
         self.report = pair_records(records, ctx.cfg.pair)
-        self.stats.dropped.update(self.report.dropped)
+        ctx.stats(self.name).dropped.update(self.report.dropped)

@@ -210,7 +210,6 @@ class Runner:
             total = unit.total(records, self)
             if not total:
                 continue
-            unit.stats = self.stats(unit.name)
             self.run_requests(unit.name, unit.model, unit.n_ctx, total,
                               lambda be, cb, unit=unit: unit.run(records, be, self, cb), reads=unit.reads)
         kind.after(records, self)

@@ -5,9 +5,10 @@ verify.py, pair.py); `pipeline.STAGES` lists the kinds in the order a run takes 
 config a kind plans its units, one per model it needs (complete: one per pool member; judge:
 one per judge; verify: one per judge of the verdict chain) or one with no model (pair). The
 runner loops over the kinds and their units: it gives each unit the cached backend of its
-model and times it; the unit adds to its `StageStats`. The CLI's stage commands, the cache
-file names (`<unit name>.jsonl`), the summary and the report read the units' names and counters
-instead of spelling stages.
+model and times it; the unit adds to its `StageStats` (`ctx.stats(name)`: the runner holds
+them, units of one name share them). The CLI's stage commands, the cache file names
+(`<unit name>.jsonl`), the summary and the report read the units' names and counters instead of
+spelling stages.
 
 To add a stage: write a module with a `Stage` subclass (kind, help, plan, run) and add the
 class to `pipeline.STAGES`; with a `help`, `edgepref <kind>` runs it alone.
@@ -96,7 +97,6 @@ class Stage:
 
     def __init__(self, name: str, model: str | None, n_ctx: int = 0):
         self.name, self.model, self.n_ctx = name, model, n_ctx
-        self.stats = StageStats()
 
     @classmethod
     def plan(cls, ctx: StageContext) -> list[Stage]:
