@@ -31,6 +31,7 @@ from typing import Sequence
 
 from .backend import Backend, ChatRequest, ChatResult, Sampling
 from .errors import ConfigError
+from .logprobs import weighted_score
 from .prompts import render_prompt
 
 STRICT_JUDGE = "You are a strict judge of answer quality."
@@ -174,8 +175,7 @@ def rated(result: ChatResult, scale: Sequence[str]) -> float | None:
     if not result.ok or not lp or any(s not in lp for s in scale):
         return None
     top = max(lp[s] for s in scale)
-    weights = [math.exp(lp[s] - top) for s in scale]
-    return sum((k + 1) * w for k, w in enumerate(weights)) / sum(weights)
+    return weighted_score({s: math.exp(lp[s] - top) for s in scale}, scale)
 
 
 def logodds(result: ChatResult, labels: tuple[str, str]) -> float | None:

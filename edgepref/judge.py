@@ -28,17 +28,12 @@ from .cascade import check_chain
 from .compare import compare, get_recipe, self_preference_notice
 from .config import JudgeConfig
 from .grammars import SCORE_DIGITS, RatingParseError, build_rating_grammar, build_score_grammar, parse_rating_lines
+from .logprobs import weighted_score
 from .prompts import judge_template_name, render_prompt
 from .records import ErrorSink, Rating, Record, content_key
 from .stage import Stage, StageContext
 
 SCORE_TOKENS = tuple(SCORE_DIGITS)  # the choices whose probabilities give the expected score
-
-
-def expected_score(dist: dict[str, float]) -> float:
-    """Probability-weighted mean over the digits 1..5."""
-    total = sum(dist.get(s, 0.0) for s in SCORE_TOKENS)
-    return sum(int(s) * dist.get(s, 0.0) for s in SCORE_TOKENS) / total
 
 
 def shown_orders(record: Record, ids: list[str], cfg: JudgeConfig, seed: int) -> list[list[str]]:
@@ -95,7 +90,7 @@ def _parse(result: ChatResult, n: int, cfg: JudgeConfig) -> list[tuple[int, floa
     lines = parse_rating_lines(gen.text, n, with_rationale=cfg.mode == "rationale")
     trace = dict(gen.choice_trace)
     return [
-        (ln.score, expected_score(trace[ln.offset]) if ln.offset in trace else None, ln.rationale)
+        (ln.score, weighted_score(trace[ln.offset], SCORE_TOKENS) if ln.offset in trace else None, ln.rationale)
         for ln in lines
     ]
 

@@ -27,6 +27,13 @@ def distribution(logits: np.ndarray, candidates: dict[int, str]) -> dict[str, fl
     return {candidates[t]: float(p) for t, p in zip(ids, probs)}
 
 
+def weighted_score(probs: dict[str, float], scale: Sequence[str]) -> float:
+    """The mean score over a rating scale whose answers `scale` mean 1, 2, ... in order, weighted
+    by their probabilities (renormalised over the scale; a missing answer weighs 0)."""
+    total = sum(probs.get(s, 0.0) for s in scale)
+    return sum((k + 1) * probs.get(s, 0.0) for k, s in enumerate(scale)) / total
+
+
 def _logsumexp(vals: np.ndarray) -> float:
     top = float(vals.max())
     return top + float(np.log(np.exp(vals - top).sum()))
