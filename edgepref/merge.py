@@ -1,8 +1,9 @@
 """Combine the output directories of shard runs (`edgepref run ... --shard I/N`) into one.
 
-Each shard wrote a run directory (rundir.py) for its share of the input. The merge keeps every record and pair once (by id: a shard that was run twice, or a
-directory given twice, adds nothing), keeps every error once, checks that the shards were made
-with the same settings, and says which shards of 0..N-1 are missing. The result is an ordinary
+Each shard wrote a run directory (rundir.py) for its share of the input. The merge keeps every
+record and pair once (by id: a shard that was run twice, or a directory given twice, adds
+nothing), keeps every error once, checks that the shards were made with the same settings, and
+says which shards of 0..N-1 are missing. The result is an ordinary
 run directory: `edgepref export`, `inspect` and TRL read it like any other.
 """
 
