@@ -2,9 +2,12 @@
 
 Each shard wrote a run directory (rundir.py) for its share of the input. The merge keeps every
 record and pair once (by id: a shard that was run twice, or a directory given twice, adds
-nothing), keeps every error once, checks that the shards were made with the same settings, and
-says which shards of 0..N-1 are missing. The result is an ordinary
-run directory: `edgepref export`, `inspect` and TRL read it like any other.
+nothing), keeps every error once, checks that the shards were made with the same settings and
+from the same input (run.json's "input": its content hash, or Hub name, split and revision), and
+says which shards of 0..N-1 are missing. An empty shard (no instruction fell to it) adds
+nothing and counts as seen. The result is an ordinary run directory: `edgepref export`,
+`inspect` and TRL read it like any other. It is written to a new or empty directory, or over an
+earlier merge's output, never over a run's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, InputError
-from .rundir import RECORDS, RunDir
+from .rundir import RECORDS, NotARunDir, RunDir, config_changes, describe_input, input_key, refuse_inputs_inside
 from .store import read_jsonl
 
 
@@ -34,32 +37,44 @@ class MergeReport:
     files: dict = field(default_factory=dict)
 
 
-def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out.extend(_config_differences(va, vb, f"{prefix}{k}."))
-        elif va != vb:
-            out.append(f"{prefix}{k}: {json.dumps(va)} vs {json.dumps(vb)}")
-    return out
+def _check_out(out: Path, dirs: list[Path]) -> None:
+    """out_dir may be new, empty or an earlier merge's output; no input may be it or lie among
+    the files it gets."""
+    refuse_inputs_inside(out, dirs)
+    target = RunDir(out)
+    target.check_writable()
+    run, _ = target.read_run()
+    if target.is_run_dir() and "merged_from" not in run:
+        raise NotARunDir(f"--out {out} holds a run of `edgepref run`, not a merge: merging would replace its pairs",
+                         "write the merge to a new directory")
+
+
+def _check_same_input(d: Path, run: dict, base: tuple[Path, dict] | None, allow_mixed: bool) -> None:
+    """Shards of one split must come from one input (compared when both recorded theirs)."""
+    ident = run.get("input")
+    if base is None or not ident or not base[1] or allow_mixed:
+        return
+    if input_key(ident) != input_key(base[1]):
+        raise ConfigError(
+            f"{d} is a shard of another input than {base[0]}: {describe_input(ident)} vs {describe_input(base[1])}",
+            "merge the shards of one input (rerun the odd shard on it); --allow-mixed merges anyway",
+        )
 
 
 def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool = False) -> MergeReport:
-    """Merge run directories into out_dir (which may not be one of them)."""
+    """Merge run directories into out_dir (new, empty or an earlier merge; not one of them)."""
     out = Path(out_dir)
     dirs = [Path(d) for d in dirs]
     if not dirs:
         raise InputError("nothing to merge", "name the shard output directories: edgepref merge out-0 out-1 --out all")
-    if any(d.resolve() == out.resolve() for d in dirs):
-        raise InputError(f"--out {out} is one of the inputs", "write the merge to a new directory")
+    _check_out(out, dirs)
     report = MergeReport(out_dir=str(out))
     records: dict[str, dict] = {}
     pairs: dict[str, dict] = {}
     errors: dict[str, dict] = {}
     base_config: dict | None = None
     base_dir: Path | None = None
+    base_input: tuple[Path, dict] | None = None  # the first shard's directory and input
     judges: list = []
     for d in dirs:
         run_dir = RunDir(d)
@@ -73,7 +88,7 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
             if base_config is None:
                 base_config, base_dir, judges = config, d, run.get("judges", [])
             else:
-                diff = _config_differences(base_config, config)
+                diff = config_changes(base_config, config)
                 if diff and not allow_mixed:
                     raise ConfigError(
                         f"{d} was made with other settings than {base_dir}: " + "; ".join(diff[:5]),
@@ -81,6 +96,8 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
                     )
         shard = (run.get("summary") or {}).get("shard")
         if shard:
+            _check_same_input(d, run, base_input, allow_mixed)
+            base_input = base_input or (d, run.get("input") or {})
             i, n = shard
             if report.shard_count is not None and n != report.shard_count:
                 raise ConfigError(f"{d} is shard {i}/{n} but another input is a shard of {report.shard_count}",
@@ -110,6 +127,7 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
     run = {
         "config": base_config or {},
         "judges": judges,
+        "input": (base_input or (None, None))[1] or None,
         "merged_from": [str(d) for d in dirs],
         "summary": {"instructions": len(records), "pairs": len(pairs), **asdict(report)},
     }

@@ -5,13 +5,18 @@ the config, one per model it needs; `Runner` loops over them. One model is resid
 laptop holds one); units that use the same model in a row share it. Every model request goes
 through the unit's request cache (`<unit name>.jsonl` in the run directory's cache), so an
 interrupted run resumes where it stopped (store.py). Progress and notices go to an `on_event`
-callback; this module never prints. The run directory's files are rundir.py's.
+callback; this module never prints. The run directory's files, and what a run may write over,
+are rundir.py's.
+
+A run that wrote its files but failed (summary.run_failures: a stage unit whose every request
+failed, or no pair because every instruction lost its pair to errors) raises `RunFailed`, which
+carries the result; uncertain verdicts are not failures. A shard that receives no instruction
+of an input that has some is a run with empty outputs, not an error.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from functools import cached_property
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,10 +35,10 @@ from .judge import JudgeStage
 from .modelfiles import availability
 from .pair import PairReport, PairStage
 from .records import Record
-from .rundir import ERRORS, RunDir
+from .rundir import ERRORS, RunDir, input_identity, refuse_inputs_inside, texts_identity
 from .stage import Stage, StageStats
 from .store import CachedBackend, write_jsonl_atomic
-from .summary import RunSummary, summarize
+from .summary import RunSummary, UnitOutcome, summarize
 from .verify import VerifyStage
 
 # The run, in order. A kind with a `help` is also a CLI command, `edgepref <kind>`, that runs it
@@ -65,6 +70,14 @@ class RunResult:
     drop_reasons: dict[str, str] = field(default_factory=dict)  # record id -> why it has no pair
 
 
+class RunFailed(EdgeprefError):
+    """The run wrote its files but failed (summary.failures says how); `result` is what it made."""
+
+    def __init__(self, message: str, hint: str | None, result: RunResult):
+        super().__init__(message, hint)
+        self.result = result
+
+
 class Runner:
     """One run over one output directory: `run_all`, or `run_kind` for the stages one by one.
     It is the stages' StageContext (stage.py)."""
@@ -85,6 +98,9 @@ class Runner:
         self.errors: list[dict] = []
         self.started = time.perf_counter()
         self.units: dict[str, StageStats] = {}  # stage unit name -> its counters, in the order they ran
+        self.outcomes: dict[str, UnitOutcome] = {}  # stage unit name -> its requests answered and failed
+        self._unit: str | None = None  # the unit running now: its errors count against it
+        self.source: dict | None = None  # the input's identity (run.json "input"), given to run_all
         self._tmp_cache = None
         if self.run_dir is None and self._cache_dir is None:
             import tempfile
@@ -138,6 +154,8 @@ class Runner:
 
     def error(self, record: Record, stage: str, message: str) -> None:
         self.errors.append({"stage": stage, "id": record.id, "reason": message})
+        if self._unit is not None:
+            self.outcomes.setdefault(self._unit, UnitOutcome()).fail(message)
 
     def notice(self, message: str, stage: str = "", model: str = "") -> None:
         self.on_event(Event("notice", stage, model, message=message))
@@ -179,9 +197,11 @@ class Runner:
 
     def _progress(self, name: str, model: str):
         stats = self.stats(name)
+        outcome = self.outcomes.setdefault(name, UnitOutcome())
 
         def callback(progress, result) -> None:
             stats.count(result)
+            outcome.answered += bool(result.ok)
             prompt_rate = progress.prompt_tokens / progress.elapsed if progress.elapsed > 0 else 0.0
             self.on_event(Event("progress", name, model, progress.done, progress.total,
                                 progress.completion_tokens, progress.tokens_per_second, prompt_rate))
@@ -194,11 +214,16 @@ class Runner:
         start = time.perf_counter()
         stats = self.stats(name)
         be = self.cache(name, model, n_ctx, reads) if model else None
-        fn(be, self._progress(name, model or ""))
+        self._unit = name
+        try:
+            fn(be, self._progress(name, model or ""))
+        finally:
+            self._unit = None
         stats.seconds += time.perf_counter() - start
         if be is not None:
             stats.cached_requests += be.hits
             stats.continued_requests += be.prefetched
+            self.outcomes.setdefault(name, UnitOutcome()).answered += be.hits + be.prefetched
         self.on_event(Event("stage-end", name, model or "", done=total, total=total))
 
     # -------------------------------------------------------------- the stages
@@ -215,16 +240,30 @@ class Runner:
         kind.after(records, self)
         return units
 
-    def run_all(self, batch: InputBatch) -> RunResult:
-        """Every stage over the batch; the run directory is locked meanwhile."""
-        with self.run_dir.lock() if self.run_dir else nullcontext():
-            return self._run_all(batch)
+    def run_all(self, batch: InputBatch, source: dict | None = None, overwrite: bool = False,
+                input_has_instructions: bool | None = None) -> RunResult:
+        """Every stage over the batch; the run directory is locked meanwhile. `source` is the
+        input's identity for run.json (rundir.input_identity); a run directory made with other
+        settings or another input is refused unless `overwrite` (rundir.RunDir.begin). With
+        `batch.shard` set and no records the run is an empty shard, a success, unless
+        `input_has_instructions` is False (the whole input has none)."""
+        self.source = source
+        if self.run_dir is None:
+            return self._run_all(batch, input_has_instructions)
+        self.run_dir.check_writable()  # before the lock file is made in DIR
+        with self.run_dir.lock():
+            self.run_dir.begin({**self._header(), "summary": asdict(summarize(batch.records, None, batch, self))},
+                               overwrite)
+            return self._run_all(batch, input_has_instructions)
 
-    def _run_all(self, batch: InputBatch) -> RunResult:
+    def _run_all(self, batch: InputBatch, input_has_instructions: bool | None = None) -> RunResult:
         records = batch.records
         for p in batch.problems:
             self.errors.append({"stage": "input", "row": p.row, "id": p.id, "reason": p.reason})
         if not records:
+            if batch.shard is not None and input_has_instructions is not False:
+                report = PairReport()  # an empty shard: empty outputs that merge like any other
+                return RunResult(records, [], self._write(records, report, batch))
             self._write(records, None, batch)
             raise EdgeprefError(
                 f"no usable instructions ({len(batch.problems)} problem rows)",
@@ -242,13 +281,23 @@ class Runner:
                     self._write(records, None, batch)
         finally:
             self.host.close()
-        return RunResult(records, report.pairs, self._write(records, report, batch), report.drop_reasons)
+        result = RunResult(records, report.pairs, self._write(records, report, batch), report.drop_reasons)
+        if result.summary.failures:
+            raise RunFailed("; ".join(result.summary.failures),
+                            f"see {self.run_dir.errors_file if self.run_dir else 'the errors'} for every failed "
+                            "request; failed requests are not cached, so the same command retries only them",
+                            result)
+        return result
+
+    def _header(self) -> dict:
+        """What run.json says the run is: its settings, judges and input."""
+        return {"config": asdict(self.cfg), "judges": self.judges, "input": self.source}
 
     def _write(self, records: list[Record], report, batch: InputBatch | None) -> RunSummary:
         summary = summarize(records, report, batch, self)
         if self.run_dir is None:
             return summary
-        run = {"config": asdict(self.cfg), "judges": self.judges, "summary": asdict(summary)}
+        run = {**self._header(), "summary": asdict(summary)}
         pairs = (p.to_row() for p in report.pairs) if report is not None else None
         summary.files = self.run_dir.write((r.to_row() for r in records), self.errors, pairs, run)
         return summary
@@ -265,27 +314,43 @@ def run_pipeline(
     cfg: PipelineConfig | None = None,
     on_event: EventCallback | None = None,
     backends: dict[str, Backend] | None = None,
+    overwrite: bool = False,
     **input_options,
 ) -> RunResult:
     """The whole job: instructions in, DIR/records.jsonl and DIR/pairs.jsonl out.
 
-    `source` is a path or dataset name (see inputs.read_instructions), a list of instruction
-    strings, or an InputBatch. With out_dir=None nothing is written; records, pairs and the
-    summary come back either way.
+    `source` is a path or dataset name (see inputs.read_instructions; `input_options` are its
+    column, split, limit, shuffle and shard), a list of instruction strings, or an InputBatch.
+    With out_dir=None nothing is written; records, pairs and the summary come back either way.
+    out_dir must be absent, empty or a run directory; a run directory made with other settings
+    or another input is refused unless `overwrite` (see rundir.py). Raises RunFailed (with the
+    result) when the run wrote its files but failed.
     """
-    from .inputs import read_instructions
+    from .inputs import read_instructions, take_shard
     from .records import content_key
 
+    cfg = cfg or PipelineConfig()
+    identity, whole = None, None
     if isinstance(source, InputBatch):
         batch = source
     elif isinstance(source, list):
-        batch = InputBatch(records=[Record(id=content_key("instruction", t.strip()), instruction=t.strip())
-                                    for t in source if t.strip()])
+        texts = [t.strip() for t in source if t.strip()]
+        batch = InputBatch(records=[Record(id=content_key("instruction", t), instruction=t) for t in texts])
+        identity = texts_identity(texts)
     else:
-        batch = read_instructions(source, **input_options)
-    runner = Runner(cfg or PipelineConfig(), out_dir, on_event, backends=backends)
+        if out_dir is not None:  # before reading: nothing a run reads is among what it writes
+            RunDir(out_dir).check_writable()
+            refuse_inputs_inside(out_dir, [source])
+        shard = input_options.pop("shard", None)
+        input_options.setdefault("seed", cfg.seed)
+        whole = read_instructions(source, **input_options)
+        batch = take_shard(whole, *shard) if shard else whole
+        identity = input_identity(source, column=whole.column, split=input_options.get("split"),
+                                  limit=input_options.get("limit"), shuffle=bool(input_options.get("shuffle")))
+    runner = Runner(cfg, out_dir, on_event, backends=backends)
     try:
-        return runner.run_all(batch)
+        return runner.run_all(batch, identity, overwrite,
+                              input_has_instructions=bool(whole.records) if whole is not None else None)
     finally:
         runner.close()
 

@@ -1,7 +1,11 @@
-"""The summary of a run: what `edgepref run` prints and run.json keeps."""
+"""The summary of a run: what `edgepref run` prints and run.json keeps, and whether the run
+failed (`run_failures`): a stage unit whose every request failed, or no pair at all because
+every instruction lost its pair to failed requests. No pair because the judges were unsure is
+a result, not a failure."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -51,6 +55,49 @@ class RunSummary:
     files: dict = field(default_factory=dict)
     shard: list | None = None  # [index, count] when the run was one shard of its input
     endpoints: dict = field(default_factory=dict)  # model -> per-endpoint request counts
+    failures: list = field(default_factory=list)  # why the run failed (run_failures); empty: it did not
+
+
+@dataclass
+class UnitOutcome:
+    """A stage unit's requests: answered (fresh or replayed) and failed, with the first failure."""
+
+    answered: int = 0
+    failed: int = 0
+    first_error: str = ""
+
+    def fail(self, message: str) -> None:
+        self.failed += 1
+        self.first_error = self.first_error or message
+
+
+# pair.py's drop reasons that a failed request causes (no ratings, no verdict); the others
+# (uncertain, tie, small_margin, identical_text) are what the judges and the data said
+LOST_TO_ERRORS = ("fewer_than_two_rated", "no_verdict")
+
+
+def excerpt(text: str, limit: int = 160) -> str:
+    """A server's answer shortened for one line: markup removed, whitespace collapsed, cut."""
+    flat = " ".join(re.sub(r"<[^<>]*>", " ", text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def run_failures(report, errors: list[dict], outcomes: dict[str, UnitOutcome]) -> list[str]:
+    """Why a run failed: each stage unit whose every request failed (with the first error: the
+    server's status and an excerpt of its answer), and no pair written when every instruction
+    without one lost it to a failed request. [] when the run did not fail."""
+    out = [f"every request of {name} failed ({o.failed}): {excerpt(o.first_error)}"
+           for name, o in outcomes.items() if o.failed and not o.answered]
+    if report is not None and not report.pairs and report.drop_reasons:
+        first_error: dict[str, str] = {}
+        for e in errors:
+            if e.get("stage") != "input" and e.get("id") is not None:
+                first_error.setdefault(e["id"], e["reason"])
+        lost = [rid for rid, why in report.drop_reasons.items() if why in LOST_TO_ERRORS and rid in first_error]
+        if len(lost) == len(report.drop_reasons):
+            out.append(f"no pair written: each of the {len(lost)} instructions lost its pair to failed requests "
+                       f"(the first: {excerpt(first_error[lost[0]])})")
+    return out
 
 
 def completions_per_model(records: list[Record]) -> dict[str, int]:
@@ -93,6 +140,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
             if calibrated and len(calibrated) == s.pairs:
                 s.expected_agreement = round(sum(calibrated) / len(calibrated), 4)
     s.request_errors = sum(1 for e in runner.errors if e["stage"] != "input")
+    s.failures = run_failures(report, runner.errors, runner.outcomes)
     s.wall_seconds = time.perf_counter() - runner.started
     units = runner.units.values()
     s.completion_tokens = sum(u.completion_tokens for u in units)

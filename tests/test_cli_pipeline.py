@@ -245,3 +245,46 @@ def test_pair_command_takes_the_pair_settings_from_the_table(tmp_path) -> None:
     assert json.loads(out.read_text().splitlines()[0])["chosen"][-1]["role"] == "assistant"
     result = CliRunner().invoke(cli, ["pair", str(src), "--out", str(out), "--decide", "ratings"])
     assert "3 pairs" in result.output
+
+
+def test_a_rerun_with_other_settings_says_what_changed_and_needs_overwrite(tmp_path) -> None:
+    """One real run; then the same directory with another threshold (refused, nothing touched),
+    the same settings (resumed from the cache), and the other threshold with --overwrite."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"instruction": "Name a planet."}) + "\n")
+    out = tmp_path / "out"
+    run = ["run", str(src), "--out", str(out), *FAST]
+    first = CliRunner().invoke(cli, run)
+    assert first.exit_code == 0, first.output
+    pairs, records = (out / "pairs.jsonl").read_bytes(), (out / "records.jsonl").read_bytes()
+
+    changed = CliRunner().invoke(cli, [*run, "--min-confidence", "1000"])
+    assert changed.exit_code == 1, changed.output
+    assert "holds a run made with other settings" in changed.output
+    assert "pair.min_confidence: null -> 1000.0" in changed.output and "--overwrite" in changed.output
+    assert (out / "pairs.jsonl").read_bytes() == pairs and (out / "records.jsonl").read_bytes() == records
+
+    same = CliRunner().invoke(cli, [*run, "--threads", "1"])  # how it runs is not a change: it resumes
+    assert same.exit_code == 0, same.output
+    summary = json.loads((out / "run.json").read_text())["summary"]
+    assert summary["completion_tokens"] == 0 and summary["cached_requests"] > 0
+    assert (out / "pairs.jsonl").read_bytes() == pairs
+
+    # no judge is that sure: no pair, and that is a result (exit 0), not a failure
+    over = CliRunner().invoke(cli, [*run, "--min-confidence", "1000", "--overwrite"])
+    assert over.exit_code == 0, over.output
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["config"]["pair"]["min_confidence"] == 1000.0
+    assert run_json["summary"]["pairs"] == 0 and run_json["summary"]["pairs_dropped"] == {"uncertain": 1}
+    assert run_json["summary"]["failures"] == [] and (out / "pairs.jsonl").read_text() == ""
+    assert run_json["summary"]["completion_tokens"] == 0  # the cache still answered every request
+
+
+def test_out_and_overwrite_document_what_a_run_may_write_over() -> None:
+    for command in ("run", "try"):
+        shown = CliRunner().invoke(cli, [command, "--help"])
+        assert shown.exit_code == 0
+        text = " ".join(shown.output.split())
+        assert "--overwrite" in text and "not edgepref's are never overwritten" in text
+    text = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    assert "must be new, empty or a run directory of edgepref" in text

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edgepref.cli import cli
 from edgepref.errors import ConfigError, InputError
-from edgepref.inputs import parse_shard, read_instructions
+from edgepref.inputs import parse_shard, read_instructions, shard_index
 from edgepref.merge import merge_runs
 
 from .test_cli_pipeline import FAST
@@ -104,3 +104,96 @@ def test_merge_refuses_shards_made_with_other_settings(shard_runs, tmp_path) -> 
     assert merge_runs([a, other], tmp_path / "m", allow_mixed=True).records == 5
     with pytest.raises(InputError):
         merge_runs([a, tmp_path], tmp_path / "m3")  # not a run directory
+
+
+# ---------------------------------------------------------------- empty shards and the input's identity
+
+
+def text_in_shard(shard: int, count: int = 2, start: int = 0) -> str:
+    """An instruction that falls to `shard` of `count` (the split hashes the text)."""
+    return next(t for i in range(start, start + 100) if shard_index(t := f"Give one fact about the number {i}.",
+                                                                     count) == shard)
+
+
+@pytest.fixture(scope="module")
+def one_row_shards(tmp_path_factory):
+    """An input of one instruction run as two shards: shard `full` gets it, the other none."""
+    tmp = tmp_path_factory.mktemp("one-row")
+    text = text_in_shard(0)
+    src = tmp / "in.jsonl"
+    src.write_text(json.dumps({"instruction": text}) + "\n")
+    results = {}
+    for i in range(2):
+        results[i] = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(tmp / f"out-{i}"),
+                                              *FAST])
+    return tmp, src, results
+
+
+def test_an_empty_shard_succeeds_with_empty_outputs_that_merge(one_row_shards) -> None:
+    tmp, src, results = one_row_shards
+    assert results[0].exit_code == 0, results[0].output
+    assert results[1].exit_code == 0, results[1].output  # no instruction fell to shard 1: not an error
+    empty = tmp / "out-1"
+    assert rows(empty / "records.jsonl") == [] and rows(empty / "pairs.jsonl") == []
+    run = json.loads((empty / "run.json").read_text())
+    assert run["summary"]["shard"] == [1, 2] and run["summary"]["instructions"] == 0
+    import hashlib
+
+    assert run["input"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert run["input"]["path"] == str(src.resolve()) and run["input"]["column"] == "instruction"
+    merged = tmp / "all"
+    result = CliRunner().invoke(cli, ["merge", str(tmp / "out-0"), str(empty), "--out", str(merged)])
+    assert result.exit_code == 0, result.output
+    assert "2 of 2" in result.output and "missing" not in result.output
+    assert len(rows(merged / "records.jsonl")) == 1
+    assert json.loads((merged / "run.json").read_text())["input"]["sha256"] == run["input"]["sha256"]
+
+
+def test_a_shard_of_an_input_with_no_usable_instruction_still_fails(tmp_path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"instruction": ""}\nnot json\n')
+    for i in range(2):
+        result = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(tmp_path / f"o{i}"), *FAST])
+        assert result.exit_code == 1 and "no usable instructions" in result.output, result.output
+
+
+def test_merge_refuses_shards_of_different_inputs(one_row_shards, tmp_path) -> None:
+    tmp, src, _ = one_row_shards
+    # shard 1 of another input that, like ours, has nothing in shard 1 (no model runs)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"instruction": text_in_shard(0, start=50)}) + "\n")
+    # and shard 1 of a copy of our input at another path (another machine's disk)
+    copy = tmp_path / "elsewhere" / "in.jsonl"
+    copy.parent.mkdir()
+    shutil.copy(src, copy)
+    for name, source in (("other-1", other), ("copy-1", copy)):
+        result = CliRunner().invoke(cli, ["run", str(source), "--shard", "1/2", "--out", str(tmp_path / name), *FAST])
+        assert result.exit_code == 0, result.output
+    with pytest.raises(ConfigError) as info:
+        merge_runs([tmp / "out-0", tmp_path / "other-1"], tmp_path / "m")
+    assert "shard of another input" in info.value.message
+    assert str(src.resolve()) in info.value.message and str(other.resolve()) in info.value.message
+    result = CliRunner().invoke(cli, ["merge", str(tmp / "out-0"), str(tmp_path / "other-1"), "--out",
+                                      str(tmp_path / "m")])
+    assert result.exit_code == 1 and "another input" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m").exists()
+    # the same bytes at another path are the same input
+    assert merge_runs([tmp / "out-0", tmp_path / "copy-1"], tmp_path / "m2").records == 1
+
+
+def test_merge_writes_over_neither_a_run_nor_someone_elses_files(shard_runs, tmp_path) -> None:
+    _, (a, b) = shard_runs
+    run_copy = tmp_path / "a-copy"
+    shutil.copytree(a, run_copy)
+    with pytest.raises(InputError) as info:
+        merge_runs([a, b], run_copy)
+    assert "not a merge" in info.value.message
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "pairs.jsonl").write_text("mine\n")
+    with pytest.raises(InputError) as info:
+        merge_runs([a, b], foreign)
+    assert "not an edgepref run directory" in info.value.message
+    assert (foreign / "pairs.jsonl").read_text() == "mine\n"
+    merge_runs([a, b], tmp_path / "m")
+    assert merge_runs([a, b], tmp_path / "m").records == 5  # an earlier merge's output is merged over

@@ -16,19 +16,31 @@ from .options import build_config, config_option, input_options, pipeline_option
 from .root import cli, models_file_option
 
 
+OUT_HELP = (f"Output directory: {RECORDS}, {PAIRS}, {ERRORS}, {RUN}. It must be new, empty or a run "
+            "directory of edgepref (its run.json says so); a run directory made with the same settings and "
+            "input is resumed.")
+OVERWRITE_HELP = ("Let a run on an --out made with other settings or another input replace that run's records "
+                  "and pairs (without it the run stops and lists what changed). Cached answers that still "
+                  "apply are reused; files that are not edgepref's are never overwritten.")
+overwrite_option = click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+
+
 @cli.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help=f"Output directory: {RECORDS}, {PAIRS}, {ERRORS}, {RUN}.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help=OUT_HELP)
+@overwrite_option
 @click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
 @input_options
 @pipeline_options
-def run(input_path: str, out_dir: Path, with_report: bool, column, split, limit, shuffle, shard, quiet,
-        config_file, preset, **opts) -> None:
+def run(input_path: str, out_dir: Path, overwrite: bool, with_report: bool, column, split, limit, shuffle, shard,
+        quiet, config_file, preset, **opts) -> None:
     """Run the whole pipeline: pool completions, EvolQuality, UltraFeedback judge, pairs.
 
     INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub dataset name,
-    with an `instruction` (or `prompt`) column. Rerunning the same command resumes.
+    with an `instruction` (or `prompt`) column. Rerunning the same command resumes; a rerun
+    with other settings stops and says what changed (--overwrite replaces the old run).
+    The exit code is 1 when a stage's every request failed or every instruction lost its pair
+    to errors (the files are written all the same); a shard that gets no instruction exits 0.
 
     \b
     Example:
@@ -37,15 +49,23 @@ def run(input_path: str, out_dir: Path, with_report: bool, column, split, limit,
       edgepref run data.jsonl --shard 0/4 --out out-0/   # then: edgepref merge out-* --out all/
       edgepref run data.jsonl --out out/ --judge big --endpoint big=http://gpu-box:8080/v1
     """
-    from ..inputs import parse_shard, read_instructions
-    from ..pipeline import run_pipeline
+    from ..inputs import parse_shard
+    from ..pipeline import RunFailed, run_pipeline
 
     cfg = build_config(config_file, preset, **opts)
-    batch = read_instructions(input_path, column=column, split=split, limit=limit, shuffle=shuffle,
-                              seed=cfg.seed, shard=parse_shard(shard) if shard else None)
     with display.StageProgress(quiet) as progress:
-        result = run_pipeline(batch, out_dir, cfg, on_event=progress)
+        try:
+            result = run_pipeline(input_path, out_dir, cfg, on_event=progress, overwrite=overwrite, column=column,
+                                  split=split, limit=limit, shuffle=shuffle,
+                                  shard=parse_shard(shard) if shard else None)
+        except RunFailed as exc:
+            result = exc.result
+            failed = exc
+        else:
+            failed = None
     display.render_summary(result.summary)
+    if failed is not None:
+        raise failed
     if with_report:
         from ..report import write_report
 
@@ -119,10 +139,11 @@ def pair_command(input_path, out, config_file, **opts) -> None:
 @click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A few instructions (any input format) instead of INSTRUCTION.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write records/pairs here (default: write nothing).")
+              help="Also write records/pairs here (default: write nothing); as `run --out`.")
+@overwrite_option
 @click.option("--limit", type=int, default=5, show_default=True, help="At most this many from --file.")
 @pipeline_options
-def try_command(instruction, file_path, out_dir, limit, quiet, config_file, preset, **opts) -> None:
+def try_command(instruction, file_path, out_dir, overwrite, limit, quiet, config_file, preset, **opts) -> None:
     """The whole pipeline on one instruction, shown in the terminal: every candidate with its
     model, settings and score, the judge's reasons, and which became chosen/rejected and why.
 
@@ -134,15 +155,18 @@ def try_command(instruction, file_path, out_dir, limit, quiet, config_file, pres
       edgepref try "Explain DNS to a ten-year-old."
       edgepref try "Write a limerick about tea." --system-prompt "Be concise." --temperature 1.0
     """
-    from ..inputs import read_instructions
-    from ..pipeline import run_pipeline
+    from ..pipeline import RunFailed, run_pipeline
 
     if not instruction and not file_path:
         raise click.UsageError("give an INSTRUCTION or --file")
     cfg = build_config(config_file, preset, **opts)
-    source = read_instructions(file_path, limit=limit) if file_path else [instruction]
+    source, options = (file_path, {"limit": limit}) if file_path else ([instruction], {})
     with display.StageProgress(quiet) as progress:
-        result = run_pipeline(source, out_dir, cfg, on_event=progress)
+        try:
+            result = run_pipeline(source, out_dir, cfg, on_event=progress, overwrite=overwrite, **options)
+        except RunFailed as exc:
+            display.render_try(exc.result, cfg)
+            raise
     display.render_try(result, cfg)
 
 
