@@ -1,15 +1,20 @@
 """Reading instructions: JSONL, JSON, CSV, Parquet, a `save_to_disk` directory or a Hub dataset.
 
 Every row either becomes a `Record` or an `InputProblem` with its row number and the reason
-(not JSON, not UTF-8, no instruction, blank instruction). Duplicate instructions are kept once
-and counted. A missing instruction column is an error that lists the columns there are.
+(not JSON, not UTF-8, no instruction, blank instruction: nothing printable in it). Duplicate
+instructions are kept once and counted. A missing instruction column is an error that lists the
+columns there are; so is a path that looks local and is not there (it is not tried as a Hub name).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import math
 import random
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +22,18 @@ from .errors import InputError
 from .records import Record, content_key
 
 FALLBACK_COLUMNS = ("instruction", "prompt")
+# file types that are read as local files (`rows_from_datasets`); a missing path that ends in one
+# of these is a mistyped file, not a Hub dataset name
+LOCAL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".arrow")
+# a Hub dataset id: NAME or OWNER/NAME of letters, digits, "-", "_" and ".", not at either end
+# (huggingface_hub's REPO_ID_REGEX)
+HUB_ID = re.compile(r"(\b[\w\-.]+\b/)?\b[\w\-.]+\b")
+# Letters that draw nothing: Hangul fillers and the blank Braille pattern (category Lo/So, so
+# unicodedata alone counts them as printable); used to dodge "blank" checks.
+INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Unicode categories with nothing to read: controls, format characters (zero-width space and
+# joiners, direction marks, BOM, soft hyphen), surrogates, and separators (spaces, line breaks)
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 
 
 @dataclass
@@ -92,6 +109,8 @@ def iter_jsonl_rows(path: Path):
     """(line number, row dict or None, problem or None) for each non-empty line."""
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors) is not row 1's text
+                raw = raw[3:]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -99,15 +118,54 @@ def iter_jsonl_rows(path: Path):
                 continue
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, None, f"not JSON ({exc.msg} at column {exc.colno})"
-                continue
-            if not isinstance(row, dict):
-                yield n, None, f"a JSON {type(row).__name__}, not an object"
-                continue
-            yield n, row, None
+            row, problem = parse_json_row(line)
+            yield n, row, problem
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_row(line: str) -> tuple[dict | None, str | None]:
+    """One JSONL line as (an object, None) or (None, why it is not one). NaN and Infinity, which
+    Python's json reads, are refused: the row's fields are written back out as JSON."""
+    try:
+        row = json.loads(line, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg} at column {exc.colno})"
+    except ValueError as exc:  # NaN, or an integer longer than Python converts
+        return None, f"not JSON ({exc})"
+    except RecursionError:
+        return None, "not JSON (nested too deeply)"
+    if not isinstance(row, dict):
+        return None, f"a JSON {type(row).__name__}, not an object"
+    try:  # "\ud800" escapes decode to lone surrogates, which cannot be written as UTF-8 again
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return None, f"not valid Unicode (lone surrogate U+{ord(exc.object[exc.start]):04X})"
+    return row, None
+
+
+def has_printable(text: str) -> bool:
+    """Whether `text` has a character that draws something (not whitespace, a control, a
+    zero-width or direction mark, or a blank filler letter)."""
+    return any(unicodedata.category(ch) not in INVISIBLE_CATEGORIES and ch not in INVISIBLE_LETTERS
+               for ch in text)
+
+
+def refuse_missing_local_path(source: str) -> None:
+    """Raise InputError for a path that looks local (a data file's suffix, or not shaped like a
+    Hub dataset id) and does not exist, so that a typo is not retried over the network as a
+    dataset name."""
+    path = Path(source)
+    if path.exists() or (path.suffix.lower() not in LOCAL_SUFFIXES and HUB_ID.fullmatch(source)):
+        return
+    near = []
+    if path.parent.is_dir():
+        near = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=1)
+    hint = (f"did you mean {path.parent / near[0]}?" if near
+            else "check the path; a Hugging Face dataset is named NAME or OWNER/NAME (with --split)")
+    raise InputError(f"no such file: {source}", hint)
 
 
 def rows_from_datasets(source: str, split: str | None) -> tuple[list[dict], list[str]]:
@@ -157,10 +215,11 @@ def read_instructions(
     `shard=(i, n)` keeps the i-th of n deterministic shares (after shuffle and limit)."""
     source = str(source)
     path = Path(source)
+    refuse_missing_local_path(source)
     rows: list[tuple[int, dict | None, str | None]]
-    if path.suffix.lower() == ".jsonl" or (path.is_file() and path.suffix.lower() == ".ndjson"):
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
         if not path.is_file():
-            raise InputError(f"input file not found: {path}", "check the path")
+            raise InputError(f"{path} is not a file", "give a JSONL file, or a dataset directory without .jsonl")
         rows = list(iter_jsonl_rows(path))
         seen_cols: list[str] = []
         for _, row, _ in rows:
@@ -195,8 +254,9 @@ def read_instructions(
             batch.problems.append(InputProblem(n, f"{col!r} is a {type(value).__name__}, not text", rid))
             continue
         text = value.strip()
-        if not text:
-            batch.problems.append(InputProblem(n, f"blank {col!r}", rid))
+        if not has_printable(text):
+            why = f"blank {col!r}" + (" (only invisible characters)" if text else "")
+            batch.problems.append(InputProblem(n, why, rid))
             continue
         if text in seen:
             batch.duplicates += 1
@@ -214,12 +274,18 @@ def read_instructions(
     return batch
 
 
-def _jsonable(row: dict) -> dict:
-    try:
-        json.dumps(row)
-        return row
-    except TypeError:
-        return {k: str(v) for k, v in row.items()}
+def _jsonable(value):
+    """An input row's other fields as strict JSON: NaN and infinities (an empty numeric cell of a
+    CSV) become null, other objects (timestamps, bytes) their text; records.jsonl stays JSON."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)
 
 
 def read_records(path: str | Path) -> tuple[list[Record], list[InputProblem]]:
@@ -232,11 +298,26 @@ def read_records(path: str | Path) -> tuple[list[Record], list[InputProblem]]:
         if problem:
             problems.append(InputProblem(n, problem))
             continue
-        if "instruction" not in row or "id" not in row:
-            problems.append(InputProblem(n, "not a record (needs id and instruction)"))
+        record, why = _record_from_row(row)
+        if record is None:
+            problems.append(InputProblem(n, f"not a record ({why})"))
             continue
-        records.append(Record.from_row(row))
+        records.append(record)
     return records, problems
+
+
+def _record_from_row(row: dict) -> tuple[Record | None, str | None]:
+    """(the Record, None), or (None, why a JSON object cannot be one: a hand-edited or foreign file)."""
+    if not isinstance(row.get("id"), str) or not isinstance(row.get("instruction"), str):
+        return None, "needs id and instruction as text"
+    for key in ("completions", "ratings"):
+        items = row.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            return None, f"{key} is not a list of objects"
+    try:
+        return Record.from_row(row), None
+    except (TypeError, ValueError) as exc:  # a completion or rating without a field it needs
+        return None, str(exc)
 
 
 def is_records_file(path: Path) -> bool:

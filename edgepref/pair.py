@@ -31,7 +31,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .errors import ConfigError
 from .records import Completion, Pair, Rating, Record, content_key, normalise_text
 from .stage import Stage, StageContext
 
@@ -47,43 +46,33 @@ _EPS = 1e-9
 
 @dataclass
 class PairConfig:
-    strategy: str = "best-worst"
-    min_margin: float = 1.0
+    # what each field allows is in its metadata (edgepref.config, "allowed values")
+    strategy: str = field(default="best-worst", metadata={"choices": STRATEGIES})
+    min_margin: float = field(default=1.0, metadata={"ge": 0.0})
     # "expected" (the default: it measured best in scripts/eval_judge_recipes.py) ranks by the mean
     # probability-weighted score; "score" by the mean integer score.
-    score: str = "expected"
-    format: str = "standard"
-    decide: str = "pairwise"
+    score: str = field(default="expected", metadata={"choices": SCORE_KINDS})
+    format: str = field(default="standard", metadata={"choices": PAIR_LAYOUTS})
+    decide: str = field(default="pairwise", metadata={"choices": DECIDERS})
     # None (the default): each judge of the verdict chain decides the pairs above its threshold
     # (edgepref.cascade), and a pair none decided is uncertain. A number: one fixed |margin|
     # threshold for every judge, with no agreement promised.
-    min_confidence: float | None = None
+    min_confidence: float | None = field(default=None, metadata={"ge": 0.0})
     # None (the default): each judge's threshold is its measured noise floor (no agreement
     # promised). A number: the agreement with strong labels that each judge's decided pairs must
     # reach with probability 1 - risk, by the calibration (the shipped one, or `calibration`, a
     # file of `edgepref calibrate`)
-    target_agreement: float | None = None
-    calibration: str | None = None
-    seed: int = 0
+    target_agreement: float | None = field(default=None, metadata={"gt": 0.0, "lt": 1.0})
+    calibration: str | None = field(default=None, metadata={"nonempty": True})
+    seed: int = field(default=0, metadata={"ge": 0})
     system_prompt: str | None = None  # conversational format only
 
     def __post_init__(self) -> None:
-        for label, value, allowed in (
-            ("strategy", self.strategy, STRATEGIES),
-            ("score", self.score, SCORE_KINDS),
-            ("format", self.format, PAIR_LAYOUTS),
-            ("decide", self.decide, DECIDERS),
-        ):
-            if value not in allowed:
-                raise ConfigError(
-                    f"pair {label} {value!r} is unknown; choose from {', '.join(allowed)}"
-                )
-        if self.min_margin < 0:
-            raise ConfigError(f"pair min_margin must be >= 0, got {self.min_margin}")
-        if self.min_confidence is not None and self.min_confidence < 0:
-            raise ConfigError(f"pair min_confidence must be >= 0, got {self.min_confidence}")
-        if self.target_agreement is not None and not 0.0 < self.target_agreement < 1.0:
-            raise ConfigError(f"pair target_agreement must be between 0 and 1, got {self.target_agreement}")
+        # One checker for every config dataclass, in edgepref.config; imported here rather than
+        # at the top because config imports this module (PipelineConfig.pair is a PairConfig).
+        from .config import check_fields
+
+        check_fields(self, "[pair]")
 
 
 @dataclass

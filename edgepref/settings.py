@@ -16,7 +16,7 @@ from dataclasses import dataclass, is_dataclass, replace
 from typing import Any, Callable
 
 from .compare import PAIRWISE_RECIPES
-from .config import EVOLVE_PICKS, JUDGE_MODES, PRESETS, PipelineConfig, PoolMember
+from .config import EVOLVE_PICKS, JUDGE_MODES, PRESETS, PipelineConfig, PoolMember, check_value, field_type
 from .errors import ConfigError
 from .pair import DECIDERS, PAIR_LAYOUTS, SCORE_KINDS, STRATEGIES
 from .prompts import JUDGE_ASPECTS
@@ -26,7 +26,8 @@ from .prompts import JUDGE_ASPECTS
 class Setting:
     name: str  # the keyword argument (and click parameter name)
     flag: str  # "--judge-recipe"; "--on/--off" for a boolean pair
-    target: str | None  # where the value lands; None when `apply` places it
+    # where the value lands (and what it is checked against); None when `apply` places it
+    target: str | None
     type: type = str
     choices: tuple[str, ...] | None = None
     multiple: bool = False
@@ -113,7 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
             help="standard: prompt/chosen/rejected strings; conversational: message lists."),
     Setting("pair_score", "--pair-score", "pair.score", choices=SCORE_KINDS, groups=PAIR,
             help="Rank by the judge's integer score or its probability-weighted score."),
-    Setting("seed", "--seed", None, int, apply=_set_seed, groups=PAIR,
+    Setting("seed", "--seed", "seed", int, apply=_set_seed, groups=PAIR,
             help="Seed of sampling, shuffles and random pairing."),
     Setting("slots", "--slots", "engine.slots", int, help="Sequences decoded in parallel."),
     Setting("n_ctx", "--n-ctx", "engine.n_ctx", int, groups=("pipeline", "serve"),
@@ -133,6 +134,26 @@ def settings_for(group: str) -> list[Setting]:
     return [s for s in SETTINGS if group in s.groups]
 
 
+def _target_type(target: str) -> tuple[Any, Any]:
+    """(type, limits) of the config field a setting's target names ("pool.max_tokens": PoolMember's)."""
+    section, _, attr = target.rpartition(".")
+    if not section:
+        return field_type(PipelineConfig, attr)
+    owner = PoolMember if section == "pool" else field_type(PipelineConfig, section)[0]
+    return field_type(owner, attr)
+
+
+def _check_flag(setting: Setting, value: Any) -> None:
+    """The value a flag (or a keyword of the Python API) gave, against the field it lands in, so
+    that the message names the flag; the pool and endpoints are checked by validate()."""
+    flag = setting.flag.split("/")[0]
+    if setting.multiple and (isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple))):
+        raise ConfigError(f"{flag} {value!r}: expected a list of values (repeat the flag for each)",
+                          f"in Python: {setting.name}=[{value!r}]")
+    if setting.target:
+        check_value(flag, list(value) if setting.multiple else value, *_target_type(setting.target), sep=" ")
+
+
 def _assign(cfg: PipelineConfig, target: str, value: Any) -> None:
     section, _, attr = target.rpartition(".")
     if section == "pool":
@@ -150,7 +171,9 @@ def _assign(cfg: PipelineConfig, target: str, value: Any) -> None:
 def apply_overrides(cfg: PipelineConfig, **values: Any) -> PipelineConfig:
     """Flag values on top of a config, in table order: a value left unset (None, or empty for a
     repeated flag) keeps the config's. Pool-wide flags apply to every pool member (after --pool).
-    `models_file` is accepted beside the table's names. Returns the validated config."""
+    `models_file` is accepted beside the table's names. Each value is checked against the field it
+    lands in before it is set (a ConfigError names the flag), and the result as a whole after.
+    Returns the validated config."""
     models_file = values.pop("models_file", None)
     unknown = set(values) - set(BY_NAME)
     if unknown:
@@ -159,6 +182,7 @@ def apply_overrides(cfg: PipelineConfig, **values: Any) -> PipelineConfig:
         value = values.get(setting.name)
         if not setting.given(value):
             continue
+        _check_flag(setting, value)
         if setting.apply:
             setting.apply(cfg, value)
         else:

@@ -11,7 +11,7 @@ from edgepref.config import PipelineConfig, PoolMember
 from edgepref.errors import ConfigError
 from edgepref.settings import SETTINGS, apply_overrides, settings_for
 
-SAMPLE = {str: "x", int: 3, float: 0.25, bool: True}
+SAMPLE = {str: "x", int: 64, float: 0.25, bool: True}  # in range of every setting of its type
 
 
 def sample(setting):
@@ -50,6 +50,8 @@ def test_targets_are_real_config_fields():
         section, _, attr = s.target.rpartition(".")
         if section == "pool":
             assert attr in member, s.name
+        elif not section:
+            assert attr in sections, s.name
         else:
             assert section in sections and attr in {f.name for f in fields(getattr(PipelineConfig(), section))}
 
