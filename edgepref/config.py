@@ -35,6 +35,9 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import jinja2
+import jinja2.meta
+
 from .compare import PAIRWISE_RECIPES
 from .engine.core import DEFAULT_PROMPT_BLOCK, DEFAULT_READ_BLOCK, DEFAULT_SLOTS, Engine
 from .errors import ConfigError
@@ -182,6 +185,8 @@ class PipelineConfig:
         """Every field against its type and limits (`check_fields`), then the rules between
         fields. Raises ConfigError naming the key, its value and what is allowed."""
         check_fields(self)
+        for i, member in enumerate(self.pool, start=1):
+            _check_template(member.template, f"[[pool]] #{i} template")
         names = [m.name for m in self.pool]
         if len(set(names)) != len(names):
             raise ConfigError(
@@ -196,6 +201,23 @@ class PipelineConfig:
                 "name pool members by their label, else their model",
             )
         return self
+
+
+def _check_template(template: str, name: str) -> None:
+    """A pool member's user-message template must parse as jinja2 and use the instruction, and
+    nothing else: complete.py renders it with `instruction` alone, after the model has loaded."""
+    try:
+        names = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(template))
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{name} = {_show(template)}: not a jinja2 template ({exc.message}, line {exc.lineno})",
+                          'the default is "{{ instruction }}"') from None
+    if names != {"instruction"}:
+        other = sorted(names - {"instruction"})
+        raise ConfigError(
+            f"{name} = {_show(template)}: " + (f"uses {', '.join(other)}; only instruction is known" if other
+                                               else "does not use {{ instruction }}"),
+            'the default is "{{ instruction }}"',
+        )
 
 
 # ---------------------------------------------------------------- the checker
@@ -221,7 +243,7 @@ def check_value(name: str, value: Any, hint: Any, limits: Any = None, sep: str =
     wrote the key ("[judge] models", or "--max-tokens" with sep=" ")."""
     limits = limits or {}
     if not _fits(value, hint, limits):
-        raise ConfigError(f"{name}{sep}{_show(value)}: expected {_describe(hint, limits)}",
+        raise ConfigError(f"{name}{sep}{_show(value)}: expected {_describe(hint, limits, value)}",
                           _fix(name, value, hint))
 
 
@@ -278,8 +300,9 @@ def _fits(value: Any, hint: Any, limits: Any) -> bool:
     return True
 
 
-def _describe(hint: Any, limits: Any) -> str:
-    """What a field allows, in words: "an integer >= 1 and <= 256", "a list of text"."""
+def _describe(hint: Any, limits: Any, value: Any = None) -> str:
+    """What a field allows, in words: "an integer >= 1 and <= 256", "a list of text". The C int
+    ceiling is named only to a value above it."""
     hint, _ = _optional(hint)
     words = {bool: "true or false", int: "an integer", float: "a finite number", str: "text", dict: "a table"}
     choices = limits.get("choices")
@@ -297,8 +320,12 @@ def _describe(hint: Any, limits: Any) -> str:
     else:
         text = words.get(hint) or "a table"
     bounds = [f"{op} {limits[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if key in limits]
+              if key in limits and not (limits[key] == C_INT_MAX and _below_c_int(value))]
     return f"{text} {' and '.join(bounds)}" if bounds else text
+
+
+def _below_c_int(value: Any) -> bool:
+    return not isinstance(value, (int, float)) or value <= C_INT_MAX
 
 
 def _fix(name: str, value: Any, hint: Any) -> str | None:

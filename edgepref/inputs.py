@@ -213,6 +213,8 @@ def read_instructions(
 ) -> InputBatch:
     """Read instructions from any supported source into Records (nothing is silently dropped).
     `shard=(i, n)` keeps the i-th of n deterministic shares (after shuffle and limit)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"--limit {limit!r}: expected an integer >= 1", "leave --limit out to read every row")
     source = str(source)
     path = Path(source)
     refuse_missing_local_path(source)

@@ -78,6 +78,9 @@ BAD_FILES = [
     ('[judge]\nmodel = "qwen"\n', ["[judge]: unknown setting(s) model (did you mean models?)"]),
     ('[[pool]]\nmodel = ""\n', ['model = ""', "non-empty text"]),
     ("sed = 1\n", ['unknown top-level setting "sed" (did you mean seed?)']),
+    (POOL + 'template = "{{ instruction"\n', ['[[pool]] #1 template = "{{ instruction"', "not a jinja2 template"]),
+    (POOL + 'template = "{{ question }}"\n', ["uses question; only instruction is known"]),
+    (POOL + 'template = "Say hi."\n', ["does not use {{ instruction }}"]),
 ]
 
 
@@ -110,7 +113,7 @@ def test_right_values_load(tmp_path):
     path = tmp_path / "pipeline.toml"
     path.write_text(
         "seed = 7\n[engine]\nn_ctx = 1024\nslots = 256\nthreads = 2\ngpu_layers = 0\n"
-        + POOL + 'system_prompt = "Be brief."\ntemperature = 0\ntop_p = 1\ntop_k = 0\nmax_tokens = 64\nn = 2\n'
+        + POOL + 'system_prompt = "Be brief."\ntemplate = "Answer: {{ instruction | trim }}"\ntemperature = 0\ntop_p = 1\ntop_k = 0\nmax_tokens = 64\nn = 2\n'
         + '[[pool]]\nmodel = "smollm2-135m"\nlabel = "smol"\ntemperature = 2.0\n'
         + '[evolve]\nnum_evolutions = 0\nmembers = ["smol"]\ncriteria = ["details"]\n'
         + '[judge]\nmodels = ["qwen2.5-coder-0.5b"]\ncascade = ["smollm2-135m", "qwen2.5-coder-0.5b"]\n'
@@ -144,6 +147,7 @@ def test_a_config_file_that_is_not_utf8_or_not_a_file(tmp_path):
     ({"min_margin": math.inf}, "--min-margin Infinity: expected a finite number"),
     ({"target_agreement": 2.0}, "--target-agreement 2.0: expected a finite number > 0.0 and < 1.0"),
     ({"threads": 0}, "--threads 0: expected an integer >= 1"),
+    ({"max_tokens": 2**31}, "--max-tokens 2147483648: expected an integer >= 1 and <= 2147483647"),
     ({"both_orders": "yes"}, '--both-orders "yes": expected true or false'),
     ({"max_tokens": True}, "--max-tokens true: expected an integer"),
     ({"max_tokens": "16"}, '--max-tokens "16": expected an integer'),

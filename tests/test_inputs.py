@@ -47,6 +47,9 @@ def test_limit_shuffle_seed(tmp_path) -> None:
     c = read_instructions(path, shuffle=True, seed=4, limit=3)
     assert [r.id for r in a.records] == [r.id for r in b.records] and len(a.records) == 3
     assert [r.id for r in a.records] != [r.id for r in c.records]
+    for wrong in (0, -1, True, 2.5):
+        with pytest.raises(InputError, match="--limit"):
+            read_instructions(path, limit=wrong)
 
 
 def test_unknown_column_and_hub_name_offline(tmp_path) -> None:
