@@ -13,8 +13,10 @@ spells these names.
 
 What a run may write over (the user's files are never among them):
   - DIR is a run directory when its run.json carries the marker `"edgepref": {"run_layout": ...}`
-    (every run.json RunDir writes has it). A run writes only into a DIR that is absent, empty
-    (a lone .lock of a run stopped before it wrote run.json counts as empty) or a run directory.
+    (every run.json RunDir writes has it). The CLI's --out must be absent, empty (a lone .lock of
+    a run stopped before it wrote run.json counts as empty) or a run directory; the Python API
+    also writes into another directory when it holds none of the names above
+    (`check_writable`).
   - No input may live at or under one of the names above inside DIR (`refuse_inputs_inside`).
   - A run on a run directory made with other settings or another input stops and says what
     changed; with `overwrite` the old records, pairs, errors and report are removed first and
@@ -97,16 +99,20 @@ class RunDir:
 
     # ------------------------------------------------------------ what may be written over
 
-    def check_writable(self) -> None:
-        """Refuse a DIR that is a file, or a directory that is neither empty nor a run directory:
-        its files are the user's. Writes nothing."""
+    def check_writable(self, require_empty: bool = False) -> None:
+        """Refuse a DIR that is a file, or a directory that is not a run directory and holds a
+        file of the user's that a run would write over (a name in OUTPUTS). With `require_empty`
+        (the CLI's --out) such a directory must be empty: the outputs are not mixed into it.
+        Writes nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise NotARunDir(f"--out {self.path} is a file, not a directory", "pass a new directory to --out")
         if not self.path.is_dir() or self.is_run_dir():
             return
         entries = sorted(e.name for e in self.path.iterdir() if e.name != LOCK)
-        if entries:
-            shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+        clashes = [e for e in entries if e in OUTPUTS]
+        if clashes or (require_empty and entries):
+            listed = clashes or entries
+            shown = ", ".join(listed[:4]) + (f" and {len(listed) - 4} more" if len(listed) > 4 else "")
             raise NotARunDir(
                 f"--out {self.path} is not empty ({shown}) and is not an edgepref run directory "
                 f"(no {RUN} written by edgepref)",

@@ -134,11 +134,12 @@ def test_uncertain_pairs_are_dropped_and_counted(first_run, engines, tmp_path) -
     cut = sorted(margins)[1] + 1e-6  # above the two least confident verdicts
     cfg = small_config()
     cfg.pair.min_confidence = cut
-    again = run_pipeline(INSTRUCTIONS, out, cfg, backends=engines)  # answered from the cache
+    # another threshold on the same directory: overwrite=True, or the run stops and lists the change
+    again = run_pipeline(INSTRUCTIONS, out, cfg, backends=engines, overwrite=True)  # answered from the cache
     assert again.summary.completion_tokens == 0
     assert again.summary.pairs_dropped.get("uncertain") == 2 and again.summary.pairs == 1
     assert json.loads((out / "run.json").read_text())["summary"]["pairs_dropped"]["uncertain"] == 2
-    run_pipeline(INSTRUCTIONS, out, small_config(), backends=engines)  # leave the module's run as it was
+    run_pipeline(INSTRUCTIONS, out, small_config(), backends=engines, overwrite=True)  # leave the module's run as it was
 
 
 def test_escalation_asks_the_next_judge_of_the_chain(engines, tmp_path) -> None:

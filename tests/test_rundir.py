@@ -109,8 +109,8 @@ def test_run_refuses_an_out_directory_that_holds_someone_elses_files(tmp_path) -
     out.mkdir()
     (out / PAIRS).write_text("my own pairs\n")
     (out / "notes.txt").write_text("my notes\n")
-    for command in (["run", str(src)], ["try", "Name a color."]):
-        result = CliRunner().invoke(cli, [*command, "--out", str(out), "-q"])
+    for command in (["run", str(src), "-q"], ["try", "Name a color.", "-q"], ["merge", str(tmp_path)]):
+        result = CliRunner().invoke(cli, [*command, "--out", str(out)])
         assert result.exit_code == 1, result.output
         assert "is not empty" in result.output and "not an edgepref run directory" in result.output
         assert "Traceback" not in result.output
@@ -121,10 +121,16 @@ def test_run_refuses_an_out_directory_that_holds_someone_elses_files(tmp_path) -
 
 def test_a_directory_is_a_run_directory_by_the_marker_in_its_run_json(tmp_path) -> None:
     run_dir = RunDir(tmp_path / "out")
-    run_dir.check_writable()  # absent
+    run_dir.check_writable(require_empty=True)  # absent
     run_dir.path.mkdir()
     (run_dir.path / LOCK).write_text("")  # a run stopped before it wrote run.json
-    run_dir.check_writable()
+    run_dir.check_writable(require_empty=True)
+    (run_dir.path / "notes.txt").write_text("mine")
+    run_dir.check_writable()  # the Python API writes beside files it does not write over
+    with pytest.raises(NotARunDir) as info:
+        run_dir.check_writable(require_empty=True)  # --out does not
+    assert "notes.txt" in info.value.message
+    (run_dir.path / "notes.txt").unlink()
     run_dir.run_file.write_text(json.dumps({"config": {}, "summary": {}}))  # not written by edgepref
     assert not run_dir.is_run_dir()
     with pytest.raises(NotARunDir):

@@ -56,7 +56,8 @@ def export(path: Path, fmt: str, to: Path, push_to_hub, public: bool) -> None:
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the merged records.jsonl, pairs.jsonl, errors.jsonl and run.json.")
+              help="Directory for the merged records.jsonl, pairs.jsonl, errors.jsonl and run.json: new, "
+              "empty or an earlier merge's output (never a run's, nor a directory of other files).")
 @click.option("--allow-mixed", is_flag=True, help="Merge runs made with different settings.")
 @click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
 def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
@@ -68,7 +69,9 @@ def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
       edgepref merge out-0 out-1 --out all
     """
     from ..merge import merge_runs
+    from ..rundir import RunDir
 
+    RunDir(out_dir).check_writable(require_empty=True)
     display.render_merge(merge_runs(list(dirs), out_dir, allow_mixed=allow_mixed))
     if with_report:
         from ..report import write_report

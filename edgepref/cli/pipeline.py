@@ -11,7 +11,7 @@ import click
 from .. import display
 from ..evaljudge import SELF_PREFERENCE_N, recipe_names
 from ..pipeline import stage_commands
-from ..rundir import ERRORS, PAIRS, RECORDS, RUN
+from ..rundir import ERRORS, PAIRS, RECORDS, RUN, RunDir
 from .options import build_config, config_option, input_options, pipeline_options, setting_options
 from .root import cli, models_file_option
 
@@ -53,6 +53,7 @@ def run(input_path: str, out_dir: Path, overwrite: bool, with_report: bool, colu
     from ..pipeline import RunFailed, run_pipeline
 
     cfg = build_config(config_file, preset, **opts)
+    RunDir(out_dir).check_writable(require_empty=True)  # --out: new, empty or a run directory
     with display.StageProgress(quiet) as progress:
         try:
             result = run_pipeline(input_path, out_dir, cfg, on_event=progress, overwrite=overwrite, column=column,
@@ -160,6 +161,8 @@ def try_command(instruction, file_path, out_dir, overwrite, limit, quiet, config
     if not instruction and not file_path:
         raise click.UsageError("give an INSTRUCTION or --file")
     cfg = build_config(config_file, preset, **opts)
+    if out_dir is not None:
+        RunDir(out_dir).check_writable(require_empty=True)
     source, options = (file_path, {"limit": limit}) if file_path else ([instruction], {})
     with display.StageProgress(quiet) as progress:
         try:
