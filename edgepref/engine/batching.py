@@ -16,7 +16,7 @@ from ..backend import ChatRequest, ChatResult
 from ..errors import EngineError
 from ..logprobs import choice_logprobs, distribution
 from .handles import LlamaBatch, LlamaContext, LlamaModel, LlamaSampler
-from .jobs import Call, Job, Slot
+from .jobs import Call, Job, Slot, utf8_text
 from .scheduler import Scheduler, block_len, common_prefix, finish_reason
 from .template import ChatTemplate
 
@@ -332,7 +332,7 @@ with `forget` and `read_prompt`).
         if not eog:
             if tok in job.trace_tokens:
                 row = logits if logits is not None else self.ctx.logits(source, self.model.n_vocab)
-                offset = len(bytes(job.out_bytes).decode("utf-8", "ignore"))
+                offset = len(utf8_text(job.out_bytes))  # where the text stands, as stored
                 job.trace.append((offset, distribution(row, job.trace_tokens)))
             job.out_bytes += self.model.piece(tok)
             job.out_ids.append(tok)

@@ -13,6 +13,7 @@ import ctypes
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as C
@@ -106,6 +107,17 @@ def default_load_mode() -> str:
     return os.environ.get("EDGEPREF_LOAD_MODE", DEFAULT_LOAD_MODE).strip().lower()
 
 
+@dataclass(frozen=True)
+class ControlToken:
+    """A token that special-token parsing makes of its text; `lstrip`/`rstrip`: llama.cpp drops
+    the whitespace before/after it in the text (the token's LSTRIP/RSTRIP attributes)."""
+
+    id: int
+    text: str
+    lstrip: bool
+    rstrip: bool
+
+
 class LlamaModel:
     def __init__(self, path: Path, n_gpu_layers: int, use_extra_buffers: bool, load_mode: str | None = None):
         init_backend()
@@ -129,9 +141,11 @@ class LlamaModel:
         self.bos_id = C.llama_vocab_bos(self.vocab)
         self.eos_id = C.llama_vocab_eos(self.vocab)
         self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
+        self.add_eos = bool(C.llama_vocab_get_add_eos(self.vocab))
         template = C.llama_model_chat_template(self.ptr, None)
         self.chat_template = template.decode("utf-8") if template else None
         self._token_array: TokenArray | None = None
+        self._control_tokens: list[ControlToken] | None = None
 
     def token_text(self, token: int) -> str:
         if token < 0:
@@ -148,6 +162,23 @@ class LlamaModel:
             buf = (C.llama_token * cap)()
             n = C.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
+
+    def control_tokens(self) -> list["ControlToken"]:
+        """The tokens that only special-token parsing turns text into (llama.cpp's CONTROL and
+        UNKNOWN attributes: `<|im_end|>`, `<|endoftext|>`), longest text first, the order in which
+        llama.cpp's tokenizer looks for them. User-defined tokens are not among them: llama.cpp
+        (like transformers) matches those in any text."""
+        if self._control_tokens is None:
+            found = []
+            for token in range(self.n_vocab):
+                attr = C.llama_vocab_get_attr(self.vocab, token)
+                if attr & (C.LLAMA_TOKEN_ATTR_CONTROL | C.LLAMA_TOKEN_ATTR_UNKNOWN):
+                    text = self.token_text(token)
+                    if text:
+                        found.append(ControlToken(token, text, bool(attr & C.LLAMA_TOKEN_ATTR_LSTRIP),
+                                                  bool(attr & C.LLAMA_TOKEN_ATTR_RSTRIP)))
+            self._control_tokens = sorted(found, key=lambda t: -len(t.text))
+        return self._control_tokens
 
     def piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -184,8 +215,12 @@ class LlamaContext:
         n_seq: int,
         n_threads: int,
         flash_attn: bool | None = None,
+        op_offload: bool = True,
     ):
         params = C.llama_context_default_params()
+        # llama.cpp's default offloads big batches' matrix products to a GPU device even when no
+        # layer lives there (weights copied per operation); off, n_gpu_layers=0 means the CPU only
+        params.op_offload = op_offload
         if flash_attn is not None:
             params.flash_attn_type = (
                 C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
