@@ -116,5 +116,6 @@ def serve(models, host, port, n_ctx, threads, api_key_env, models_file) -> None:
     n_ctx = n_ctx or JudgeConfig().n_ctx  # a served model may be asked judge prompts
     served = served_models(models, load_registry(models_file))
     key = api_key_from_env(api_key_env)
-    display.render_path(f"serving {', '.join(a for a, _ in served)} at http://{host}:{port}/v1 (Ctrl-C stops)")
-    run_server(served, host=host, port=port, n_ctx=n_ctx, n_threads=threads, api_key=key)
+    ready = f"serving {', '.join(a for a, _ in served)} at http://{host}:{port}/v1 (Ctrl-C stops)"
+    run_server(served, host=host, port=port, n_ctx=n_ctx, n_threads=threads, api_key=key,
+               on_ready=lambda: display.render_path(ready))

@@ -119,9 +119,14 @@ class ControlToken:
 
 
 class LlamaModel:
-    def __init__(self, path: Path, n_gpu_layers: int, use_extra_buffers: bool, load_mode: str | None = None):
+    """A GGUF model; `vocab_only` reads its vocabulary and metadata alone (no weights: it can
+    tokenize and check grammars, not decode)."""
+
+    def __init__(self, path: Path, n_gpu_layers: int, use_extra_buffers: bool, load_mode: str | None = None,
+                 vocab_only: bool = False):
         init_backend()
         params = model_params(n_gpu_layers, use_extra_buffers, load_mode or default_load_mode())
+        params.vocab_only = vocab_only
         _RECENT_LOG.clear()
         self.ptr = C.llama_model_load_from_file(str(path).encode("utf-8"), params)
         if not self.ptr:
@@ -134,10 +139,12 @@ class LlamaModel:
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
         self.n_layer = C.llama_model_n_layer(self.ptr)
-        n_embd = C.llama_model_n_embd(self.ptr)
-        n_head = max(1, C.llama_model_n_head(self.ptr))
-        n_head_kv = C.llama_model_n_head_kv(self.ptr)
-        self.kv_bytes_per_token = self.n_layer * 2 * (n_embd // n_head) * n_head_kv * 2  # f16 K+V
+        self.kv_bytes_per_token = 0
+        if not vocab_only:  # without weights the per-layer sizes are unset (llama.cpp aborts on them)
+            n_embd = C.llama_model_n_embd(self.ptr)
+            n_head = max(1, C.llama_model_n_head(self.ptr))
+            n_head_kv = C.llama_model_n_head_kv(self.ptr)
+            self.kv_bytes_per_token = self.n_layer * 2 * (n_embd // n_head) * n_head_kv * 2  # f16 K+V
         self.bos_id = C.llama_vocab_bos(self.vocab)
         self.eos_id = C.llama_vocab_eos(self.vocab)
         self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
@@ -347,13 +354,9 @@ class LlamaSampler:
         self.grammar = None
         try:
             if grammar:
-                _RECENT_LOG.clear()
-                # llama.cpp's grammar parser reports errors with fprintf(stderr), not its logger.
-                with _captured_stderr() as said:
-                    g = C.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+                g, problem = _init_grammar(model, grammar)
                 if not g:
-                    detail = " ".join(said()) or recent_log(3) or "parse failed"
-                    raise EngineError(f"invalid GBNF grammar: {detail}")
+                    raise EngineError(f"invalid GBNF grammar: {problem}")
                 self.grammar = g
             if sampling.repeat_penalty != 1.0:
                 self._add(C.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0))
@@ -414,6 +417,25 @@ class LlamaSampler:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _init_grammar(model: LlamaModel, grammar: str):
+    """(llama.cpp's grammar sampler, None), or (None, what llama.cpp said was wrong)."""
+    _RECENT_LOG.clear()
+    # llama.cpp's grammar parser reports errors with fprintf(stderr), not its logger.
+    with _captured_stderr() as said:
+        g = C.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+    if g:
+        return g, None
+    return None, " ".join(said()) or recent_log(3) or "parse failed"
+
+
+def grammar_problem(model: LlamaModel, grammar: str) -> str | None:
+    """Why llama.cpp cannot use GBNF `grammar` with this model's vocabulary, or None."""
+    g, problem = _init_grammar(model, grammar)
+    if g:
+        C.llama_sampler_free(g)
+    return problem
 
 
 @contextlib.contextmanager
