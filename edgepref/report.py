@@ -5,6 +5,8 @@ It reads what a run wrote (run.json, records.jsonl, pairs.jsonl; a merged shard 
 same) and shows the run's settings and counts, plots drawn with matplotlib and inlined as SVG,
 and every instruction with its pair or the reason it has none, in a table to filter and open.
 The page needs no network: no CDN, no fonts, no request of any kind; it works from file://.
+Its Content-Security-Policy allows its own script alone, by hash (no 'unsafe-inline'), so a
+model's text is kept from running by the policy as well as by escaping.
 A partial run directory gives a report that says what is missing, not an error.
 
 Which record was dropped for what is recomputed with the pair stage (`pair.pick_pair`) from the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 from collections import Counter
@@ -178,6 +181,11 @@ def overview(view: RunView, rows: list[dict]) -> dict:
     }
 
 
+def csp_sha256(script: str) -> str:
+    """The Content-Security-Policy source that allows an inline script of exactly this text."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(str(script).encode("utf-8")).digest()).decode()
+
+
 def build_report(view: RunView) -> str:
     """The HTML page of a loaded run."""
     import jinja2
@@ -186,6 +194,7 @@ def build_report(view: RunView) -> str:
 
     rows = instruction_rows(view)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["csp_sha256"] = csp_sha256
     page = env.from_string(PAGE.read_text(encoding="utf-8"))
     # The rows (most of the page's weight: every candidate's text) go in gzipped and base64-encoded,
     # about a third of their JSON; the page inflates them with the browser's DecompressionStream.

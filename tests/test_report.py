@@ -18,12 +18,15 @@ from click.testing import CliRunner
 
 from edgepref.cli import cli
 from edgepref.errors import InputError
-from edgepref.report import load_run_dir, write_report
+from edgepref.report import csp_sha256, load_run_dir, write_report
 
 pytest.importorskip("matplotlib", reason="needs edgepref[report] (installed by edgepref[test])")
 
 INSTRUCTIONS = ["Name two uses of copper.", "Give one tip for sleeping well.", "What is a haiku?"]
-CONFIG = '[evolve]\nmax_tokens = 32\n[judge]\nmax_rationale_chars = 60\n'
+# min_confidence 0: every checked pair is written, whatever the margins on this machine (the
+# verdict chain's noise floors can leave three instructions without a pair, and the page's
+# chosen/rejected view needs one)
+CONFIG = '[evolve]\nmax_tokens = 32\n[judge]\nmax_rationale_chars = 60\n[pair]\nmin_confidence = 0.0\n'
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +117,23 @@ def test_report_of_partial_and_broken_run_directories(run_dir: Path, tmp_path: P
     assert result.exit_code == 1 and "not a run directory" in result.output
 
 
+def csp_of(page: str) -> dict[str, list[str]]:
+    policy = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', page).group(1)
+    return {d.split()[0]: d.split()[1:] for d in (part.strip() for part in html.unescape(policy).split(";")) if d}
+
+
+def test_report_policy_allows_its_own_script_alone(run_dir: Path) -> None:
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    csp = csp_of(page)
+    assert csp["default-src"] == ["'none'"]
+    # no 'unsafe-inline' for scripts: one hash, and it is the hash of the page's one script
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
+    assert len(scripts) == 1 and "loadRows" in scripts[0]
+    assert csp["script-src"] == [f"'{csp_sha256(scripts[0])}'"]
+    assert all(re.fullmatch(r'<script id="run-data" type="application/octet-stream"[^>]*>', tag)
+               for tag in re.findall(r"<script\b[^>]*>", page) if tag != "<script>")
+
+
 # ---------------------------------------------------------------- in a real browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -174,3 +194,43 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     chromium(url, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400")
     assert shot.stat().st_size > 20_000
+
+
+PAYLOAD = ('<script>document.body.dataset.pwned = "script"</script>'
+           '<img src="data:," onerror="document.body.dataset.pwned = \'img\'">')
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="needs chromium (Debian: apt install chromium; .ci/run installs it)")
+def test_model_text_does_not_run_as_script(run_dir: Path, tmp_path: Path) -> None:
+    assert CHROMIUM, "CI must have chromium: .ci/run installs it"
+    # Every response and instruction carries markup that would run if it reached the page as HTML.
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    shutil.copy(run_dir / "run.json", hostile / "run.json")
+    shutil.copy(run_dir / "pairs.jsonl", hostile / "pairs.jsonl")
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    for rec in records:
+        rec["instruction"] += PAYLOAD
+        for c in rec["completions"]:
+            c["text"] += PAYLOAD
+    (hostile / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page_path = write_report(hostile)
+    opened_id = records[0]["id"]
+    dom, console, asked = chromium(f"{page_path.resolve().as_uri()}#open={opened_id}", tmp_path, "--dump-dom")
+    assert console == "" and asked == []
+    assert 'data-ready="yes"' in dom and "data-pwned" not in dom
+    assert html.escape(PAYLOAD, quote=False) in dom  # shown as text
+
+    # Were the escaping ever to fail, the policy still stops the markup: the page's own script
+    # runs, an inline script or event handler that is not it does not.
+    page = page_path.read_text(encoding="utf-8")
+    raw = tmp_path / "raw.html"
+    raw.write_text(page.replace("<body>", "<body>" + PAYLOAD, 1), encoding="utf-8")
+    dom, console, asked = chromium(raw.resolve().as_uri(), tmp_path, "--dump-dom")
+    assert 'data-ready="yes"' in dom and "data-pwned" not in dom
+    # (Chromium's wording: "Refused to execute inline script ..." or, newer, "Executing inline
+    # script violates ... The action has been blocked.")
+    assert re.search(r"(Refused to execute|Executing) inline script", console), console
+    assert re.search(r"(Refused to execute|Executing) inline event handler", console), console
+    assert console.count("Content Security Policy") == 2, console
