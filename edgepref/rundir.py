@@ -326,6 +326,8 @@ def run_changes(old: dict, new: dict) -> list[str]:
     changes = config_changes(as_json(old.get("config") or {}), as_json(new.get("config") or {}))
     if old.get("judges") is not None and as_json(old.get("judges")) != as_json(new.get("judges")):
         changes.append(f"judges: {json.dumps(old.get('judges'))} -> {json.dumps(new.get('judges'))}")
+    if old.get("merged_from") and not new.get("merged_from"):
+        changes.append(f"the merge of {len(old['merged_from'])} runs -> a run")
     a, b = old.get("input"), new.get("input")
     if a and b and input_key(a) != input_key(b):
         changes.append(f"input: {describe_input(a)} -> {describe_input(b)}")

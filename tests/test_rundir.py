@@ -196,3 +196,8 @@ def test_a_rerun_lists_what_changed_and_how_a_run_runs_is_not_a_change(tmp_path)
     run_dir.begin(changed, overwrite=True)  # the old run's outputs go; the new header is written
     assert not (run_dir.path / PAIRS).exists()
     assert json.loads(run_dir.run_file.read_text())["config"]["pool"][0]["max_tokens"] == 16
+    merged = RunDir(tmp_path / "merged")
+    merged.write_run({**header(), "merged_from": ["out-0", "out-1"], "summary": {}})
+    with pytest.raises(SettingsChanged) as info:
+        merged.begin(header())  # a run over a merge's output would replace the merged pairs
+    assert "the merge of 2 runs -> a run" in info.value.message
