@@ -38,7 +38,7 @@ from .records import Record
 from .rundir import ERRORS, RunDir, input_identity, refuse_inputs_inside, texts_identity
 from .stage import Stage, StageStats
 from .store import CachedBackend, write_jsonl_atomic
-from .summary import RunSummary, UnitOutcome, summarize
+from .summary import RunSummary, UnitOutcome, run_failures, summarize
 from .verify import VerifyStage
 
 # The run, in order. A kind with a `help` is also a CLI command, `edgepref <kind>`, that runs it
@@ -71,9 +71,10 @@ class RunResult:
 
 
 class RunFailed(EdgeprefError):
-    """The run wrote its files but failed (summary.failures says how); `result` is what it made."""
+    """The run wrote its files but failed (summary.failures says how); `result` is what it made
+    (None for a stage command, whose output is its records file)."""
 
-    def __init__(self, message: str, hint: str | None, result: RunResult):
+    def __init__(self, message: str, hint: str | None, result: RunResult | None):
         super().__init__(message, hint)
         self.result = result
 
@@ -371,7 +372,8 @@ def run_single_stage(
 ) -> tuple[int, list[dict]]:
     """The stage kinds of one stage command over `records`, written to the records JSONL `out`;
     a `.cache` directory beside it makes a rerun resume. Returns the rows written and the
-    per-request errors."""
+    per-request errors; raises RunFailed (no result) after writing when a unit's every request
+    failed."""
     kinds = [kind for kind in STAGES if kind.command == command]
     if command not in stage_commands():
         raise EdgeprefError(f"unknown stage {command!r}; choose from {', '.join(stage_commands())}")
@@ -386,4 +388,9 @@ def run_single_stage(
             runner.run_kind(kind, records)
     finally:
         runner.close()
-    return write_jsonl_atomic(out, (r.to_row() for r in records)), runner.errors
+    rows = write_jsonl_atomic(out, (r.to_row() for r in records))
+    failures = run_failures(None, runner.errors, runner.outcomes)
+    if failures:
+        raise RunFailed("; ".join(failures), f"{out} is written; failed requests are not cached, so the same "
+                        "command retries only them", None)
+    return rows, runner.errors

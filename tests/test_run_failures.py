@@ -118,3 +118,14 @@ def test_a_unit_fails_when_none_of_its_requests_got_an_answer() -> None:
     (message,) = run_failures(None, [], {"judge-x": dead, "judge-y": alive})
     assert message == "every request of judge-x failed (2): x: HTTP 501: Error response Error code: 501"
     assert excerpt("a" * 500).endswith("…") and len(excerpt("a" * 500)) == 160
+
+
+def test_a_stage_command_whose_every_request_failed_exits_non_zero(wrong_server, tmp_path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"instruction": "Name a tree."}) + "\n")
+    out = tmp_path / "completed.jsonl"
+    result = CliRunner().invoke(cli, ["complete", str(src), "--out", str(out), "--pool", SMOL,
+                                      "--endpoint", f"{SMOL}={wrong_server.url}", "--max-tokens", "8", "-q"])
+    assert result.exit_code == 1, result.output
+    assert f"every request of complete-{SMOL} failed" in result.output and "HTTP 501" in result.output
+    assert json.loads(out.read_text())["completions"] == []  # written all the same
