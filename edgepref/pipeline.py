@@ -369,20 +369,29 @@ def run_single_stage(
     cfg: PipelineConfig,
     on_event: EventCallback | None = None,
     backends: dict[str, Backend] | None = None,
+    source: str | Path | None = None,
+    empty_shard: bool = False,
 ) -> tuple[int, list[dict]]:
     """The stage kinds of one stage command over `records`, written to the records JSONL `out`;
-    a `.cache` directory beside it makes a rerun resume. Returns the rows written and the
-    per-request errors; raises RunFailed (no result) after writing when a unit's every request
-    failed."""
+    a `.cache` directory beside it makes a rerun resume. `source`, the file the records were
+    read from, may not be `out` or lie in its cache. No records is an error, unless
+    `empty_shard` (a shard that got none of an input that has some): then `out` is empty.
+    Returns the rows written and the per-request errors; raises RunFailed (no result) after
+    writing when a unit's every request failed."""
     kinds = [kind for kind in STAGES if kind.command == command]
     if command not in stage_commands():
         raise EdgeprefError(f"unknown stage {command!r}; choose from {', '.join(stage_commands())}")
-    if not records:
-        raise EdgeprefError("no usable records to process", "check the input; see the warnings above")
     out = Path(out)
+    cache_dir = out.with_name(out.name + ".cache")
+    if source is not None:
+        refuse_inputs_inside(out, [source], written=[out, cache_dir])
+    if not records:
+        if empty_shard:
+            return write_jsonl_atomic(out, []), []
+        raise EdgeprefError("no usable records to process", "check the input; see the warnings above")
     if command == CompleteStage.command:  # no evolve stage follows: rewrites in place would be lost
         cfg = replace(cfg, evolve=replace(cfg.evolve, in_place=False))
-    runner = Runner(cfg, None, on_event, cache_dir=out.with_name(out.name + ".cache"), backends=backends)
+    runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
     try:
         for kind in kinds:
             runner.run_kind(kind, records)

@@ -244,25 +244,27 @@ def pairs_source(path: str | Path) -> tuple[RunDir, Path]:
 # ---------------------------------------------------------------- outputs and inputs
 
 
-def refuse_inputs_inside(out_dir: str | Path, inputs: Iterable[str | Path], flag: str = "--out") -> None:
-    """Refuse an input that is DIR itself or lies at or under a name edgepref writes in DIR
-    (OUTPUTS): the run would overwrite what it reads. Inputs that are not local paths (a Hub
-    dataset name) are skipped. Writes nothing."""
-    out = Path(out_dir).resolve()
-    written = [out / name for name in OUTPUTS]
+def refuse_inputs_inside(out: str | Path, inputs: Iterable[str | Path], flag: str = "--out",
+                         written: Iterable[str | Path] | None = None) -> None:
+    """Refuse an input that is `out` itself or lies at or under a path the command writes:
+    `written`, by default the names in OUTPUTS inside the run directory `out`. It would overwrite
+    what it reads. Inputs that are not local paths (a Hub dataset name) are skipped. Writes
+    nothing."""
+    out_path = Path(out).resolve()
+    targets = [Path(w).resolve() for w in written] if written is not None else [out_path / n for n in OUTPUTS]
     for given in inputs:
         path = Path(given)
         if not path.exists():
             continue
         real = path.resolve()
-        if real == out:
-            raise NotARunDir(f"{flag} {out_dir} is one of the inputs", f"write to a new directory: {flag} NEW_DIR")
-        hit = next((w for w in written if real == w or w in real.parents), None)
+        if real == out_path:
+            raise NotARunDir(f"{flag} {out} is one of the inputs", f"write to a new {'directory' if real.is_dir() else 'file'}")
+        hit = next((w for w in targets if real == w or w in real.parents), None)
         if hit is not None:
             raise NotARunDir(
-                f"the input {given} is inside {flag} {out_dir}, where edgepref writes {hit.name}: "
+                f"the input {given} is inside {flag} {out}, where edgepref writes {hit.name}: "
                 "the run would overwrite what it reads",
-                f"move the input out of {out_dir}, or pass another {flag}",
+                f"move the input out of {out}, or pass another {flag}",
             )
 
 

@@ -201,3 +201,16 @@ def test_a_rerun_lists_what_changed_and_how_a_run_runs_is_not_a_change(tmp_path)
     with pytest.raises(SettingsChanged) as info:
         merged.begin(header())  # a run over a merge's output would replace the merged pairs
     assert "the merge of 2 runs -> a run" in info.value.message
+
+
+def test_a_stage_or_pair_command_does_not_write_its_output_over_its_input(tmp_path) -> None:
+    src = _instructions(tmp_path / "in.jsonl", "Name a color.")
+    before = src.read_bytes()
+    for command in (["complete", str(src), "--out", str(src), "-q"],
+                    ["judge", str(src), "--out", str(src), "-q"],
+                    ["pair", str(src), "--out", str(src)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        assert "is one of the inputs" in result.output and "Traceback" not in result.output
+        assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edgepref-config", "in.jsonl"]  # no .cache either

@@ -149,12 +149,23 @@ def test_an_empty_shard_succeeds_with_empty_outputs_that_merge(one_row_shards) -
     assert json.loads((merged / "run.json").read_text())["input"]["sha256"] == run["input"]["sha256"]
 
 
+def test_an_empty_shard_of_a_stage_command_succeeds(one_row_shards, tmp_path) -> None:
+    _, src, _ = one_row_shards
+    out = tmp_path / "completed-1.jsonl"
+    result = CliRunner().invoke(cli, ["complete", str(src), "--shard", "1/2", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == "" and "0 records" in result.output
+
+
 def test_a_shard_of_an_input_with_no_usable_instruction_still_fails(tmp_path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text('{"instruction": ""}\nnot json\n')
     for i in range(2):
         result = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(tmp_path / f"o{i}"), *FAST])
         assert result.exit_code == 1 and "no usable instructions" in result.output, result.output
+        result = CliRunner().invoke(cli, ["complete", str(src), "--shard", f"{i}/2", "--out",
+                                          str(tmp_path / f"c{i}.jsonl"), *FAST])
+        assert result.exit_code == 1 and "no usable records" in result.output, result.output
 
 
 def test_merge_refuses_shards_of_different_inputs(one_row_shards, tmp_path) -> None:

@@ -88,13 +88,15 @@ def _stage_command(command_name: str, doc: str):
         from ..pipeline import run_single_stage
 
         cfg = build_config(config_file, preset, **opts)
-        records, problems = read_stage_input(input_path, column=column, split=split, limit=limit,
-                                             shuffle=shuffle, seed=cfg.seed,
-                                             shard=parse_shard(shard) if shard else None)
+        options = {"column": column, "split": split, "limit": limit, "shuffle": shuffle, "seed": cfg.seed}
+        records, problems = read_stage_input(input_path, shard=parse_shard(shard) if shard else None, **options)
         for p in problems:
             display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
+        # a shard that got nothing of an input that has something is a success (its array job too)
+        empty_shard = bool(shard) and not records and bool(read_stage_input(input_path, **options)[0])
         with display.StageProgress(quiet) as progress:
-            n, errors = run_single_stage(command_name, records, out, cfg, on_event=progress)
+            n, errors = run_single_stage(command_name, records, out, cfg, on_event=progress, source=input_path,
+                                         empty_shard=empty_shard)
         for e in errors:
             display.render_warning(f"{e['stage']} {e.get('id')}: {e['reason']}")
         display.render_path(f"{out}  ({n} records)")
@@ -121,9 +123,11 @@ def pair_command(input_path, out, config_file, **opts) -> None:
     """
     from ..inputs import read_records
     from ..pair import pair_records
+    from ..rundir import refuse_inputs_inside
     from ..store import write_jsonl_atomic
 
     cfg = build_config(config_file, **opts)
+    refuse_inputs_inside(out, [input_path], written=[out])  # the pairs would replace the records
     records, problems = read_records(Path(input_path))
     for p in problems:
         display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
