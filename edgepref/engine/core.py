@@ -107,7 +107,8 @@ class Engine:
 
     n_ctx is the context of one slot; the KV cache holds n_slots * n_ctx tokens in all.
     n_gpu_layers None offloads every layer when llama.cpp was built with a GPU backend (CUDA,
-    Metal), else runs on the CPU. flash_attn None lets llama.cpp decide.
+    Metal, Vulkan) that sees a device, else runs on the CPU; 0 runs everything on the CPU, the
+    batches' matrix products included. flash_attn None lets llama.cpp decide.
 
     All llama.cpp handles close through one stack, `_handles`: the running jobs' samplers
     (owned by the batcher), then batch, context and model.
@@ -158,7 +159,8 @@ class Engine:
             if check_memory:
                 self._check_kv_budget()
             self.ctx = self._handles.enter_context(closing(
-                LlamaContext(self.model, self.n_ctx * n_slots, n_batch, n_slots, self.n_threads, flash_attn)
+                LlamaContext(self.model, self.n_ctx * n_slots, n_batch, n_slots, self.n_threads, flash_attn,
+                             op_offload=self.n_gpu_layers > 0)
             ))
             self.batch = self._handles.enter_context(closing(LlamaBatch(n_batch)))
             self._handles = self._handles.pop_all()  # opened: kept open until close()
