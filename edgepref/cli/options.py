@@ -11,15 +11,43 @@ from typing import Any
 
 import click
 
+from ..config import check_value
+from ..errors import ConfigError
 from ..settings import PRESET_NAMES, Setting, apply_overrides, settings_for
 from .root import F, models_file_option
+
+
+class Number(click.ParamType):
+    """A number an option declared here (outside the settings table) allows: click reads it as
+    `kind` and edgepref.config's checker holds it to `limits` (ge, gt, le, lt), so these options
+    meet the settings' rule: a bad value is one line naming the flag, the value and the range,
+    before any model loads, and a float must be finite (click's FloatRange takes "nan")."""
+
+    def __init__(self, kind: type[int] | type[float], **limits: float):
+        self.kind, self.limits = kind, limits
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | float:
+        number = (click.INT if self.kind is int else click.FLOAT).convert(value, param, ctx)
+        try:
+            check_value("", number, self.kind, self.limits, sep="")
+        except ConfigError as exc:
+            self.fail(exc.message, param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"Number({self.kind.__name__}, {self.limits})"
+
+
+COUNT = Number(int, ge=0)  # a number of things where 0 means none
+LIMIT = Number(int, ge=1)  # "use only N": 0 would not mean none, so it is refused
 
 
 def input_options(func: F) -> F:
     for opt in reversed([
         click.option("--column", default=None, help="Instruction column (default: instruction, then prompt)."),
         click.option("--split", default=None, help="Dataset split for Hub datasets and DatasetDicts."),
-        click.option("--limit", type=int, default=None, help="Use only the first N instructions."),
+        click.option("--limit", type=LIMIT, default=None, help="Use only the first N instructions."),
         click.option("--shuffle", is_flag=True, help="Shuffle the rows (with --seed) before --limit."),
         click.option("--shard", default=None, metavar="I/N",
                      help="Process only shard I of N (0 <= I < N) of the input; combine with `edgepref merge`."),

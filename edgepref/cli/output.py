@@ -8,14 +8,15 @@ import click
 
 from .. import display
 from ..export import EXPORT_FORMATS
+from .options import COUNT, Number
 from .root import cli
 
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path), metavar="DIR_OR_PAIRS")
-@click.option("--min-margin", type=float, default=None, help="Only pairs with at least this margin.")
+@click.option("--min-margin", type=Number(float, ge=0.0), default=None, help="Only pairs with at least this margin.")
 @click.option("--model", default=None, help="Only pairs where this model is chosen or rejected.")
-@click.option("--limit", type=int, default=5, show_default=True, help="Pairs to show (0: stats only).")
+@click.option("--limit", type=COUNT, default=5, show_default=True, help="Pairs to show (0: stats only).")
 def inspect(path: Path, min_margin, model, limit) -> None:
     """Show pairs side by side (instruction, chosen vs rejected, scores, reasons) and stats.
 
@@ -28,7 +29,7 @@ def inspect(path: Path, min_margin, model, limit) -> None:
 
     run = load_run(path)
     pairs = filter_pairs(run.pairs, min_margin, model)
-    display.render_pairs(pairs[: max(0, limit)], pair_stats(pairs), total=len(run.pairs))
+    display.render_pairs(pairs[:limit], pair_stats(pairs), total=len(run.pairs))
 
 
 @cli.command()

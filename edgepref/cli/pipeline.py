@@ -9,10 +9,13 @@ from pathlib import Path
 import click
 
 from .. import display
+from ..config import check_value, field_type
+from ..errors import ConfigError
 from ..evaljudge import SELF_PREFERENCE_N, recipe_names
+from ..pair import PairConfig
 from ..pipeline import stage_commands
 from ..rundir import ERRORS, PAIRS, RECORDS, RUN, RunDir
-from .options import build_config, config_option, input_options, pipeline_options, setting_options
+from .options import COUNT, LIMIT, Number, build_config, config_option, input_options, pipeline_options, setting_options
 from .root import cli, models_file_option
 
 
@@ -23,6 +26,8 @@ OVERWRITE_HELP = ("Let a run on an --out made with other settings or another inp
                   "and pairs (without it the run stops and lists what changed). Cached answers that still "
                   "apply are reused; files that are not edgepref's are never overwritten.")
 overwrite_option = click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+# a target agreement, as the pipeline's --target-agreement (a setting) allows it
+TARGET = Number(float, **field_type(PairConfig, "target_agreement")[1])
 
 
 @cli.command()
@@ -146,7 +151,7 @@ def pair_command(input_path, out, config_file, **opts) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write records/pairs here (default: write nothing); as `run --out`.")
 @overwrite_option
-@click.option("--limit", type=int, default=5, show_default=True, help="At most this many from --file.")
+@click.option("--limit", type=LIMIT, default=5, show_default=True, help="At most this many from --file.")
 @pipeline_options
 def try_command(instruction, file_path, out_dir, overwrite, limit, quiet, config_file, preset, **opts) -> None:
     """The whole pipeline on one instruction, shown in the terminal: every candidate with its
@@ -179,8 +184,8 @@ def try_command(instruction, file_path, out_dir, overwrite, limit, quiet, config
 
 def _pairs_options(func):
     for opt in reversed([
-        click.option("--skip", type=int, default=0, show_default=True, help="Skip the first N pairs."),
-        click.option("--limit", type=int, default=None, help="Use only N pairs (after --skip)."),
+        click.option("--skip", type=COUNT, default=0, show_default=True, help="Skip the first N pairs."),
+        click.option("--limit", type=LIMIT, default=None, help="Use only N pairs (after --skip)."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Where requests are cached (default: beside the output); a rerun resumes from it."),
         config_option,
@@ -196,7 +201,7 @@ def _pairs_options(func):
 @setting_options("eval-judge")
 @click.option("--recipe", default=None, type=click.Choice(recipe_names()),
               help="Judge recipe (default: the one the pipeline decides chosen/rejected with).")
-@click.option("--self-preference", "self_preference_n", type=int, default=SELF_PREFERENCE_N, show_default=True,
+@click.option("--self-preference", "self_preference_n", type=COUNT, default=SELF_PREFERENCE_N, show_default=True,
               metavar="N", help="Judge the judge's own answers to the first N instructions against the "
               "better response; 0 skips it.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -205,9 +210,9 @@ def _pairs_options(func):
               help="Write one JSONL row per pair: label, each judge's margin, the judge that decided, hit.")
 @click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Thresholds of the verdict chain (a file of `edgepref calibrate`; default: the shipped one).")
-@click.option("--target-agreement", "target", type=float, default=None,
+@click.option("--target-agreement", "target", type=TARGET, default=None,
               help="The calibration's target agreement to evaluate (default: the pipeline's).")
-@click.option("--noise-pairs", type=int, default=0, show_default=True, metavar="N",
+@click.option("--noise-pairs", type=COUNT, default=0, show_default=True, metavar="N",
               help="Measure each chain judge's noise floor on the first N pairs (two more numerical "
               "paths); 0 reports the one its calibration measured.")
 @_pairs_options
@@ -236,31 +241,45 @@ def eval_judge(pairs_path, judges, recipe, self_preference_n, json_out, verdicts
     display.render_eval(report)
 
 
-def _targets(values) -> list[float]:
-    """Target agreements from --target values: numbers, or ranges A..B in steps of 0.01."""
-    out: list[float] = []
-    for v in values:
-        lo, sep, hi = str(v).partition("..")
-        try:
-            a, b = float(lo), float(hi) if sep else float(lo)
-        except ValueError:
-            raise click.BadParameter(f"{v!r} is not a number or a range like 0.6..0.8", param_hint="--target")
-        out += [round(a + k / 100, 2) for k in range(int(round((b - a) * 100)) + 1)]
-    return sorted(set(out))
+class TargetSpan(click.ParamType):
+    """One --target of `calibrate`: a target agreement, or a range A..B (A <= B) read as every
+    0.01 from A to B; each end within what --target-agreement allows."""
+
+    name = "target"
+
+    def convert(self, value, param, ctx) -> list[float]:
+        if isinstance(value, list):  # click converts a default it already converted
+            return value
+        lo, sep, hi = str(value).partition("..")
+        ends = []
+        for end in (lo, hi) if sep else (lo,):
+            try:
+                number = float(end)
+            except ValueError:
+                self.fail(f"{value!r} is not a number or a range like 0.6..0.8", param, ctx)
+            try:
+                check_value("", number, float, TARGET.limits, sep="")
+            except ConfigError as exc:
+                self.fail(f"{value}: {exc.message}" if sep else exc.message, param, ctx)
+            ends.append(number)
+        a, b = ends[0], ends[-1]
+        if b < a:
+            self.fail(f"{value}: a range runs from the lower target to the higher, like 0.6..0.8", param, ctx)
+        return [round(a + k / 100, 2) for k in range(int(round((b - a) * 100)) + 1)]
 
 
 @cli.command("calibrate")
 @click.argument("pairs_path", metavar="PAIRS")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The calibration file to write (give it to `run --calibration`).")
-@click.option("--target", "targets", multiple=True, default=("0.7",), show_default=True,
+@click.option("--target", "targets", type=TargetSpan(), multiple=True, default=("0.7",), show_default=True,
               help="Agreement with the labels that each judge's decided pairs must reach; repeat for several, "
               "or give a range A..B (every 0.01).")
-@click.option("--risk", type=float, default=0.1, show_default=True,
+@click.option("--risk", type=Number(float, gt=0.0, lt=1.0), default=0.1, show_default=True,
               help="Allowed probability that the decided pairs fall short of the target.")
 @click.option("--judge", "chain", multiple=True, metavar="MODEL",
               help="The chain, cheapest first (repeat; default: the embedded judges that are installed).")
-@click.option("--noise-pairs", type=int, default=24, show_default=True, metavar="N",
+@click.option("--noise-pairs", type=COUNT, default=24, show_default=True, metavar="N",
               help="Measure each judge's noise floor on the first N pairs; thresholds stay above it.")
 @_pairs_options
 def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, cache_dir, config_file, models_file,
@@ -284,7 +303,7 @@ def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, c
 
     from ..evaljudge import run_calibrate
 
-    cal_file = run_calibrate(pairs_path, targets=_targets(targets), risk=risk, out=out, chain=list(chain), skip=skip,
+    cal_file = run_calibrate(pairs_path, targets=sorted({t for span in targets for t in span}), risk=risk, out=out, chain=list(chain), skip=skip,
                              limit=limit, noise_pairs=noise_pairs, cache_dir=cache_dir, config_file=config_file,
                              models_file=models_file, on_event=None if quiet else display.StageProgress(quiet),
                              command="edgepref " + shlex.join(sys.argv[1:]))
