@@ -3,10 +3,18 @@
 `load_run` accepts an output directory or a pairs.jsonl file. Export goes through `datasets`
 (JSONL, Parquet, a save_to_disk directory, or the Hub) and always writes a README.md card
 that records the models, the settings, the counts and the method.
+
+What an export may write over (`check_export_dir`): --to must be new, empty or an export
+directory, one whose EXPORT_MARKER file edgepref wrote. The marker lists each file the
+exports wrote there with its sha256, so a later export replaces only what it wrote itself and
+nobody changed since: a README.md card the user edited, or a pairs file cleaned by hand, is
+refused like any other file of the user's, unless `overwrite`. Files of other names in the
+directory are never touched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +22,17 @@ from pathlib import Path
 from .errors import EdgeprefError, InputError
 from .paths import hub_offline
 from .rundir import PAIR_FIELDS, PAIRS, pairs_source
-from .store import read_jsonl
+from .store import read_jsonl, write_text_atomic
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")  # file types of `edgepref export`
+DATA_NAMES = {"jsonl": PAIRS, "parquet": "pairs.parquet", "hf": "dataset"}  # what each format writes in --to
+CARD = "README.md"
+# {"edgepref": {"export_layout": 1}, "files": {name: sha256, or null for the `hf` directory}}
+EXPORT_MARKER, EXPORT_LAYOUT = ".edgepref-export.json", 1
+
+
+class NotAnExportDir(InputError):
+    """--to holds files that an export would write over and that edgepref did not write."""
 
 
 @dataclass
@@ -136,8 +152,9 @@ def _decision(cfg: dict, summary: dict) -> str:
 
 
 def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | None = None,
-                 private: bool = True) -> dict[str, str]:
-    """Write the pairs in `fmt` under directory `to` with a README.md card; optionally push."""
+                 private: bool = True, overwrite: bool = False) -> dict[str, str]:
+    """Write the pairs in `fmt` under directory `to` with a README.md card; optionally push.
+    `to` must be new, empty or an earlier export's (`check_export_dir`) unless `overwrite`."""
     import datasets
 
     if fmt not in EXPORT_FORMATS:
@@ -151,22 +168,24 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
             "judge, then run again",
         )
     to = Path(to)
+    names = [DATA_NAMES[fmt], CARD]
+    _refuse_source_inside(run.source, to, names)
+    check_export_dir(to, names, overwrite)
     to.mkdir(parents=True, exist_ok=True)
     ds = datasets.Dataset.from_list(run.pairs)
     written: dict[str, str] = {}
+    target = to / DATA_NAMES[fmt]
     if fmt == "jsonl":
-        target = to / PAIRS
         ds.to_json(str(target), lines=True, force_ascii=False)
     elif fmt == "parquet":
-        target = to / "pairs.parquet"
         ds.to_parquet(str(target))
     else:
-        target = to / "dataset"
         ds.save_to_disk(str(target))
     written["data"] = str(target)
     card = dataset_card(run)
-    (to / "README.md").write_text(card, encoding="utf-8")
-    written["card"] = str(to / "README.md")
+    write_text_atomic(to / CARD, card)
+    written["card"] = str(to / CARD)
+    _mark_export(to, names)
     if push_to_hub:
         if hub_offline():
             raise EdgeprefError(
@@ -188,3 +207,91 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
             ) from exc
         written["hub"] = f"https://huggingface.co/datasets/{push_to_hub}"
     return written
+
+
+# ---------------------------------------------------------------- what an export may write over
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_export_marker(to: str | Path) -> dict[str, str | None] | None:
+    """The files earlier exports wrote in `to` (name -> sha256; None for a directory), or None
+    when `to` holds no marker that edgepref wrote."""
+    try:
+        raw = json.loads((Path(to) / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("edgepref"), dict) or not isinstance(raw.get("files"), dict):
+        return None
+    return raw["files"]
+
+
+def check_export_dir(to: str | Path, names: list[str], overwrite: bool = False) -> None:
+    """Refuse to export into `to` when it is a file, or a directory that is neither empty nor an
+    export directory, or when one of `names` there is a file the exports did not write, or one
+    changed since (its sha256 is not the marker's). `overwrite` lets such files be replaced
+    (a file is still refused). Writes nothing."""
+    to = Path(to)
+    if to.exists() and not to.is_dir():
+        raise NotAnExportDir(f"--to {to} is a file, not a directory", "pass a new directory to --to")
+    if not to.is_dir() or overwrite:
+        return
+    entries = sorted(e.name for e in to.iterdir())
+    if not entries:
+        return
+    marker = read_export_marker(to)
+    if marker is None:
+        raise NotAnExportDir(
+            f"--to {to} is not empty ({_listed(entries)}) and is not an edgepref export (no {EXPORT_MARKER})",
+            f"pass a new or empty directory to --to, or add --overwrite to write {' and '.join(names)} "
+            "there (its other files are kept)",
+        )
+    changed = [n for n in names if (to / n).exists() and not _as_exported(to / n, marker)]
+    if changed:
+        raise NotAnExportDir(
+            f"--to {to}: {_listed(changed)} {'was' if len(changed) == 1 else 'were'} not written by an edgepref "
+            "export, or changed since",
+            "pass a new or empty directory to --to, or add --overwrite to replace "
+            f"{'it' if len(changed) == 1 else 'them'}",
+        )
+
+
+def _refuse_source_inside(source: Path | None, to: Path, names: list[str]) -> None:
+    """The pairs file an export reads is never what it writes, even with overwrite."""
+    if source is None or not Path(source).exists():
+        return
+    real = Path(source).resolve()
+    for name in names:
+        target = (to / name).resolve()
+        if real == target or target in real.parents:
+            raise NotAnExportDir(f"--to {to}: the export would write {name} over the pairs it reads ({source})",
+                                 "pass another directory to --to")
+
+
+def _as_exported(path: Path, marker: dict[str, str | None]) -> bool:
+    """Whether `path` is as an export left it: listed in the marker, and a file unchanged."""
+    if path.name not in marker:
+        return False
+    if path.is_dir():
+        return marker[path.name] is None
+    return path.is_file() and marker[path.name] == _sha256(path)
+
+
+def _mark_export(to: Path, names: list[str]) -> None:
+    """Add what this export wrote to `to`'s marker (the files of earlier exports stay listed)."""
+    files = {k: v for k, v in (read_export_marker(to) or {}).items() if (to / k).exists()}
+    for name in names:
+        path = to / name
+        files[name] = None if path.is_dir() else _sha256(path)
+    marker = {"edgepref": {"export_layout": EXPORT_LAYOUT}, "files": dict(sorted(files.items()))}
+    write_text_atomic(to / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

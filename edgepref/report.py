@@ -8,6 +8,9 @@ The page needs no network: no CDN, no fonts, no request of any kind; it works fr
 Its Content-Security-Policy allows its own script alone, by hash (no 'unsafe-inline'), so a
 model's text is kept from running by the policy as well as by escaping.
 A partial run directory gives a report that says what is missing, not an error.
+The page carries REPORT_MARKER in its head: `write_report` replaces a file only when it is such a
+page, or the report.html of a run directory (a name the run directory's layout owns), never a
+file of the user's or one the report is made from, unless told to overwrite.
 
 Which record was dropped for what is recomputed with the pair stage (`pair.pick_pair`) from the
 records and the run's [pair] settings: the pair stage needs no model, so this is what the run
@@ -28,10 +31,13 @@ from pathlib import Path
 from .errors import EdgeprefError, InputError
 from .pair import PairConfig, pick_pair, rank_completions
 from .records import Record
-from .rundir import PAIRS, RECORDS, RUN, RunDir
+from .rundir import PAIRS, RECORDS, REPORT, RUN, RunDir, refuse_inputs_inside
 from .summary import completions_per_model
 
 PAGE = Path(__file__).with_name("report.html.jinja2")
+# in the page's head (report.html.jinja2), within its first MARKER_BYTES: a file that has it is a report
+REPORT_MARKER = '<meta name="generator" content="edgepref report">'
+MARKER_BYTES = 4096
 
 
 @dataclass
@@ -208,10 +214,37 @@ def build_report(view: RunView) -> str:
     )
 
 
-def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of run directory `directory` to `out` (default DIR/report.html)."""
+def is_report(path: str | Path) -> bool:
+    """Whether the file at `path` is a page `write_report` wrote (its head has REPORT_MARKER)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(MARKER_BYTES)
+    except OSError:
+        return False
+    return REPORT_MARKER in head.decode("utf-8", errors="replace")
+
+
+def check_report_out(run_dir: RunDir, out: Path, overwrite: bool = False) -> None:
+    """Refuse to write the report of `run_dir` to `out` when `out` is one of the run's files, a
+    directory, or an existing file that is not a report (`is_report`) nor the run directory's own
+    report.html, unless `overwrite` (the run's files are refused even then). Writes nothing."""
+    refuse_inputs_inside(out, [run_dir.records_file, run_dir.pairs_file, run_dir.run_file], written=[out])
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory", f"pass a file name for the page, such as {out / REPORT}")
+    if overwrite or not out.exists() or is_report(out):
+        return
+    if out.resolve() == (run_dir.path / REPORT).resolve() and run_dir.is_run_dir():
+        return
+    raise InputError(f"--out {out} exists and is not an edgepref report (its head has no {REPORT_MARKER})",
+                     "pass another --out, or add --overwrite to replace that file")
+
+
+def write_report(directory: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the report of run directory `directory` to `out` (default DIR/report.html); an
+    existing `out` that is not a report is refused unless `overwrite` (`check_report_out`)."""
     view = load_run_dir(directory)
-    out = Path(out) if out else view.directory / "report.html"
+    out = Path(out) if out else view.directory / REPORT
+    check_report_out(RunDir(view.directory), out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with io.open(tmp, "w", encoding="utf-8") as fh:

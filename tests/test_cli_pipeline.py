@@ -288,3 +288,87 @@ def test_out_and_overwrite_document_what_a_run_may_write_over() -> None:
         assert "--overwrite" in text and "not edgepref's are never overwritten" in text
     text = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
     assert "must be new, empty or a run directory of edgepref" in text
+
+
+def test_export_writes_over_nothing_it_did_not_write(tmp_path) -> None:
+    out = rated_run_dir(tmp_path)
+    export = lambda dest, *more: CliRunner().invoke(cli, ["export", str(out), "--to", str(dest), *more])  # noqa: E731
+
+    # a folder of the user's: its README.md is not replaced, nothing is added, the files are named
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my own notes")
+    res = export(mine)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert "README.md" in text and "not an edgepref export" in text and "--overwrite" in text
+    assert (mine / "README.md").read_text() == "my own notes" and sorted(p.name for p in mine.iterdir()) == ["README.md"]
+    # a folder that only holds other files is not empty either
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    res = export(other, "--format", "parquet")
+    assert res.exit_code == 1 and "notes.txt" in res.output and not (other / "pairs.parquet").exists()
+
+    # an export's own folder: exporting again (another format too) replaces what it wrote
+    release = tmp_path / "release"
+    assert export(release).exit_code == 0
+    card = (release / "README.md").read_text()
+    again = export(release, "--format", "parquet")
+    assert again.exit_code == 0, again.output
+    assert (release / "pairs.parquet").is_file() and (release / "README.md").read_text() == card
+    marker = json.loads((release / ".edgepref-export.json").read_text())
+    assert set(marker["files"]) == {"README.md", "pairs.jsonl", "pairs.parquet"}
+    # ... but not a card the user edited since
+    (release / "README.md").write_text(card + "\nLicense: mine.\n")
+    res = export(release)
+    assert res.exit_code == 1 and "README.md" in res.output and "changed since" in " ".join(res.output.split())
+    assert (release / "README.md").read_text().endswith("License: mine.\n")
+    forced = export(release, "--overwrite")
+    assert forced.exit_code == 0, forced.output
+    assert (release / "README.md").read_text() == card
+
+    # --overwrite into the user's folder writes the export and keeps the user's other files
+    assert export(other, "--overwrite").exit_code == 0
+    assert (other / "notes.txt").read_text() == "keep" and (other / "pairs.jsonl").is_file()
+    # the pairs an export reads are never its output, --overwrite or not
+    res = export(out, "--overwrite")
+    assert res.exit_code == 1 and "over the pairs it reads" in " ".join(res.output.split())
+
+
+def test_report_writes_over_no_file_that_is_not_a_report(tmp_path) -> None:
+    from edgepref.report import REPORT_MARKER
+    from edgepref.rundir import RunDir
+
+    out = rated_run_dir(tmp_path)
+    report = lambda *args: CliRunner().invoke(cli, ["report", str(out), *args])  # noqa: E731
+
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html><body>my notes</body></html>")
+    res = report("--out", str(notes))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert str(notes) in text and "not an edgepref report" in text and "--overwrite" in text
+    assert notes.read_text() == "<html><body>my notes</body></html>"
+
+    # a report may be written again over itself
+    page = tmp_path / "page.html"
+    assert report("--out", str(page)).exit_code == 0
+    assert REPORT_MARKER in page.read_text()[:4096]
+    assert report("--out", str(page)).exit_code == 0
+    # the files the report is made from: never, --overwrite or not
+    pairs = (out / "pairs.jsonl").read_bytes()
+    res = report("--out", str(out / "pairs.jsonl"), "--overwrite")
+    assert res.exit_code == 1 and "one of the inputs" in res.output
+    assert (out / "pairs.jsonl").read_bytes() == pairs
+    # with --overwrite the user's file is replaced
+    assert report("--out", str(notes), "--overwrite").exit_code == 0 and REPORT_MARKER in notes.read_text()
+
+    # DIR/report.html by default: refused in a directory edgepref did not mark as its run's ...
+    (out / "report.html").write_text("<html>hand-written</html>")
+    res = report()
+    assert res.exit_code == 1 and "not an edgepref report" in res.output
+    assert (out / "report.html").read_text() == "<html>hand-written</html>"
+    # ... and replaced in a run directory, whose report.html is edgepref's by its layout
+    RunDir(out).write_run(json.loads((out / "run.json").read_text()))
+    assert report().exit_code == 0 and REPORT_MARKER in (out / "report.html").read_text()

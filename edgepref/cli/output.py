@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import display
-from ..export import EXPORT_FORMATS
+from ..export import EXPORT_FORMATS, EXPORT_MARKER
 from .options import COUNT, Number
 from .root import cli
 
@@ -36,11 +36,17 @@ def inspect(path: Path, min_margin, model, limit) -> None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path), metavar="DIR")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="jsonl", show_default=True)
 @click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the data and its README.md dataset card.")
+              help="Directory for the data and its README.md dataset card: new, empty or an earlier export's "
+              f"(its {EXPORT_MARKER} lists what edgepref wrote there).")
+@click.option("--overwrite", is_flag=True,
+              help="Write into a --to that holds other files, replacing a README.md or data file of the same "
+              "name (one you edited after an export, too); files of other names are kept.")
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Also publish to the Hub (needs a network).")
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
-def export(path: Path, fmt: str, to: Path, push_to_hub, public: bool) -> None:
+def export(path: Path, fmt: str, to: Path, overwrite: bool, push_to_hub, public: bool) -> None:
     """Export a run's pairs as JSONL, Parquet or a `datasets` directory, with a dataset card.
+    Exporting again into the same --to replaces only what an export wrote there and nobody
+    changed since.
 
     \b
     Example:
@@ -49,7 +55,7 @@ def export(path: Path, fmt: str, to: Path, push_to_hub, public: bool) -> None:
     """
     from ..export import export_pairs, load_run
 
-    written = export_pairs(load_run(path), fmt, to, push_to_hub, private=not public)
+    written = export_pairs(load_run(path), fmt, to, push_to_hub, private=not public, overwrite=overwrite)
     for kind, where in written.items():
         display.render_path(f"{kind}: {where}")
 
@@ -83,8 +89,10 @@ def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the page (default: DIR/report.html).")
-def report(path: Path, out: Path | None) -> None:
+              help="Where to write the page (default: DIR/report.html); an existing file there must be an "
+              "edgepref report.")
+@click.option("--overwrite", is_flag=True, help="Replace an --out file that is not an edgepref report.")
+def report(path: Path, out: Path | None, overwrite: bool) -> None:
     """Write a self-contained HTML report of run directory DIR: the run's settings and counts,
     plots (scores per model, margins, chosen/rejected per model and source, shown positions,
     lengths, judge confidence), and every instruction with its pair or why it has none, to
@@ -97,4 +105,4 @@ def report(path: Path, out: Path | None) -> None:
     """
     from ..report import write_report
 
-    display.render_path(f"report: {write_report(path, out)}")
+    display.render_path(f"report: {write_report(path, out, overwrite=overwrite)}")
