@@ -82,6 +82,11 @@ printf '[models."smollm2-135m"]\nsources = [{ path = "%s" }]\n' "$model" > "$EDG
 timeout 300 python3 -m pytest -q -x -p no:cacheprovider "$here/tests/test_engine.py" -k "smol or SMOL or batch or stop or bad_requests" \
     > "$OUT/pytest.log" 2>&1; echo "pytest rc=$?"; tail -15 "$OUT/pytest.log"
 
+step "the offload tier (tests/offload, as scripts/vulkan_check.sh runs it on lavapipe): layers on CUDA0, CPU agreement"
+EDGEPREF_OFFLOAD_TIER=cuda EDGEPREF_OFFLOAD_REPORT="$OUT/offload-report.json" timeout 300 \
+    python3 -m pytest -q -p no:cacheprovider "$here/tests/offload" > "$OUT/offload.log" 2>&1
+echo "offload tier rc=$?"; tail -15 "$OUT/offload.log"; cat "$OUT/offload-report.json" 2>/dev/null
+
 step "engine against llama-server (same llama.cpp build), 16 and 64 concurrent requests"
 for n in 16 64; do
     timeout 240 python3 "$here/scripts/bench_engine.py" --model "$model" --requests "$n" --max-tokens 128 \
