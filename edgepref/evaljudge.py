@@ -17,6 +17,12 @@ Every verdict has a margin (score difference, or log-odds); its size is the conf
 precision at coverage is the agreement on the most confident 100% / 80% / 50% of the pairs.
 Self-preference: the judge's own greedy answer to an instruction against the pair's better
 response, judged by the same recipe; how often the judge prefers its own.
+
+Failure is not a figure: when a unit's every request failed (a server that answers 501 to
+everything; one whose answers lack the log probabilities a pairwise verdict reads, or never
+match the rating format, which the server client counts as failed requests), `run_eval` and
+`run_calibrate` raise EvalFailed with the server's status and an excerpt of its answer, instead
+of reporting 0% agreement or a threshold calibrated on nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 from .backend import Backend
 from .config import JudgeConfig
-from .errors import ConfigError, InputError
+from .errors import ConfigError, EdgeprefError, InputError
 from .inputs import iter_jsonl_rows, rows_from_datasets
 from .backend import ChatRequest, Sampling
 from .compare import PAIRWISE_RECIPES
@@ -40,6 +46,7 @@ from .cascade import Chain, decide, group
 from .hosting import read_path
 from .judge import judge
 from .records import Completion, Record, content_key
+from .summary import UnitOutcome, run_failures
 
 # name -> (judge mode, score key, both orders)
 RATING_RECIPES: dict[str, tuple[str, str, bool]] = {
@@ -53,6 +60,13 @@ RATING_RECIPES: dict[str, tuple[str, str, bool]] = {
 }
 COVERAGES = (1.0, 0.8, 0.5)
 SELF_PREFERENCE_N = 40
+
+
+class EvalFailed(EdgeprefError):
+    """Judging gave nothing to measure: every request of one of its units failed."""
+
+
+RETRY_HINT = "failed requests are not cached, so the same command retries only them"
 
 
 def recipe_names() -> list[str]:
@@ -280,13 +294,33 @@ def bootstrap_ci(hits: list[float], seed: int = 0, rounds: int = 2000) -> tuple[
     return (means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1])
 
 
+def run_counted(runner, name: str, model: str, n_ctx: int, total: int, fn, reads: bool = False) -> None:
+    """`runner.run_requests` with each failed request counted against its unit, the first one's
+    error kept (the server's status and answer): the stages count theirs through the records'
+    errors, which an evaluation does not keep. Then EvalFailed if none of the unit's requests
+    got an answer."""
+    outcome = runner.outcomes.setdefault(name, UnitOutcome())
+
+    def counted(backend, callback):
+        def on_result(progress, result) -> None:
+            callback(progress, result)
+            if not result.ok:
+                outcome.fail(f"{model}: {result.error}")
+        return fn(backend, on_result)
+
+    runner.run_requests(name, model, n_ctx, total, counted, reads=reads)
+    failures = run_failures(None, [], {name: outcome})
+    if failures:
+        raise EvalFailed(failures[0], RETRY_HINT)
+
+
 def rate_pairs(runner, model: str, pairs: list, jcfg: JudgeConfig) -> tuple[list[Record], float]:
     """One judge rates every pair through the pipeline's judge stage (cached, resumable);
     returns the rated records and the seconds it took."""
     records = [pair_record(p) for p in pairs]
     start = time.perf_counter()
-    runner.run_requests(f"eval-{jcfg.mode}-{model}", model, runner.judge_n_ctx, len(records),
-                     lambda be, cb: judge(records, model, be, jcfg, on_result=cb))
+    run_counted(runner, f"eval-{jcfg.mode}-{model}", model, runner.judge_n_ctx, len(records),
+                lambda be, cb: judge(records, model, be, jcfg, on_result=cb))
     return records, time.perf_counter() - start
 
 
@@ -298,9 +332,8 @@ def compare_pairs(runner, model: str, pairs: list, recipes: list) -> tuple[dict[
     stats: dict = {}
     start = time.perf_counter()
     items = [(p.instruction, p.response_a, p.response_b) for p in pairs]
-    runner.run_requests(f"eval-compare-{model}", model, runner.judge_n_ctx, len(items),
-                     lambda be, cb: out.update(compare(items, recipes, be, model, on_result=cb, stats=stats)),
-                     reads=True)
+    run_counted(runner, f"eval-compare-{model}", model, runner.judge_n_ctx, len(items),
+                lambda be, cb: out.update(compare(items, recipes, be, model, on_result=cb, stats=stats)), reads=True)
     return out, (time.perf_counter() - start) / max(1, stats.get("prompt_tokens", 0))
 
 
@@ -360,8 +393,8 @@ def own_answers(runner, model: str, pairs: list[JudgePair]) -> list[JudgePair]:
     reqs = [ChatRequest([{"role": "user", "content": p.instruction}], Sampling(temperature=0.0, max_tokens=512),
                         id=p.id) for p in pairs]
     results: list = []
-    runner.run_requests(f"eval-own-{model}", model, runner.cfg.engine.n_ctx, len(reqs),
-                     lambda be, cb: results.extend(be.chat(reqs, on_result=cb)))
+    run_counted(runner, f"eval-own-{model}", model, runner.cfg.engine.n_ctx, len(reqs),
+                lambda be, cb: results.extend(be.chat(reqs, on_result=cb)))
     return [JudgePair(f"own-{p.id}", p.instruction, res.text.strip(),
                       p.response_a if p.label == "a" else p.response_b, "b", model)
             for p, res in zip(pairs, results) if res.ok and res.text.strip()]

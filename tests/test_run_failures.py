@@ -129,3 +129,96 @@ def test_a_stage_command_whose_every_request_failed_exits_non_zero(wrong_server,
     assert result.exit_code == 1, result.output
     assert f"every request of complete-{SMOL} failed" in result.output and "HTTP 501" in result.output
     assert json.loads(out.read_text())["completions"] == []  # written all the same
+
+
+def _judge_pairs(tmp_path, wrong_server):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"instruction": f"Name a bird ({i}).", "response_a": "A robin.",
+                                         "response_b": "Soup.", "label": "a"}) + "\n" for i in range(2)))
+    cfg = tmp_path / "server.toml"  # the judge runs on the server that answers 501
+    cfg.write_text(f'[models."{SMOL}"]\nendpoints = ["{wrong_server.url}"]\n')
+    return str(pairs), str(cfg)
+
+
+def _says_the_server_failed(result) -> None:
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "HTTP 501" in text and "Unsupported method" in text, text  # the status and the server's own words
+    assert "<html" not in text.lower() and "Traceback" not in text
+
+
+def test_eval_judge_whose_every_request_failed_exits_non_zero(wrong_server, tmp_path) -> None:
+    pairs, cfg = _judge_pairs(tmp_path, wrong_server)
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(cli, ["eval-judge", pairs, "--judge", SMOL, "--config", cfg, "--json", str(report),
+                                      "--self-preference", "0", "-q"])
+    _says_the_server_failed(result)
+    assert "agreement" not in result.output and not report.exists()  # no 0% agreement from nothing
+
+
+def test_calibrate_whose_every_request_failed_exits_non_zero(wrong_server, tmp_path) -> None:
+    pairs, cfg = _judge_pairs(tmp_path, wrong_server)
+    out = tmp_path / "cal.json"
+    result = CliRunner().invoke(cli, ["calibrate", pairs, "--out", str(out), "--judge", SMOL, "--config", cfg,
+                                      "--noise-pairs", "0", "-q"])
+    _says_the_server_failed(result)
+    assert not out.exists()  # no thresholds from nothing
+
+
+class AnswersWithoutProbabilities:
+    """An OpenAI-compatible server on 127.0.0.1 that answers every chat request 200 with the text
+    "A" and no log probabilities: no pairwise verdict and no rating can be read from it."""
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: dict) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                self._send({"data": [{"id": SMOL}]})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": "A"},
+                                         "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_answers_that_give_no_verdict_fail_eval_judge_and_calibrate(tmp_path) -> None:
+    server = AnswersWithoutProbabilities()
+    try:
+        pairs, cfg = _judge_pairs(tmp_path, server)
+        # ratings: no answer matches the rating format (the client retries, then the request fails)
+        report = tmp_path / "eval.json"
+        result = CliRunner().invoke(cli, ["eval-judge", pairs, "--judge", SMOL, "--config", cfg, "--json",
+                                          str(report), "--recipe", "score-only-int", "--self-preference", "0", "-q"])
+        assert result.exit_code == 1, result.output
+        text = " ".join(result.output.split())
+        assert f"every request of eval-score-only-{SMOL} failed" in text and "expected format" in text, text
+        assert "agreement" not in text and "Traceback" not in text and not report.exists()
+        # pairwise verdicts need log probabilities: without them every request fails, and says why
+        out = tmp_path / "cal.json"
+        result = CliRunner().invoke(cli, ["calibrate", pairs, "--out", str(out), "--judge", SMOL, "--config", cfg,
+                                          "--noise-pairs", "0", "-q"])
+        assert result.exit_code == 1, result.output
+        text = " ".join(result.output.split())
+        assert f"every request of eval-compare-{SMOL} failed" in text and "no logprobs" in text, text
+        assert not out.exists()
+    finally:
+        server.close()
