@@ -9,33 +9,33 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import EdgeprefError
-from .modelfiles import pull_model, resolve_model_path
-from .registry import ModelEntry, load_registry
+from .core.errors import EdgeprefError
+from .models.modelfiles import pull_model, resolve_model_path
+from .models.registry import ModelEntry, load_registry
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it; imported on first use (see __getattr__)
 _LAZY: dict[str, str] = {
-    "Engine": "edgepref.engine",
-    "ChatRequest": "edgepref.backend",
-    "Sampling": "edgepref.backend",
-    "PipelineConfig": "edgepref.config",
-    "PoolMember": "edgepref.config",
-    "JudgeConfig": "edgepref.config",
-    "EvolveConfig": "edgepref.config",
-    "load_config": "edgepref.config",
-    "PairConfig": "edgepref.pair",
-    "Record": "edgepref.records",
-    "read_instructions": "edgepref.inputs",
-    "run_pipeline": "edgepref.pipeline",
-    "Runner": "edgepref.pipeline",
-    "complete": "edgepref.complete",
-    "evolve": "edgepref.evolve",
-    "judge": "edgepref.judge",
-    "pair_records": "edgepref.pair",
-    "ServerBackend": "edgepref.remote",
-    "merge_runs": "edgepref.merge",
+    "Engine": "edgepref.backends.engine",
+    "ChatRequest": "edgepref.backends.base",
+    "Sampling": "edgepref.backends.base",
+    "PipelineConfig": "edgepref.stages.config",
+    "PoolMember": "edgepref.stages.config",
+    "JudgeConfig": "edgepref.stages.config",
+    "EvolveConfig": "edgepref.stages.config",
+    "load_config": "edgepref.stages.config",
+    "PairConfig": "edgepref.stages.config",
+    "Record": "edgepref.core.records",
+    "read_instructions": "edgepref.data.inputs",
+    "run_pipeline": "edgepref.runs.pipeline",
+    "Runner": "edgepref.runs.pipeline",
+    "complete": "edgepref.stages.complete",
+    "evolve": "edgepref.stages.evolve",
+    "judge": "edgepref.stages.judge",
+    "pair_records": "edgepref.stages.pair",
+    "ServerBackend": "edgepref.backends.remote",
+    "merge_runs": "edgepref.data.merge",
 }
 
 __all__ = [

@@ -1,5 +1,5 @@
 """`python -m edgepref` is the `edgepref` command."""
 
-from .cli import main
+from .ui.cli import main
 
 main()

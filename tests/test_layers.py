@@ -1,5 +1,6 @@
-"""The modules as layers (README, "How it is built"): a module imports only from its own layer or
-the layers below it. Read from the source with `ast`, lazy imports inside functions included."""
+"""The package tree is the layer table (README, "How it is built"): each folder of edgepref/ is one
+layer, and a module imports only from its own folder or the folders below it; no import circle
+anywhere. Read from the source with `ast`, lazy and type-checking imports included."""
 
 from __future__ import annotations
 
@@ -8,66 +9,118 @@ from pathlib import Path
 
 import edgepref
 
-LAYERS = [
-    # 0. foundation: plain data, the backend seam, prompt files, parsers
-    {"errors", "records", "paths", "backend", "logprobs", "grammars", "ggufmeta", "prompts"},
-    # 1. where models run and where answers are kept
-    {"registry", "modelfiles", "engine", "remote", "http_json", "store"},
-    # 2. the stages and their settings
-    {"config", "stage", "compare", "complete", "evolve", "judge", "verify", "pair", "calibration", "cascade"},
-    # 3. runs: inputs, hosting models, the pipeline, its summary and outputs, judge evaluation
-    {"settings", "inputs", "rundir", "hosting", "pipeline", "summary", "merge", "export", "evaljudge", "report",
-     "report_plots"},
-    # 4. the interface
-    {"display", "cli", "__main__"},
-]
-LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
+# lowest first
+FOLDERS = ["core", "prompts", "data", "models", "backends", "judging", "stages", "runs", "ui"]
+RANK = {name: i for i, name in enumerate(FOLDERS)}
 PACKAGE = Path(edgepref.__file__).parent
+TOP_LEVEL = {"__init__", "__main__"}  # the public API and `python -m edgepref`: above every folder
 
 
-def top_module(path: Path) -> str:
-    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
 
 
 def imported_modules(path: Path) -> set[str]:
-    """edgepref's top-level modules that `path` imports (relative imports resolved)."""
-    depth = len(path.relative_to(PACKAGE).parts) - 1  # 0 for edgepref/x.py, 1 for edgepref/engine/x.py
+    """The edgepref modules (dotted, below the package) that `path` imports, relative imports
+    resolved; `from . import x` counts as importing x."""
+    rel = path.relative_to(PACKAGE)
+    package = list(rel.parts[:-1])  # the package holding this file
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level:
-            up = node.level - 1  # how many packages above the module's own
-            if up > depth:
+            base = package[: len(package) - (node.level - 1)]
+            parts = base + (node.module.split(".") if node.module else [])
+            found.add(".".join(parts))
+            found.update(".".join([*parts, a.name]) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgepref"):
+            parts = node.module.split(".")[1:]
+            found.add(".".join(parts))
+            found.update(".".join([*parts, a.name]) for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("edgepref."))
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {m for m in found if m in modules}
+
+
+def folder(module: str) -> str:
+    return module.split(".")[0]
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_module_is_in_a_layer_folder() -> None:
+    loose = [m for m in modules() if folder(m) not in RANK and m not in TOP_LEVEL]
+    assert not loose, f"modules outside the layer folders: {sorted(loose)}"
+
+
+def test_no_folder_imports_from_a_higher_one() -> None:
+    wrong = []
+    for name, path in modules().items():
+        if name in TOP_LEVEL:
+            continue
+        for dep in imported_modules(path):
+            if dep in TOP_LEVEL or dep == "":
                 continue
-            inside = list(path.relative_to(PACKAGE).parts[:-1])[: depth - up]
-            parts = inside + (node.module.split(".") if node.module else [])
-            if parts:
-                found.add(parts[0])
-            else:  # `from . import x` at the top level
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            found.update(n.split(".")[1] for n in names if n.startswith("edgepref."))
+            if RANK[folder(dep)] > RANK[folder(name)]:
+                wrong.append(f"{name} imports {dep} ({folder(dep)} is above {folder(name)})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {name: {d for d in imported_modules(path) if d != name and d != ""}
+            for name, path in modules().items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
     return found
 
 
-def test_every_module_has_a_layer():
-    modules = {top_module(p) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE}
-    assert modules <= set(LAYER_OF), sorted(modules - set(LAYER_OF))
+def test_no_import_circle() -> None:
+    graph = import_graph()
+    # a package's __init__ re-exporting its own modules is not a circle of design
+    for name in graph:
+        graph[name] = {d for d in graph[name] if not (d == name.rsplit(".", 1)[0] and modules()[d].name == "__init__.py")}
+    assert circles(graph) == []
 
 
-def test_no_module_imports_from_a_higher_layer():
-    wrong = []
-    for path in PACKAGE.rglob("*.py"):
-        if path.parent == PACKAGE and path.name == "__init__.py":
-            continue  # the public API re-exports from every layer
-        own = LAYER_OF[top_module(path)]
-        for dep in imported_modules(path):
-            if dep in LAYER_OF and LAYER_OF[dep] > own:
-                wrong.append(f"{path.relative_to(PACKAGE)} imports {dep} (layer {LAYER_OF[dep]} > {own})")
-    assert not wrong, "\n".join(wrong)
-
-
-def test_the_layer_check_sees_relative_and_lazy_imports():
-    core = PACKAGE / "engine" / "core.py"
-    assert {"backend", "errors", "logprobs", "modelfiles", "registry"} <= imported_modules(core)
-    assert "pipeline" in imported_modules(PACKAGE / "cli" / "pipeline.py")  # a lazy `from ..pipeline`
+def test_the_checks_see_relative_lazy_and_type_checking_imports() -> None:
+    core = modules()["backends.engine.core"]
+    assert {"backends.base", "core.errors", "models.modelfiles", "models.registry"} <= imported_modules(core)
+    assert "runs.pipeline" in imported_modules(modules()["ui.cli.pipeline"])  # a lazy `from ...runs.pipeline`
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -1,0 +1,3 @@
+"""The foundation: errors with hints, the records that flow between stages, platform
+directories, and files that survive a crash. Imports nothing else of edgepref.
+"""

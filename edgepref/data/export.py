@@ -1,0 +1,297 @@
+"""Reading a run's output back, filtering pairs, and exporting them with a dataset card.
+
+`load_run` accepts an output directory or a pairs.jsonl file. Export goes through `datasets`
+(JSONL, Parquet, a save_to_disk directory, or the Hub) and always writes a README.md card
+that records the models, the settings, the counts and the method.
+
+What an export may write over (`check_export_dir`): --to must be new, empty or an export
+directory, one whose EXPORT_MARKER file edgepref wrote. The marker lists each file the
+exports wrote there with its sha256, so a later export replaces only what it wrote itself and
+nobody changed since: a README.md card the user edited, or a pairs file cleaned by hand, is
+refused like any other file of the user's, unless `overwrite`. Files of other names in the
+directory are never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import EdgeprefError, InputError
+from ..core.paths import hub_offline
+from .rundir import PAIR_FIELDS, PAIRS, pairs_source
+from ..core.files import read_jsonl, write_text_atomic
+
+EXPORT_FORMATS = ("jsonl", "parquet", "hf")  # file types of `edgepref export`
+DATA_NAMES = {"jsonl": PAIRS, "parquet": "pairs.parquet", "hf": "dataset"}  # what each format writes in --to
+CARD = "README.md"
+# {"edgepref": {"export_layout": 1}, "files": {name: sha256, or null for the `hf` directory}}
+EXPORT_MARKER, EXPORT_LAYOUT = ".edgepref-export.json", 1
+
+
+class NotAnExportDir(InputError):
+    """--to holds files that an export would write over and that edgepref did not write."""
+
+
+@dataclass
+class RunOutput:
+    pairs: list[dict]
+    run: dict = field(default_factory=dict)  # run.json: config and summary, when present
+    source: Path | None = None
+
+
+def load_run(path: str | Path) -> RunOutput:
+    """The pairs of a run directory or a pairs file, with the run's run.json when there is one."""
+    run_dir, pairs_file = pairs_source(path)
+    pairs = list(read_jsonl(pairs_file))
+    if pairs and not PAIR_FIELDS <= set(pairs[0]):
+        raise InputError(f"{pairs_file} does not look like pairs (needs prompt, chosen, rejected)")
+    run, _ = run_dir.read_run()
+    return RunOutput(pairs, run, pairs_file)
+
+
+def filter_pairs(pairs: list[dict], min_margin: float | None = None, model: str | None = None) -> list[dict]:
+    out = []
+    for p in pairs:
+        if min_margin is not None and p.get("margin", 0.0) < min_margin - 1e-9:
+            continue
+        if model is not None and model not in (p.get("model_chosen"), p.get("model_rejected")):
+            continue
+        out.append(p)
+    return out
+
+
+def pair_stats(pairs: list[dict]) -> dict:
+    from collections import Counter
+
+    margins = [p.get("margin", 0.0) for p in pairs]
+    return {
+        "pairs": len(pairs),
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "chosen_by_model": dict(Counter(p.get("model_chosen") for p in pairs)),
+        "rejected_by_model": dict(Counter(p.get("model_rejected") for p in pairs)),
+        "mean_score_chosen": sum(p["score_chosen"] for p in pairs) / len(pairs) if pairs else None,
+        "mean_score_rejected": sum(p["score_rejected"] for p in pairs) / len(pairs) if pairs else None,
+    }
+
+
+def dataset_card(run: RunOutput) -> str:
+    cfg = run.run.get("config", {})
+    summary = run.run.get("summary", {})
+    pool = cfg.get("pool", [])
+    judges = run.run.get("judges") or cfg.get("judge", {}).get("models", [])
+    fmt = cfg.get("pair", {}).get("format", "standard")
+    stats = pair_stats(run.pairs)
+    pool_lines = "\n".join(
+        f"- `{m['model']}` (temperature {m.get('temperature')}, top_p {m.get('top_p')}, "
+        f"{m.get('n', 1)} completion(s), system prompt: {json.dumps(m.get('system_prompt'))})"
+        for m in pool
+    ) or "- (unknown)"
+    judge_cfg = cfg.get("judge", {})
+    return f"""---
+tags:
+- dpo
+- preference
+- synthetic
+- edgepref
+---
+# Preference dataset made with edgepref
+
+Format: TRL preference, {fmt} (`prompt`, `chosen`, `rejected`{' as message lists' if fmt == 'conversational' else ' as strings'}),
+with `score_chosen`, `score_rejected`, `margin`, the models and the judge's rationales.
+Type: preference (DPO).
+
+## Method
+
+1. Model pooling: every instruction was answered by each pool member:
+{pool_lines}
+2. EvolQuality: {cfg.get('evolve', {}).get('num_evolutions', 0)} rewrite(s) per completion along a criterion drawn
+   with a seeded RNG (helpfulness, relevance, deepening, creativity, details); evolved
+   responses were judged like the others.
+3. UltraFeedback judging by {', '.join(f'`{j}`' for j in judges)}: aspect `{judge_cfg.get('aspect')}`, mode
+   `{judge_cfg.get('mode')}`, both orders: {judge_cfg.get('both_orders')}, probability-weighted scores:
+   {judge_cfg.get('expected')}. Answers were constrained by a GBNF grammar, so every rating parsed.
+4. Pairs: {_decision(cfg, summary)}
+
+## Counts
+
+- instructions: {summary.get('instructions', '?')}
+- pairs: {stats['pairs']} (dropped: {json.dumps(summary.get('pairs_dropped', {}))})
+- mean margin: {stats['mean_margin'] if stats['mean_margin'] is None else round(stats['mean_margin'], 3)}
+- chosen by model: {json.dumps(stats['chosen_by_model'])}
+- rejected by model: {json.dumps(stats['rejected_by_model'])}
+- seed: {cfg.get('seed')}
+
+Generated offline with llama.cpp by [edgepref](https://pypi.org/project/edgepref/).
+"""
+
+
+def _decision(cfg: dict, summary: dict) -> str:
+    pair, judge = cfg.get("pair", {}), cfg.get("judge", {})
+    if pair.get("decide", "ratings") == "pairwise":
+        if pair.get("min_confidence") is not None:
+            rule = (f"each judge of the chain ({summary.get('verdict_chain') or judge.get('models')}) decided the pairs\n"
+                    f"   whose |margin| reached {pair['min_confidence']} (a fixed threshold, no agreement promised)")
+        elif pair.get("target_agreement") is None:
+            rule = (f"each judge of the chain ({summary.get('verdict_chain')}) decided the pairs whose |margin|\n"
+                    f"   was above its noise floor (no agreement promised)")
+        else:
+            expected = summary.get("expected_agreement")
+            rule = (f"each judge of the chain ({summary.get('verdict_chain')}) decided the pairs above its threshold,\n"
+                    f"   calibrated so that what it decides agrees with strong labels at least "
+                    f"{pair.get('target_agreement')} of the time\n   with probability {1 - (summary.get('risk') or 0):g}"
+                    + (f"; expected agreement of these pairs: {expected}" if expected is not None else ""))
+        return (f"the ratings (ranked by `{pair.get('score')}`, strategy `{pair.get('strategy')}`) shortlisted two\n"
+                f"   completions; a pairwise judge (recipe `{judge.get('recipe')}`: both showing orders, log-odds)\n"
+                f"   decided which is chosen: {rule}; the rest were dropped as uncertain.\n"
+                f"   `confidence` is the margin, `decided_by` the judge, `agreement` its calibrated agreement.")
+    return (f"strategy `{pair.get('strategy')}`, ranked by `{pair.get('score')}`, minimum margin "
+            f"{pair.get('min_margin')}; ties and small margins were dropped.")
+
+
+def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | None = None,
+                 private: bool = True, overwrite: bool = False) -> dict[str, str]:
+    """Write the pairs in `fmt` under directory `to` with a README.md card; optionally push.
+    `to` must be new, empty or an earlier export's (`check_export_dir`) unless `overwrite`."""
+    import datasets
+
+    if fmt not in EXPORT_FORMATS:
+        raise EdgeprefError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    if not run.pairs:
+        raise EdgeprefError(
+            f"{run.source} has no pairs to export",
+            "every instruction was dropped (see the summary or records.jsonl); try a lower "
+            "--target-agreement (or --min-margin with --decide ratings), more completions (-n), "
+            "the second embedded judge (pip install 'edgepref[judge]'), --escalate-to a stronger "
+            "judge, then run again",
+        )
+    to = Path(to)
+    names = [DATA_NAMES[fmt], CARD]
+    _refuse_source_inside(run.source, to, names)
+    check_export_dir(to, names, overwrite)
+    to.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_list(run.pairs)
+    written: dict[str, str] = {}
+    target = to / DATA_NAMES[fmt]
+    if fmt == "jsonl":
+        ds.to_json(str(target), lines=True, force_ascii=False)
+    elif fmt == "parquet":
+        ds.to_parquet(str(target))
+    else:
+        ds.save_to_disk(str(target))
+    written["data"] = str(target)
+    card = dataset_card(run)
+    write_text_atomic(to / CARD, card)
+    written["card"] = str(to / CARD)
+    _mark_export(to, names)
+    if push_to_hub:
+        if hub_offline():
+            raise EdgeprefError(
+                f"cannot push to {push_to_hub}: HF_HUB_OFFLINE is set",
+                "unset HF_HUB_OFFLINE (and log in with `hf auth login`) to publish",
+            )
+        try:
+            ds.push_to_hub(push_to_hub, private=private)
+            from huggingface_hub import HfApi
+
+            HfApi().upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md",
+                                repo_id=push_to_hub, repo_type="dataset")
+        except EdgeprefError:
+            raise
+        except Exception as exc:
+            raise EdgeprefError(
+                f"push to {push_to_hub} failed: {exc.__class__.__name__}: {exc}",
+                "check your network and token (`hf auth login`); the local export is done",
+            ) from exc
+        written["hub"] = f"https://huggingface.co/datasets/{push_to_hub}"
+    return written
+
+
+# ---------------------------------------------------------------- what an export may write over
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_export_marker(to: str | Path) -> dict[str, str | None] | None:
+    """The files earlier exports wrote in `to` (name -> sha256; None for a directory), or None
+    when `to` holds no marker that edgepref wrote."""
+    try:
+        raw = json.loads((Path(to) / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("edgepref"), dict) or not isinstance(raw.get("files"), dict):
+        return None
+    return raw["files"]
+
+
+def check_export_dir(to: str | Path, names: list[str], overwrite: bool = False) -> None:
+    """Refuse to export into `to` when it is a file, or a directory that is neither empty nor an
+    export directory, or when one of `names` there is a file the exports did not write, or one
+    changed since (its sha256 is not the marker's). `overwrite` lets such files be replaced
+    (a file is still refused). Writes nothing."""
+    to = Path(to)
+    if to.exists() and not to.is_dir():
+        raise NotAnExportDir(f"--to {to} is a file, not a directory", "pass a new directory to --to")
+    if not to.is_dir() or overwrite:
+        return
+    entries = sorted(e.name for e in to.iterdir())
+    if not entries:
+        return
+    marker = read_export_marker(to)
+    if marker is None:
+        raise NotAnExportDir(
+            f"--to {to} is not empty ({_listed(entries)}) and is not an edgepref export (no {EXPORT_MARKER})",
+            f"pass a new or empty directory to --to, or add --overwrite to write {' and '.join(names)} "
+            "there (its other files are kept)",
+        )
+    changed = [n for n in names if (to / n).exists() and not _as_exported(to / n, marker)]
+    if changed:
+        raise NotAnExportDir(
+            f"--to {to}: {_listed(changed)} {'was' if len(changed) == 1 else 'were'} not written by an edgepref "
+            "export, or changed since",
+            "pass a new or empty directory to --to, or add --overwrite to replace "
+            f"{'it' if len(changed) == 1 else 'them'}",
+        )
+
+
+def _refuse_source_inside(source: Path | None, to: Path, names: list[str]) -> None:
+    """The pairs file an export reads is never what it writes, even with overwrite."""
+    if source is None or not Path(source).exists():
+        return
+    real = Path(source).resolve()
+    for name in names:
+        target = (to / name).resolve()
+        if real == target or target in real.parents:
+            raise NotAnExportDir(f"--to {to}: the export would write {name} over the pairs it reads ({source})",
+                                 "pass another directory to --to")
+
+
+def _as_exported(path: Path, marker: dict[str, str | None]) -> bool:
+    """Whether `path` is as an export left it: listed in the marker, and a file unchanged."""
+    if path.name not in marker:
+        return False
+    if path.is_dir():
+        return marker[path.name] is None
+    return path.is_file() and marker[path.name] == _sha256(path)
+
+
+def _mark_export(to: Path, names: list[str]) -> None:
+    """Add what this export wrote to `to`'s marker (the files of earlier exports stay listed)."""
+    files = {k: v for k, v in (read_export_marker(to) or {}).items() if (to / k).exists()}
+    for name in names:
+        path = to / name
+        files[name] = None if path.is_dir() else _sha256(path)
+    marker = {"edgepref": {"export_layout": EXPORT_LAYOUT}, "files": dict(sorted(files.items()))}
+    write_text_atomic(to / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

@@ -1,0 +1,2 @@
+"""The faces: the click command line (cli/), terminal display, and the HTML report.
+"""
