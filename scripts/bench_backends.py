@@ -36,11 +36,11 @@ from pathlib import Path
 
 from bench_pipeline import DEFAULT_INPUT, QWEN, SMOL, timed_run  # same workload as bench_pipeline
 from bench_pipeline import bench_config as pipeline_config
-from edgepref.config import PipelineConfig
-from edgepref.engine.handles import default_gpu_layers
-from edgepref.engine.serve import ServerProcess, free_port
-from edgepref.inputs import read_instructions
-from edgepref.modelfiles import resolve_model_path
+from edgepref.stages.config import PipelineConfig
+from edgepref.backends.engine.handles import default_gpu_layers
+from edgepref.backends.engine.serve import ServerProcess, free_port
+from edgepref.data.inputs import read_instructions
+from edgepref.models.modelfiles import resolve_model_path
 
 
 def bench_config(max_tokens: int, threads: int) -> PipelineConfig:

@@ -53,8 +53,8 @@ def _peak_rss_mb() -> float:
 
 
 def run_sequential(model: str, prompts: list[str], max_tokens: int, n_threads: int, out) -> None:
-    from edgepref.engine.handles import load_high_level_llama
-    from edgepref.modelfiles import resolve_model_path
+    from edgepref.backends.engine.handles import load_high_level_llama
+    from edgepref.models.modelfiles import resolve_model_path
 
     llm = load_high_level_llama(resolve_model_path(model), n_ctx=2048, n_threads=n_threads)
     start = time.perf_counter()
@@ -69,8 +69,8 @@ def run_sequential(model: str, prompts: list[str], max_tokens: int, n_threads: i
 
 
 def run_engine(model: str, prompts: list[str], max_tokens: int, n_threads: int, slots: int, out) -> None:
-    from edgepref.backend import ChatRequest, Sampling
-    from edgepref.engine import Engine
+    from edgepref.backends.base import ChatRequest, Sampling
+    from edgepref.backends.engine import Engine
 
     engine = Engine(model, n_slots=slots, n_ctx=2048, n_threads=n_threads)
     reqs = [

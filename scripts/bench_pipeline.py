@@ -39,13 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgepref.backend import ChatResult, Generation, Progress, renormalised
-from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
-from edgepref.engine.handles import load_high_level_llama
-from edgepref.inputs import read_instructions
-from edgepref.pipeline import run_pipeline
-from edgepref.modelfiles import resolve_model_path
-from edgepref.logprobs import candidate_logprobs
+from edgepref.backends.base import ChatResult, Generation, Progress, renormalised
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.backends.engine.handles import load_high_level_llama
+from edgepref.data.inputs import read_instructions
+from edgepref.runs.pipeline import run_pipeline
+from edgepref.models.modelfiles import resolve_model_path
+from edgepref.backends.logprobs import candidate_logprobs
 
 QWEN, SMOL = "qwen2.5-coder-0.5b", "smollm2-135m"
 DEFAULT_INPUT = Path(__file__).resolve().parent / "data/bench_instructions.jsonl"  # see data/README.md
@@ -208,7 +208,7 @@ def main() -> None:
     print(f"edgepref  : {len(ours.pairs)} pairs in {ours_s:.0f} s = {report['pairs_per_min']:.2f} pairs/min"
           f"  (stages: {stage_seconds(ours.summary)})")
     if not args.skip_baseline:
-        from edgepref.pipeline import Runner
+        from edgepref.runs.pipeline import Runner
 
         probe = Runner(cfg, None)
         chain = [m for d in probe.chain.active for m in d.models]  # the verdict chain's judges

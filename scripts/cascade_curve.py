@@ -17,8 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from edgepref.calibration import read_calibration
-from edgepref.cascade import build_chain, decide
+from edgepref.judging.calibration import read_calibration
+from edgepref.judging.cascade import build_chain, decide
 
 
 def main() -> None:

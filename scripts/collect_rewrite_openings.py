@@ -17,11 +17,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from edgepref.complete import complete
-from edgepref.config import EvolveConfig, PoolMember
-from edgepref.engine import Engine
-from edgepref.evolve import continuation, drop_reason, strip_leaked_headings, talk_share
-from edgepref.inputs import read_instructions
+from edgepref.stages.complete import complete
+from edgepref.stages.config import EvolveConfig, PoolMember
+from edgepref.backends.engine import Engine
+from edgepref.stages.evolve import continuation, drop_reason, strip_leaked_headings, talk_share
+from edgepref.data.inputs import read_instructions
 
 DEFAULT_INPUT = Path(__file__).resolve().parent / "data/bench_instructions.jsonl"
 

@@ -16,11 +16,11 @@ import argparse
 import json
 from pathlib import Path
 
-from edgepref.compare import _questions, get_recipe, request
-from edgepref.config import JudgeConfig
-from edgepref.engine.handles import LlamaModel, default_use_extra_buffers
-from edgepref.engine.template import ChatTemplate
-from edgepref.modelfiles import resolve_model_path
+from edgepref.judging.compare import _questions, get_recipe, request
+from edgepref.stages.config import JudgeConfig
+from edgepref.backends.engine.handles import LlamaModel, default_use_extra_buffers
+from edgepref.backends.engine.template import ChatTemplate
+from edgepref.models.modelfiles import resolve_model_path
 
 JUDGES = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 

@@ -24,10 +24,10 @@ import argparse
 import json
 from pathlib import Path
 
-from edgepref.config import PipelineConfig
-from edgepref.evaljudge import (judge_recipes_alone, panel_run, read_judge_pairs, recipe_names, score_judged,
-                                self_preference)
-from edgepref.pipeline import Runner
+from edgepref.stages.config import PipelineConfig
+from edgepref.runs.evaljudge import (
+    judge_recipes_alone, panel_run, read_judge_pairs, recipe_names, score_judged, self_preference)
+from edgepref.runs.pipeline import Runner
 
 DEFAULT_PAIRS = Path(__file__).resolve().parent / "data/judge_pairs_smoke.jsonl"  # see data/README.md
 MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m")

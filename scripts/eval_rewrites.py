@@ -26,15 +26,15 @@ import math
 import os
 from pathlib import Path
 
-from edgepref.backend import ChatRequest
-from edgepref.compare import compare, get_recipe
-from edgepref.complete import complete
-from edgepref.config import EvolveConfig, JudgeConfig, PoolMember
-from edgepref.engine import Engine
-from edgepref.evolve import evolve, pick_criterion, rewrite_request, strip_leaked_headings
-from edgepref.inputs import read_instructions
+from edgepref.backends.base import ChatRequest
+from edgepref.judging.compare import compare, get_recipe
+from edgepref.stages.complete import complete
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PoolMember
+from edgepref.backends.engine import Engine
+from edgepref.stages.evolve import evolve, pick_criterion, rewrite_request, strip_leaked_headings
+from edgepref.data.inputs import read_instructions
 from edgepref.prompts import evol_template_name
-from edgepref.records import Record, normalise_text
+from edgepref.core.records import Record, normalise_text
 
 DEFAULT_INPUT = Path(__file__).resolve().parent / "data/bench_instructions.jsonl"
 

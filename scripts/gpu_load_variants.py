@@ -56,8 +56,8 @@ def child(kind: str, model: str) -> None:
         if ptr:
             C.llama_model_free(ptr)
         return
-    from edgepref.backend import ChatRequest, Sampling
-    from edgepref.engine import Engine
+    from edgepref.backends.base import ChatRequest, Sampling
+    from edgepref.backends.engine import Engine
 
     layers = 0 if kind == "engine-0" else None
     with Engine(model, n_slots=2, n_ctx=256, n_gpu_layers=layers, check_memory=False) as engine:

@@ -134,7 +134,7 @@ def main() -> None:
             tar.extractall(tmp, members=members, filter="data")
         gguf_py = next(Path(tmp).glob("*/vendor/llama.cpp/gguf-py"))
         tiny_gguf(args.out / "models/tiny-random.gguf", gguf_py)
-    from edgepref.modelfiles import resolve_model_path
+    from edgepref.models.modelfiles import resolve_model_path
 
     split(resolve_model_path("smollm2-135m"), args.out / "models", "smollm2-135m.gguf")
     subprocess.run([sys.executable, "-m", "pip", "download", "--only-binary", ":all:", "--no-deps",

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgepref.report import write_report
+from edgepref.ui.report import write_report
 
 
 def _shuffled(text: str, rng: random.Random) -> str:

@@ -63,7 +63,7 @@ JUDGE15 = "qwen2.5-coder-1.5b"
 
 @pytest.fixture(scope="session")
 def qwen_engine(session_env: Path):
-    from edgepref.engine import Engine
+    from edgepref.backends.engine import Engine
 
     engine = Engine(QWEN, n_slots=8, n_ctx=2048)
     yield engine
@@ -72,7 +72,7 @@ def qwen_engine(session_env: Path):
 
 @pytest.fixture(scope="session")
 def smol_engine(session_env: Path):
-    from edgepref.engine import Engine
+    from edgepref.backends.engine import Engine
 
     engine = Engine(SMOL, n_slots=8, n_ctx=2048)
     yield engine
@@ -81,9 +81,9 @@ def smol_engine(session_env: Path):
 @pytest.fixture(scope="session")
 def judge15_engine(session_env: Path):
     """The verdict chain's second judge, installed by `pip install 'edgepref[judge]'` (CI does)."""
-    from edgepref.engine import Engine
-    from edgepref.modelfiles import availability
-    from edgepref.registry import load_registry
+    from edgepref.backends.engine import Engine
+    from edgepref.models.modelfiles import availability
+    from edgepref.models.registry import load_registry
 
     if not availability(load_registry().get(JUDGE15)).available:
         pytest.skip(f"{JUDGE15} is not installed: pip install '.[judge]' (the test extra includes it)")

@@ -1,21 +1,15 @@
-"""Calibrated thresholds (edgepref.calibration) and the verdict chain (edgepref.cascade), on
+"""Calibrated thresholds (edgepref.judging.calibration) and the verdict chain (edgepref.judging.cascade), on
 hand-built margins whose answer follows from the binomial bound; no model."""
 
 import math
 
 import pytest
 
-from edgepref.calibration import (
-    CalibrationFile,
-    JudgeMargins,
-    binomial_tail,
-    calibrate_chain,
-    candidate_thresholds,
-    fixed_sequence,
-    read_calibration,
-)
-from edgepref.cascade import Decider, build_chain, check_chain, decide, settle
-from edgepref.errors import ConfigError
+from edgepref.judging.calibration import (
+    CalibrationFile, JudgeMargins, binomial_tail, calibrate_chain, candidate_thresholds, fixed_sequence,
+    read_calibration)
+from edgepref.judging.cascade import Decider, build_chain, check_chain, decide, settle
+from edgepref.core.errors import ConfigError
 
 
 def test_binomial_tail_is_exact():

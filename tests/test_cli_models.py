@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from edgepref import __version__
-from edgepref.cli import cli
-from edgepref.errors import ModelNotFoundError
-from edgepref.modelfiles import sha256_file
-from edgepref.registry import load_registry
+from edgepref.ui.cli import cli
+from edgepref.core.errors import ModelNotFoundError
+from edgepref.models.modelfiles import sha256_file
+from edgepref.models.registry import load_registry
 
 
 def run(*args: str) -> Result:
@@ -156,7 +156,7 @@ def test_every_help_has_an_example(command: tuple[str, ...]) -> None:
 def test_console_script_entry_point() -> None:
     """main() as the installed script runs it: a real process, real stderr, exit status 1."""
     proc = subprocess.run(
-        [sys.executable, "-c", "from edgepref.cli import main; main()", "models", "path", "nope"],
+        [sys.executable, "-c", "from edgepref.ui.cli import main; main()", "models", "path", "nope"],
         capture_output=True,
         text=True,
         timeout=120,

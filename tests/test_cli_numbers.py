@@ -1,4 +1,4 @@
-"""Numeric options declared in edgepref/cli (outside the settings table) hold to a range: a value
+"""Numeric options declared in edgepref/ui/cli (outside the settings table) hold to a range: a value
 out of it, or a float that is not a finite number, is one line naming the flag, the value and
 what is allowed, with click's exit code 2, before any file is read or model loaded."""
 
@@ -10,8 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edgepref.cli import cli
-from edgepref.cli.pipeline import TargetSpan
+from edgepref.ui.cli import cli
+from edgepref.ui.cli.pipeline import TargetSpan
 
 
 @pytest.fixture

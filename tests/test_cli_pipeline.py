@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgepref.cli import cli
+from edgepref.ui.cli import cli
 
 # Short generations keep each run to seconds on the embedded models.
 FAST = ["--max-tokens", "24", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "4", "-q"]
@@ -85,10 +85,10 @@ def test_nothing_usable_exits_non_zero(tmp_path) -> None:
 
 def rated_run_dir(tmp: Path) -> Path:
     """An output directory written by the real pair stage from hand-rated records."""
-    from edgepref.config import PipelineConfig
-    from edgepref.pair import pair_records
-    from edgepref.records import Completion, Rating, Record
-    from edgepref.store import write_jsonl_atomic
+    from edgepref.stages.config import PipelineConfig
+    from edgepref.stages.pair import pair_records
+    from edgepref.core.records import Completion, Rating, Record
+    from edgepref.core.files import write_jsonl_atomic
 
     records = [
         Record(id=f"r{i}", instruction=f"Question {i}?", completions=[
@@ -170,7 +170,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Give one fact about the number {i}."}) + "\n" for i in range(8)))
     out = tmp_path / "out"
-    args = [sys.executable, "-c", "from edgepref.cli import main; main()", "run", str(src), "--out", str(out),
+    args = [sys.executable, "-c", "from edgepref.ui.cli import main; main()", "run", str(src), "--out", str(out),
             "--max-tokens", "32", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "2", "-q"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 300
@@ -221,8 +221,8 @@ def test_a_seeded_run_is_byte_identical_in_two_fresh_processes(tmp_path) -> None
 
 
 def test_pair_command_takes_the_pair_settings_from_the_table(tmp_path) -> None:
-    from edgepref.records import Completion, Rating, Record
-    from edgepref.store import write_jsonl_atomic
+    from edgepref.core.records import Completion, Rating, Record
+    from edgepref.core.files import write_jsonl_atomic
 
     def record(i: int, margin: float) -> Record:
         return Record(id=f"r{i}", instruction=f"Question {i}?", completions=[
@@ -337,8 +337,8 @@ def test_export_writes_over_nothing_it_did_not_write(tmp_path) -> None:
 
 
 def test_report_writes_over_no_file_that_is_not_a_report(tmp_path) -> None:
-    from edgepref.report import REPORT_MARKER
-    from edgepref.rundir import RunDir
+    from edgepref.ui.report import REPORT_MARKER
+    from edgepref.data.rundir import RunDir
 
     out = rated_run_dir(tmp_path)
     report = lambda *args: CliRunner().invoke(cli, ["report", str(out), *args])  # noqa: E731

@@ -1,4 +1,4 @@
-"""One check of every setting (edgepref.config.check_fields), whether a value comes from a config
+"""One check of every setting (edgepref.stages.config.check_fields), whether a value comes from a config
 file, a flag or the Python API: a wrong type, a value out of range, NaN, an unknown choice or a
 string where a list belongs is a ConfigError naming the key, the value, what is allowed and the
 file, before any model is opened. Property-based: any TOML-able document loads or is a
@@ -15,20 +15,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgepref.cli import cli
-from edgepref.config import (
-    EngineConfig,
-    EvolveConfig,
-    JudgeConfig,
-    PipelineConfig,
-    PoolMember,
-    config_from_dict,
-    load_config,
-)
-from edgepref.errors import ConfigError
-from edgepref.pair import PairConfig
-from edgepref.pipeline import run_pipeline
-from edgepref.settings import SETTINGS, apply_overrides
+from edgepref.ui.cli import cli
+from edgepref.stages.config import (
+    EngineConfig, EvolveConfig, JudgeConfig, PipelineConfig, PoolMember, config_from_dict, load_config)
+from edgepref.core.errors import ConfigError
+from edgepref.stages.config import PairConfig
+from edgepref.runs.pipeline import run_pipeline
+from edgepref.runs.settings import SETTINGS, apply_overrides
 
 POOL = '[[pool]]\nmodel = "qwen2.5-coder-0.5b"\n'
 
@@ -175,7 +168,7 @@ def test_a_wrong_flag_value_names_the_flag(values, expected):
     lambda: PipelineConfig(seed="0"),
 ])
 def test_the_python_api_is_checked_before_a_model_is_opened(tmp_path, monkeypatch, build):
-    monkeypatch.setattr("edgepref.engine.Engine", _no_model)
+    monkeypatch.setattr("edgepref.backends.engine.Engine", _no_model)
     with pytest.raises(ConfigError):
         run_pipeline(["Name a color."], tmp_path / "out", build())
     assert not (tmp_path / "out").exists()
@@ -195,7 +188,7 @@ def _no_model(*args, **kwargs):
 
 
 def test_a_bad_flag_fails_on_the_cli_with_one_line_and_no_model(tmp_path, monkeypatch):
-    monkeypatch.setattr("edgepref.engine.Engine", _no_model)
+    monkeypatch.setattr("edgepref.backends.engine.Engine", _no_model)
     src = tmp_path / "in.jsonl"
     src.write_text('{"instruction": "Name a color."}\n')
     for flags, expected in (

@@ -7,12 +7,12 @@ import re
 import numpy as np
 import pytest
 
-from edgepref.backend import ChatRequest, Sampling
-from edgepref.engine import Engine
-from edgepref.errors import EngineError
-from edgepref.engine.handles import load_high_level_llama
-from edgepref.grammars import build_rating_grammar, parse_rating_lines
-from edgepref.modelfiles import resolve_model_path
+from edgepref.backends.base import ChatRequest, Sampling
+from edgepref.backends.engine import Engine
+from edgepref.core.errors import EngineError
+from edgepref.backends.engine.handles import load_high_level_llama
+from edgepref.judging.grammars import build_rating_grammar, parse_rating_lines
+from edgepref.models.modelfiles import resolve_model_path
 
 from .conftest import QWEN, SMOL
 
@@ -346,7 +346,7 @@ def test_model_params_match_llama_cpp_pythons_llama() -> None:
 
     import llama_cpp as C
 
-    from edgepref.engine.handles import default_gpu_layers, default_use_extra_buffers, model_params
+    from edgepref.backends.engine.handles import default_gpu_layers, default_use_extra_buffers, model_params
 
     explained = {
         # the engine offloads every layer on a GPU build; Llama's default is 0 (equal on a CPU build)

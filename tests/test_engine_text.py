@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from edgepref.backend import ChatRequest, Sampling
-from edgepref.compare import PAIRWISE_RECIPES, request as pairwise_request
-from edgepref.engine import Engine
-from edgepref.engine.jobs import utf8_text
-from edgepref.engine.template import ChatTemplate
-from edgepref.errors import EngineError
+from edgepref.backends.base import ChatRequest, Sampling
+from edgepref.judging.compare import PAIRWISE_RECIPES, request as pairwise_request
+from edgepref.backends.engine import Engine
+from edgepref.backends.engine.jobs import utf8_text
+from edgepref.backends.engine.template import ChatTemplate
+from edgepref.core.errors import EngineError
 from edgepref.prompts import render_prompt
 
 from .conftest import QWEN, SMOL

@@ -7,10 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edgepref.cli import cli
-from edgepref.evaljudge import (RATING_RECIPES, Judged, JudgePair, default_recipe, pair_record, precision_at_coverage,
-                                read_judge_pairs, run_eval, score_judged, score_recipe)
-from edgepref.records import Rating
+from edgepref.ui.cli import cli
+from edgepref.runs.evaljudge import (
+    RATING_RECIPES, Judged, JudgePair, default_recipe, pair_record, precision_at_coverage, read_judge_pairs,
+    run_eval, score_judged, score_recipe)
+from edgepref.core.records import Rating
 
 from .conftest import QWEN, SMOL
 
@@ -62,7 +63,7 @@ def test_unparsed_pairs_lower_the_parse_rate() -> None:
 
 
 def test_default_recipe_is_the_pipelines() -> None:
-    from edgepref.config import PipelineConfig
+    from edgepref.stages.config import PipelineConfig
 
     cfg = PipelineConfig()
     assert default_recipe(cfg) == cfg.judge.recipe  # the pairwise check decides chosen/rejected

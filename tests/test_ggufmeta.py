@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgepref.errors import EdgeprefError
-from edgepref.ggufmeta import GgufArray, read_gguf_metadata, summarize_gguf
-from edgepref.modelfiles import resolve_model_path
-from edgepref.registry import load_registry
+from edgepref.core.errors import EdgeprefError
+from edgepref.models.ggufmeta import GgufArray, read_gguf_metadata, summarize_gguf
+from edgepref.models.modelfiles import resolve_model_path
+from edgepref.models.registry import load_registry
 
 
 def test_smollm2_summary() -> None:

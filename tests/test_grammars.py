@@ -7,15 +7,10 @@ import re
 
 import pytest
 
-from edgepref.errors import EdgeprefError
-from edgepref.grammars import (
-    RatingLine,
-    RatingParseError,
-    build_choice_grammar,
-    build_rating_grammar,
-    build_score_grammar,
-    parse_rating_lines,
-)
+from edgepref.core.errors import EdgeprefError
+from edgepref.judging.grammars import (
+    RatingLine, RatingParseError, build_choice_grammar, build_rating_grammar, build_score_grammar,
+    parse_rating_lines)
 
 
 def spec_regex(n: int, with_rationale: bool = True, max_chars: int = 160) -> re.Pattern:

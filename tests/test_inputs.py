@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
-from edgepref.errors import InputError
-from edgepref.inputs import read_instructions
-from edgepref.pipeline import run_pipeline
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.core.errors import InputError
+from edgepref.data.inputs import read_instructions
+from edgepref.runs.pipeline import run_pipeline
 
 from .conftest import QWEN, SMOL
 
@@ -172,7 +172,7 @@ def test_other_fields_are_kept_as_strict_json(tmp_path) -> None:
 
 
 def test_a_records_file_with_rows_that_are_not_records(tmp_path) -> None:
-    from edgepref.inputs import read_records
+    from edgepref.data.inputs import read_records
 
     path = tmp_path / "records.jsonl"
     good = {"id": "a", "instruction": "Hi?", "completions": [{"id": "m:0", "text": "Hello.", "model": "m"}]}
@@ -223,7 +223,7 @@ def _non_blank_rows(content: bytes) -> list[int]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(LINES, max_size=8), bom=st.booleans())
 def test_every_row_is_a_record_or_a_numbered_problem(tmp_path, lines, bom) -> None:
-    from edgepref.inputs import read_records
+    from edgepref.data.inputs import read_records
 
     content = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(lines)
     path = tmp_path / "in.jsonl"

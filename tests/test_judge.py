@@ -6,16 +6,18 @@ import math
 
 import pytest
 
-from edgepref.config import EvolveConfig, JudgeConfig, PoolMember
-from edgepref.evolve import (continuation, drop_reason, evolve, in_place, parents, pick_criterion, planned_parents,
-                             rewrite_request, strip_leaked_headings)
-from edgepref.backend import ChatRequest, ChatResult, Sampling
-from edgepref.compare import PAIRWISE_RECIPES, compare
-from edgepref.compare import request as compare_request
-from edgepref.judge import bradley_terry, judge, panel_agreement, shown_orders
-from edgepref.verify import verify
-from edgepref.pair import PairConfig, pick_pair
-from edgepref.records import Completion, Rating, Record
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PoolMember
+from edgepref.stages.evolve import (
+    continuation, drop_reason, evolve, in_place, parents, pick_criterion, planned_parents, rewrite_request,
+    strip_leaked_headings)
+from edgepref.backends.base import ChatRequest, ChatResult, Sampling
+from edgepref.judging.compare import PAIRWISE_RECIPES, compare
+from edgepref.judging.compare import request as compare_request
+from edgepref.stages.judge import bradley_terry, judge, panel_agreement, shown_orders
+from edgepref.stages.verify import verify
+from edgepref.stages.config import PairConfig
+from edgepref.stages.pair import pick_pair
+from edgepref.core.records import Completion, Rating, Record
 
 from .conftest import QWEN, SMOL
 
@@ -129,7 +131,7 @@ def test_pairwise_mode_is_order_invariant(qwen_engine) -> None:
     assert all(1.0 <= s <= 5.0 for s in scores.values())
     assert scores["m:0"] > scores["m:2"]  # Paris beats Lyon
     # the same completions listed in another order ask the same questions, so get the same
-    # scores up to the rounding of another batch layout (see edgepref.engine.core, "Determinism")
+    # scores up to the rounding of another batch layout (see edgepref.backends.engine.core, "Determinism")
     shuffled = Record(id="k2", instruction=record.instruction, completions=record.completions[::-1])
     judge([shuffled], QWEN, qwen_engine, JudgeConfig(mode="pairwise"))
     assert {r.completion_id: r.score for r in shuffled.ratings} == pytest.approx(scores, abs=0.02)

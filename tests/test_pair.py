@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edgepref.errors import ConfigError
-from edgepref.pair import PairConfig, pair_records, pick_pair, rank_completions
-from edgepref.records import Completion, Rating, Record
+from edgepref.core.errors import ConfigError
+from edgepref.stages.config import PairConfig
+from edgepref.stages.pair import pair_records, pick_pair, rank_completions
+from edgepref.core.records import Completion, Rating, Record
 
 
 def Ratings(*args, **kwargs) -> PairConfig:

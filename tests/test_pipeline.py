@@ -7,11 +7,11 @@ import json
 import datasets
 import pytest
 
-from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
-from edgepref.pair import PairConfig
-from edgepref.complete import CompleteStage
-from edgepref.pipeline import Runner, run_pipeline, run_single_stage
-from edgepref.records import Record
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.stages.config import PairConfig
+from edgepref.stages.complete import CompleteStage
+from edgepref.runs.pipeline import Runner, run_pipeline, run_single_stage
+from edgepref.core.records import Record
 
 from .conftest import QWEN, SMOL
 
@@ -159,7 +159,7 @@ def test_escalation_asks_the_next_judge_of_the_chain(engines, tmp_path) -> None:
     assert [e.stage for e in events if e.kind == "stage-start" and e.stage.startswith("verify")] == [
         f"verify-{SMOL}", f"verify-{QWEN}"]
     cfg.pair.min_confidence = 0.0
-    from edgepref.pair import pair_records
+    from edgepref.stages.pair import pair_records
 
     report = pair_records(result.records, cfg.pair)
     assert report.pairs and all(p.decided_by == QWEN for p in report.pairs)
@@ -187,7 +187,7 @@ def test_a_resumed_run_writes_the_same_pairs(first_run, engines, tmp_path) -> No
 def test_cascade_sends_unsure_pairs_to_the_next_judge(engines, judge15_engine, tmp_path) -> None:
     """A calibrated chain: qwen's threshold is above any margin it gives, so the 1.5B decides
     every pair, and each pair carries that judge and its calibrated agreement."""
-    from edgepref.calibration import Calibration, CalibrationFile, JudgeCalibration
+    from edgepref.judging.calibration import Calibration, CalibrationFile, JudgeCalibration
 
     big = "qwen2.5-coder-1.5b"
     cal = Calibration(0.7, 0.1, 100, [

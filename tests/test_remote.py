@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from .conftest import QWEN, SMOL
-from edgepref.backend import ChatRequest, Sampling
-from edgepref.engine.serve import ServerProcess, free_port
-from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
-from edgepref.errors import ConfigError, ModelNotFoundError
-from edgepref.pipeline import run_pipeline
-from edgepref.remote import AuthError, EndpointsDownError, ServerBackend
-from edgepref.store import CachedBackend, read_jsonl
+from edgepref.backends.base import ChatRequest, Sampling
+from edgepref.backends.engine.serve import ServerProcess, free_port
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.core.errors import ConfigError, ModelNotFoundError
+from edgepref.runs.pipeline import run_pipeline
+from edgepref.backends.remote import AuthError, EndpointsDownError, ServerBackend
+from edgepref.backends.cache import CachedBackend
+from edgepref.core.files import read_jsonl
 
 pytest.importorskip("fastapi", reason="needs edgepref[server] (installed by edgepref[test])")
 
@@ -130,8 +131,8 @@ def test_pipeline_on_a_server_matches_the_local_engine(server, tmp_path):
     # AMD EPYC). Where the ratings parted, the two runs shortlisted other pairs; so every pair the
     # server judged is judged again here by the local engine, on the same texts: the verdicts must
     # agree within a tolerance, and where the margin is clear, in sign.
-    from edgepref.compare import compare, get_recipe
-    from edgepref.engine import Engine
+    from edgepref.judging.compare import compare, get_recipe
+    from edgepref.backends.engine import Engine
 
     recipe = get_recipe(cfg.judge.recipe)
     items, margins = [], []
@@ -279,9 +280,9 @@ def test_rejected_answers_are_retried_a_bounded_number_of_times(server):
 
 
 def test_endpoint_settings_are_checked_up_front() -> None:
-    from edgepref.config import config_from_dict
-    from edgepref.settings import apply_overrides
-    from edgepref.registry import load_registry
+    from edgepref.stages.config import config_from_dict
+    from edgepref.runs.settings import apply_overrides
+    from edgepref.models.registry import load_registry
 
     def registry(cfg):
         return load_registry(cfg.models_file, cfg.models)
@@ -308,7 +309,7 @@ def test_endpoint_settings_are_checked_up_front() -> None:
 def test_cli_run_with_the_judge_on_a_server(server, tmp_path) -> None:
     from click.testing import CliRunner
 
-    from edgepref.cli import cli
+    from edgepref.ui.cli import cli
 
     from .test_cli_pipeline import FAST
 
@@ -444,7 +445,7 @@ def test_cli_run_stops_when_its_server_dies_and_resumes_without_duplicates(tmp_p
 
 
 def test_candidate_log_probabilities_from_top_alternatives() -> None:
-    from edgepref.logprobs import candidate_logprobs
+    from edgepref.backends.logprobs import candidate_logprobs
 
     top = [{"token": "A", "logprob": math.log(0.5)}, {"token": " A", "logprob": math.log(0.2)},
            {"token": "The", "logprob": math.log(0.1)}, {"token": " B", "logprob": math.log(0.05)}]
@@ -459,7 +460,8 @@ def test_candidate_log_probabilities_from_top_alternatives() -> None:
 
 
 def test_each_api_kind_sends_its_own_fields() -> None:
-    from edgepref import registry, remote
+    from edgepref.models import registry
+    from edgepref.backends import remote
 
     assert registry.API_KINDS is remote.API_KINDS  # the registry checks `api` against the one table
     req = ChatRequest([{"role": "user", "content": "Pick."}], Sampling(top_k=0, min_p=0.1, repeat_penalty=1.2),
@@ -482,8 +484,8 @@ def test_dispatch_hands_back_work_of_a_down_endpoint_and_keeps_request_order() -
     import threading
     import time
 
-    from edgepref.backend import Generation
-    from edgepref.remote import EndpointStats, _Dispatch, _Outcome, _Unit
+    from edgepref.backends.base import Generation
+    from edgepref.backends.remote import EndpointStats, _Dispatch, _Outcome, _Unit
 
     reqs = [ChatRequest([{"role": "user", "content": "a"}], Sampling(), n=2, id=0),
             ChatRequest([{"role": "user", "content": "b"}], Sampling(), id=1),

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgepref.cli import cli
-from edgepref.errors import InputError
-from edgepref.report import csp_sha256, load_run_dir, write_report
+from edgepref.ui.cli import cli
+from edgepref.core.errors import InputError
+from edgepref.ui.report import csp_sha256, load_run_dir, write_report
 
 pytest.importorskip("matplotlib", reason="needs edgepref[report] (installed by edgepref[test])")
 

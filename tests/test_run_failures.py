@@ -13,11 +13,11 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from edgepref.cli import cli
-from edgepref.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
-from edgepref.pair import PairReport
-from edgepref.pipeline import RunFailed, run_pipeline
-from edgepref.summary import UnitOutcome, excerpt, run_failures
+from edgepref.ui.cli import cli
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.stages.pair import PairReport
+from edgepref.runs.pipeline import RunFailed, run_pipeline
+from edgepref.runs.summary import UnitOutcome, excerpt, run_failures
 
 from .conftest import SMOL
 

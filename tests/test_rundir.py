@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 import edgepref
-from edgepref.cli import cli
-from edgepref.errors import EdgeprefError
-from edgepref.rundir import (CACHE, ERRORS, LOCK, PAIRS, RECORDS, RUN, NotARunDir, RunDir, RunDirInUse,
-                             SettingsChanged, refuse_inputs_inside)
-from edgepref.store import JsonlAppender, write_text_atomic
+from edgepref.ui.cli import cli
+from edgepref.core.errors import EdgeprefError
+from edgepref.data.rundir import (
+    CACHE, ERRORS, LOCK, PAIRS, RECORDS, RUN, NotARunDir, RunDir, RunDirInUse, SettingsChanged,
+    refuse_inputs_inside)
+from edgepref.core.files import JsonlAppender, write_text_atomic
 
 PACKAGE = Path(edgepref.__file__).parent
 FULL = Path("/dev/full")  # every write to it fails with ENOSPC: a real full disk, for one file

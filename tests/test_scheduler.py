@@ -7,16 +7,10 @@ from collections import deque
 
 import numpy as np
 
-from edgepref.backend import ChatRequest, Sampling
-from edgepref.engine.jobs import Job, Slot
-from edgepref.engine.scheduler import (
-    MIN_SHARED_PREFIX,
-    Scheduler,
-    block_len,
-    common_prefix,
-    finish_reason,
-    reusable,
-)
+from edgepref.backends.base import ChatRequest, Sampling
+from edgepref.backends.engine.jobs import Job, Slot
+from edgepref.backends.engine.scheduler import (
+    MIN_SHARED_PREFIX, Scheduler, block_len, common_prefix, finish_reason, reusable)
 
 BLOCK = 8
 

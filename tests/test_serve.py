@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import SMOL
-from edgepref.engine.serve import ServerProcess, free_port
-from edgepref.modelfiles import resolve_model_path
+from edgepref.backends.engine.serve import ServerProcess, free_port
+from edgepref.models.modelfiles import resolve_model_path
 
 pytest.importorskip("fastapi", reason="needs edgepref[server] (installed by edgepref[test])")
 
@@ -108,7 +108,7 @@ def test_a_bad_or_busy_port_is_a_one_line_error() -> None:
 
 
 def test_request_guard_checks_bodies_without_a_server() -> None:
-    from edgepref.engine.serve import RequestGuard
+    from edgepref.backends.engine.serve import RequestGuard
 
     path = resolve_model_path(SMOL)
     guard = RequestGuard(None, [(SMOL, path), ("other", path)], None)

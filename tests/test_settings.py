@@ -6,10 +6,10 @@ from dataclasses import fields
 
 import pytest
 
-from edgepref.cli import cli
-from edgepref.config import PipelineConfig, PoolMember
-from edgepref.errors import ConfigError
-from edgepref.settings import SETTINGS, apply_overrides, settings_for
+from edgepref.ui.cli import cli
+from edgepref.stages.config import PipelineConfig, PoolMember
+from edgepref.core.errors import ConfigError
+from edgepref.runs.settings import SETTINGS, apply_overrides, settings_for
 
 SAMPLE = {str: "x", int: 64, float: 0.25, bool: True}  # in range of every setting of its type
 

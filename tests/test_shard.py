@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgepref.cli import cli
-from edgepref.errors import ConfigError, InputError
-from edgepref.inputs import parse_shard, read_instructions, shard_index
-from edgepref.merge import merge_runs
+from edgepref.ui.cli import cli
+from edgepref.core.errors import ConfigError, InputError
+from edgepref.data.inputs import parse_shard, read_instructions, shard_index
+from edgepref.data.merge import merge_runs
 
 from .test_cli_pipeline import FAST
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _offload_available() -> bool:
-    from edgepref.engine.handles import gpu_offload_supported
+    from edgepref.backends.engine.handles import gpu_offload_supported
 
     return gpu_offload_supported()
 

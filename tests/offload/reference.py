@@ -19,8 +19,8 @@ import numpy as np
 
 
 def forced_gaps(model: str, seqs: list[list[list[int]]]) -> list[list[float]]:
-    from edgepref.engine.handles import load_high_level_llama
-    from edgepref.modelfiles import resolve_model_path
+    from edgepref.backends.engine.handles import load_high_level_llama
+    from edgepref.models.modelfiles import resolve_model_path
 
     llm = load_high_level_llama(resolve_model_path(model), n_ctx=1024, n_gpu_layers=0, logits_all=True)
     out = []
@@ -33,7 +33,7 @@ def forced_gaps(model: str, seqs: list[list[list[int]]]) -> list[list[float]]:
 
 
 def main() -> None:
-    from edgepref.engine.handles import gpu_offload_supported
+    from edgepref.backends.engine.handles import gpu_offload_supported
 
     if gpu_offload_supported():
         sys.exit("the CPU reference sees a GPU device: unset GGML_VK_VISIBLE_DEVICES (and CUDA_VISIBLE_DEVICES='')")

@@ -9,12 +9,12 @@ field. Sized for Mesa's software Vulkan device, where a prompt token costs ~50x 
 
 from __future__ import annotations
 
-from edgepref.backend import ChatRequest, Sampling
-from edgepref.compare import PAIRWISE_RECIPES, compare
-from edgepref.config import JudgeConfig
-from edgepref.engine import Engine
-from edgepref.judge import judge
-from edgepref.records import Completion, Record
+from edgepref.backends.base import ChatRequest, Sampling
+from edgepref.judging.compare import PAIRWISE_RECIPES, compare
+from edgepref.stages.config import JudgeConfig
+from edgepref.backends.engine import Engine
+from edgepref.stages.judge import judge
+from edgepref.core.records import Completion, Record
 
 SMOL = "smollm2-135m"
 QWEN = "qwen2.5-coder-0.5b"

