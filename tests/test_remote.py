@@ -573,3 +573,10 @@ def test_failover_to_the_endpoint_that_answers_and_all_down_without_one() -> Non
     finally:
         dropping.close()
         working.close()
+
+
+def test_every_api_kind_a_model_entry_may_name_has_a_server_kind() -> None:
+    from edgepref.backends.remote import KINDS
+    from edgepref.models.registry import API_KINDS
+
+    assert tuple(KINDS) == API_KINDS
