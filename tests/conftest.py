@@ -14,9 +14,11 @@ Isolation, all automatic (no test asks for it):
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
 import shutil
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -199,3 +201,26 @@ def write_models_file(config_dir: Path) -> Callable[[str, Path | None], Path]:
         return target
 
     return write
+
+
+# ---------------------------------------------------------------- servers and runs
+
+
+class ThreadedHttpServer:
+    """A real HTTP server on a free loopback port, answering with `handler` in a daemon thread;
+    `url` is its OpenAI-style base (…/v1)."""
+
+    def __init__(self, handler) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def cache_lines(out: Path) -> int:
+    """Answers a run directory's request cache holds (what a killed run had finished)."""
+    cache = out / "cache"
+    return sum(len(p.read_text().splitlines()) for p in cache.glob("*.jsonl")) if cache.is_dir() else 0

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from edgepref.ui.cli import cli
 
+from .conftest import cache_lines
+
 # Short generations keep each run to seconds on the embedded models.
 FAST = ["--max-tokens", "24", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "4", "-q"]
 
@@ -160,11 +162,6 @@ def test_try_shows_candidates_and_verdict() -> None:
     assert "pair:" in res.output  # either "pair: X over Y" or "no pair: reason"
 
 
-def _cache_lines(out: Path) -> int:
-    cache = out / "cache"
-    return sum(len(p.read_text().splitlines()) for p in cache.glob("*.jsonl")) if cache.is_dir() else 0
-
-
 def test_sigkill_mid_stage_then_resume(tmp_path) -> None:
     """Kill -9 a real run in the middle of a stage; the rerun finishes with every row exactly once."""
     src = tmp_path / "in.jsonl"
@@ -174,12 +171,12 @@ def test_sigkill_mid_stage_then_resume(tmp_path) -> None:
             "--max-tokens", "32", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "2", "-q"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 300
-    while _cache_lines(out) < 3 and time.time() < deadline and proc.poll() is None:
+    while cache_lines(out) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = _cache_lines(out)
+    done_before = cache_lines(out)
     assert done_before >= 3 and not (out / "pairs.jsonl").exists()
     # a torn last line, as a power cut mid-write would leave
     cache_file = next((out / "cache").glob("complete-*.jsonl"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import QWEN, SMOL
+from .conftest import QWEN, SMOL, ThreadedHttpServer
 from edgepref.backends.base import ChatRequest, Sampling
 from edgepref.backends.engine.serve import ServerProcess, free_port
 from edgepref.stages.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
@@ -336,13 +336,12 @@ def test_cli_run_with_the_judge_on_a_server(server, tmp_path) -> None:
 # ---------------------------------------------------------------- retries against a flaky server
 
 
-class FlakyServer:
+class FlakyServer(ThreadedHttpServer):
     """A real HTTP server on 127.0.0.1 that answers 429, then 503, then a valid completion:
     the retry path over real sockets (llama-cpp-python's server never answers 429 or 5xx)."""
 
     def __init__(self, failures: list[int]):
         import http.server
-        import threading
 
         self.failures = list(failures)
         self.calls = 0
@@ -375,12 +374,7 @@ class FlakyServer:
                 self._send(200, {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
+        super().__init__(Handler)
 
 
 def test_429_and_5xx_are_retried_with_backoff() -> None:
@@ -520,13 +514,12 @@ def test_dispatch_hands_back_work_of_a_down_endpoint_and_keeps_request_order() -
     assert [r.request.id for r in work.results] == [0, 1, 2] and work.remaining == 0
 
 
-class DroppingServer:
+class DroppingServer(ThreadedHttpServer):
     """A real HTTP server that lists FlakyServer's model but drops every chat request's connection
     unanswered, as a server that dies between the preflight and the requests."""
 
     def __init__(self):
         import http.server
-        import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -544,12 +537,7 @@ class DroppingServer:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 self.close_connection = True  # no answer at all
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
+        super().__init__(Handler)
 
 
 def test_failover_to_the_endpoint_that_answers_and_all_down_without_one() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import threading
 
 import pytest
 from click.testing import CliRunner
@@ -19,10 +18,10 @@ from edgepref.stages.pair import PairReport
 from edgepref.runs.pipeline import RunFailed, run_pipeline
 from edgepref.runs.summary import UnitOutcome, excerpt, run_failures
 
-from .conftest import SMOL
+from .conftest import SMOL, ThreadedHttpServer
 
 
-class NotAnInferenceServer:
+class NotAnInferenceServer(ThreadedHttpServer):
     """Python's own file server on 127.0.0.1, over an empty directory: GET /v1/models is a 404
     page and every POST a 501 page ("Unsupported method"), as `python -m http.server` answers a
     client pointed at the wrong port."""
@@ -33,13 +32,7 @@ class NotAnInferenceServer:
                 pass
 
         handler = functools.partial(Quiet, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(handler)
 
 
 @pytest.fixture
@@ -165,7 +158,7 @@ def test_calibrate_whose_every_request_failed_exits_non_zero(wrong_server, tmp_p
     assert not out.exists()  # no thresholds from nothing
 
 
-class AnswersWithoutProbabilities:
+class AnswersWithoutProbabilities(ThreadedHttpServer):
     """An OpenAI-compatible server on 127.0.0.1 that answers every chat request 200 with the text
     "A" and no log probabilities: no pairwise verdict and no rating can be read from it."""
 
@@ -191,13 +184,7 @@ class AnswersWithoutProbabilities:
                                          "finish_reason": "stop"}],
                             "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def test_answers_that_give_no_verdict_fail_eval_judge_and_calibrate(tmp_path) -> None:

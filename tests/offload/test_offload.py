@@ -23,6 +23,7 @@ from edgepref.backends.engine import Engine
 from edgepref.backends.engine.handles import ALL_LAYERS
 
 from . import scenarios
+from ..conftest import cache_lines
 from .conftest import ROOT, run_reference
 from .scenarios import JUDGE15, QWEN, SMOL, user
 
@@ -153,11 +154,6 @@ def test_a_verdict_matches_the_cpu(cpu, measured) -> None:
     assert abs(ours["margin"] - ref["margin"]) < MARGIN_TOL
 
 
-def _cache_lines(out) -> int:
-    cache = out / "cache"
-    return sum(len(p.read_text().splitlines()) for p in cache.glob("*.jsonl")) if cache.is_dir() else 0
-
-
 def test_a_killed_run_resumes_on_the_device(tmp_path, measured) -> None:
     """SIGKILL a run once its first answers are cached; the rerun, on the device again, reuses
     them and writes every row once, with no duplicate cache row."""
@@ -170,12 +166,12 @@ def test_a_killed_run_resumes_on_the_device(tmp_path, measured) -> None:
             "--judge-mode", "score-only", "-q"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while _cache_lines(out) < 1 and time.time() < deadline and proc.poll() is None:
+    while cache_lines(out) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = _cache_lines(out)
+    before = cache_lines(out)
     assert before >= 1 and not (out / "pairs.jsonl").exists()
     subprocess.run(args, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
