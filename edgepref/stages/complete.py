@@ -133,9 +133,10 @@ class CompleteStage(Stage):
     model load fewer); each adds that member's completions."""
 
     kind = "complete"
-    help = """Stage 1 alone: every pool member writes completions.
+    help = """Stage 1 alone: the pool writes completions.
 
-    INPUT is an instructions file (or records JSONL); writes records JSONL.
+    Every pool member writes its completions of each instruction. INPUT is an instructions file
+    (or records JSONL); writes records JSONL.
 
     \b
     Example:

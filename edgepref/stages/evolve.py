@@ -258,7 +258,9 @@ class EvolveStage(Stage):
     """Stage 2: one unit on the evolving model (`[evolve] model`, default the first judge)."""
 
     kind = "evolve"
-    help = """Stage 2 alone: EvolQuality rewrites of the completions in INPUT (records JSONL).
+    help = """Stage 2 alone: EvolQuality rewrites.
+
+    Rewrites of the completions in INPUT (records JSONL).
 
     \b
     Example:

@@ -263,8 +263,10 @@ class JudgeStage(Stage):
     """Stage 3: one unit per judge; a panel's agreement is added once all have rated."""
 
     kind = "judge"
-    help = """Stage 3 alone: UltraFeedback ratings for every completion in INPUT (records JSONL),
-    then the verdict chain's pairwise check of each shortlisted pair.
+    help = """Stage 3 alone: ratings and pairwise verdicts.
+
+    UltraFeedback ratings for every completion in INPUT (records JSONL), then the verdict
+    chain's pairwise check of each shortlisted pair.
 
     \b
     Example:

@@ -16,7 +16,9 @@ from .root import cli, models_file_option
 
 @cli.group()
 def models() -> None:
-    """List, locate, download and inspect GGUF models.
+    """List, locate, download and inspect models.
+
+    NAME is a registry name (see `edgepref models list`) or a path to a .gguf file.
 
     \b
     Example:
@@ -28,9 +30,10 @@ def models() -> None:
 @models.command("list")
 @models_file_option
 def models_list(models_file: Path | None) -> None:
-    """List every known model and whether it is available on this machine now.
+    """List known models and whether each is here.
 
-    A model that is not available shows the command that makes it available.
+    Every model of the registry and whether it is available on this machine now. A model that is
+    not available shows the command that makes it available.
 
     \b
     Example:
@@ -45,10 +48,10 @@ def models_list(models_file: Path | None) -> None:
 @click.argument("name")
 @models_file_option
 def models_path(name: str, models_file: Path | None) -> None:
-    """Print the local path of model NAME (a registry name or a .gguf file), verified.
+    """Print a model's verified local path.
 
-    Nothing is downloaded: a model that is not on this machine is an error that says how
-    to get it.
+    NAME is a registry name or a .gguf file. Nothing is downloaded: a model that is not on this
+    machine is an error that says how to get it.
 
     \b
     Example:
@@ -62,10 +65,11 @@ def models_path(name: str, models_file: Path | None) -> None:
 @click.argument("name")
 @models_file_option
 def models_pull(name: str, models_file: Path | None) -> None:
-    """Download model NAME from the Hugging Face Hub (if not already local); print its path.
+    """Download a model from the Hugging Face Hub.
 
-    The file goes to the Hugging Face cache and is checked against the registry's size and
-    sha256. This is the only edgepref command that uses the network.
+    Downloads model NAME unless it is already local, then prints its path. The file goes to the
+    Hugging Face cache and is checked against the registry's size and sha256. This is the only
+    edgepref command that uses the network.
 
     \b
     Example:
@@ -79,7 +83,9 @@ def models_pull(name: str, models_file: Path | None) -> None:
 @models_file_option
 @click.option("--template", "show_template", is_flag=True, help="Also print the chat template.")
 def models_info(name: str, models_file: Path | None, show_template: bool) -> None:
-    """Show the GGUF metadata of model NAME (a registry name or a .gguf file).
+    """Show a model's GGUF metadata.
+
+    NAME is a registry name or a .gguf file.
 
     \b
     Example:
@@ -99,10 +105,11 @@ def models_info(name: str, models_file: Path | None, show_template: bool) -> Non
               help="Require the key held in this environment variable.")
 @models_file_option
 def serve(models, host, port, n_ctx, threads, api_key_env, models_file) -> None:
-    """Serve local models over an OpenAI-compatible API (llama-cpp-python's server).
+    """Serve models over an OpenAI-compatible API.
 
-    Each MODEL (a registry name or a .gguf path) is served under its name; point a model entry's
-    `endpoints` (or --endpoint MODEL=URL) at http://HOST:PORT/v1. Needs `pip install 'edgepref[server]'`.
+    Runs llama-cpp-python's server on local models. Each MODEL (a registry name or a .gguf path)
+    is served under its name; point a model entry's `endpoints` (or --endpoint MODEL=URL) at
+    http://HOST:PORT/v1. Needs `pip install 'edgepref[server]'`.
 
     \b
     Example:

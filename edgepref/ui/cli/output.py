@@ -18,7 +18,9 @@ from .root import cli
 @click.option("--model", default=None, help="Only pairs where this model is chosen or rejected.")
 @click.option("--limit", type=COUNT, default=5, show_default=True, help="Pairs to show (0: stats only).")
 def inspect(path: Path, min_margin, model, limit) -> None:
-    """Show pairs side by side (instruction, chosen vs rejected, scores, reasons) and stats.
+    """Show pairs side by side, with stats.
+
+    Each pair's instruction, chosen vs rejected, scores and reasons, then stats of all pairs.
 
     \b
     Example:
@@ -44,9 +46,10 @@ def inspect(path: Path, min_margin, model, limit) -> None:
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Also publish to the Hub (needs a network).")
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 def export(path: Path, fmt: str, to: Path, overwrite: bool, push_to_hub, public: bool) -> None:
-    """Export a run's pairs as JSONL, Parquet or a `datasets` directory, with a dataset card.
-    Exporting again into the same --to replaces only what an export wrote there and nobody
-    changed since.
+    """Export a run's pairs with a dataset card.
+
+    As JSONL, Parquet or a `datasets` directory, with a README.md dataset card. Exporting again
+    into the same --to replaces only what an export wrote there and nobody changed since.
 
     \b
     Example:
@@ -68,7 +71,10 @@ def export(path: Path, fmt: str, to: Path, overwrite: bool, push_to_hub, public:
 @click.option("--allow-mixed", is_flag=True, help="Merge runs made with different settings.")
 @click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
 def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
-    """Combine shard outputs (`run --shard I/N`) into one run directory, each record and pair once.
+    """Merge shard outputs into one run directory.
+
+    Combines the outputs of `run --shard I/N`, each record and pair once. Shards made with other
+    settings or of another input are refused unless --allow-mixed.
 
     \b
     Example:
@@ -93,10 +99,12 @@ def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
               "edgepref report.")
 @click.option("--overwrite", is_flag=True, help="Replace an --out file that is not an edgepref report.")
 def report(path: Path, out: Path | None, overwrite: bool) -> None:
-    """Write a self-contained HTML report of run directory DIR: the run's settings and counts,
-    plots (scores per model, margins, chosen/rejected per model and source, shown positions,
-    lengths, judge confidence), and every instruction with its pair or why it has none, to
-    filter and open side by side. One file, no network: it opens anywhere, also from file://.
+    """Write a run's self-contained HTML report.
+
+    The report of run directory DIR: the run's settings and counts, plots (scores per model,
+    margins, chosen/rejected per model and source, shown positions, lengths, judge confidence),
+    and every instruction with its pair or why it has none, to filter and open side by side.
+    One file, no network: it opens anywhere, also from file://.
 
     \b
     Example:

@@ -40,13 +40,15 @@ TARGET = Number(float, **field_type(PairConfig, "target_agreement")[1])
 @pipeline_options
 def run(input_path: str, out_dir: Path, overwrite: bool, with_report: bool, column, split, limit, shuffle, shard,
         quiet, config_file, preset, **opts) -> None:
-    """Run the whole pipeline: pool completions, EvolQuality, UltraFeedback judge, pairs.
+    """Run every stage: instructions in, pairs out.
 
-    INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub dataset name,
-    with an `instruction` (or `prompt`) column. Rerunning the same command resumes; a rerun
-    with other settings stops and says what changed (--overwrite replaces the old run).
-    The exit code is 1 when a stage's every request failed or every instruction lost its pair
-    to errors (the files are written all the same); a shard that gets no instruction exits 0.
+    Pool completions, EvolQuality rewrites, UltraFeedback ratings, the verdict chain's pairwise
+    check, pairs. INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub
+    dataset name, with an `instruction` (or `prompt`) column. Rerunning the same command
+    resumes; a rerun with other settings stops and says what changed (--overwrite replaces the
+    old run). The exit code is 1 when a stage's every request failed or every instruction lost
+    its pair to errors (the files are written all the same); a shard that gets no instruction
+    exits 0.
 
     \b
     Example:
@@ -120,8 +122,10 @@ for _name, _help in stage_commands().items():
 @config_option
 @setting_options("pair")
 def pair_command(input_path, out, config_file, **opts) -> None:
-    """Stage 4 alone: chosen/rejected pairs from rated records (no model needed). Records keep
-    their pairwise verdicts, so a new --min-confidence needs no judge.
+    """Stage 4 alone: pairs from rated records.
+
+    Chosen/rejected pairs from rated records, with no model: records keep their pairwise
+    verdicts, so a new --min-confidence needs no judge.
 
     \b
     Example:
@@ -155,7 +159,9 @@ def pair_command(input_path, out, config_file, **opts) -> None:
 @click.option("--limit", type=LIMIT, default=5, show_default=True, help="At most this many from --file.")
 @pipeline_options
 def try_command(instruction, file_path, out_dir, overwrite, limit, quiet, config_file, preset, **opts) -> None:
-    """The whole pipeline on one instruction, shown in the terminal: every candidate with its
+    """Show the pipeline at work on one instruction.
+
+    The whole pipeline on one instruction, shown in the terminal: every candidate with its
     model, settings and score, the judge's reasons, and which became chosen/rejected and why.
 
     Same options and config file as `run`: change a system prompt, a temperature or the
@@ -219,7 +225,9 @@ def _pairs_options(func):
 @_pairs_options
 def eval_judge(pairs_path, judges, recipe, self_preference_n, json_out, verdicts_out, calibration, target,
                noise_pairs, skip, limit, cache_dir, config_file, models_file, quiet) -> None:
-    """Measure a judge against labelled pairs: agreement (with a 95% CI), precision at coverage
+    """Measure a judge against labelled pairs.
+
+    Agreement with the labels (with a 95% CI), precision at coverage
     (agreement on the most confident 100/80/50%), ties, swap consistency, position and length
     bias, seconds per pair, self-preference (how often it prefers its own answer to the better
     response), and the verdict chain the pipeline decides with: the share of pairs it decides and
@@ -285,7 +293,9 @@ class TargetSpan(click.ParamType):
 @_pairs_options
 def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, cache_dir, config_file, models_file,
               quiet) -> None:
-    """Calibrate the verdict chain on labelled pairs: for each judge, cheapest first, the smallest
+    """Calibrate judge thresholds on labelled pairs.
+
+    The verdict chain's thresholds: for each judge, cheapest first, the smallest
     |margin| threshold whose decided pairs agree with the labels at least TARGET of the time with
     probability at least 1 - RISK (exact binomial test, fixed-sequence testing over thresholds;
     each judge on the pairs the ones before it left). The pipeline then writes a pair only when a
