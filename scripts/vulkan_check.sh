@@ -35,6 +35,9 @@ venv="${EDGEPREF_VULKAN_VENV:-$here/.vulkan-venv}"
 python="${PYTHON:-python3}"
 step() { echo; echo "== $(date +%T) $*"; }
 mkdir -p "$cache"
+# the system's Vulkan loader, in the multiarch library dir (other packages, Chromium's among them,
+# bundle a libvulkan.so.1 of their own elsewhere under /usr/lib)
+libdir="/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 
@@ -43,7 +46,7 @@ install_packages() {
     command -v vulkaninfo >/dev/null || missing+=(vulkan-tools)
     command -v glslc >/dev/null || missing+=(glslc)
     [ -e /usr/include/spirv/unified1/spirv.hpp ] || missing+=(spirv-headers)
-    ls /usr/lib/*/libvulkan.so >/dev/null 2>&1 || missing+=(libvulkan-dev)
+    [ -e "$libdir/libvulkan.so" ] || missing+=(libvulkan-dev)
     local mesa
     mesa="$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || true)"
     if [ ${#missing[@]} = 0 ] && [[ "$mesa" == *bpo12* || "$mesa" == 2[5-9].* ]]; then
@@ -91,7 +94,7 @@ vulkan_headers() {
 build_wheel() {
     local include loader flags key dir
     include="$(vulkan_headers)"
-    loader="$(ls /usr/lib/*/libvulkan.so.1 | head -1)"
+    loader="$libdir/libvulkan.so.1"
     flags="-DGGML_VULKAN=on -DVulkan_INCLUDE_DIR=$include -DVulkan_LIBRARY=$loader"
     key="$(echo "$LLAMA_CPP_PYTHON_VERSION $flags $("$python" -c 'import sys; print(sys.version_info[:2])')" \
         | sha256sum | cut -c1-12)"
