@@ -16,8 +16,8 @@ from dataclasses import dataclass, is_dataclass, replace
 from typing import Any, Callable
 
 from ..judging.compare import PAIRWISE_RECIPES
-from ..stages.config import (
-    EVOLVE_PICKS, JUDGE_MODES, PRESETS, PipelineConfig, PoolMember, check_value, field_type)
+from ..core.checks import check_value, field_type
+from ..stages.config import EVOLVE_PICKS, JUDGE_MODES, PRESETS, PipelineConfig, PoolMember
 from ..core.errors import ConfigError
 from ..stages.config import DECIDERS, PAIR_LAYOUTS, SCORE_KINDS, STRATEGIES
 from ..prompts import JUDGE_ASPECTS

@@ -25,21 +25,17 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
-import math
-import operator
 import sys
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from functools import cache
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from types import NoneType, UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import jinja2
 import jinja2.meta
 
 from ..judging.compare import PAIRWISE_RECIPES
 from ..backends.engine.core import DEFAULT_PROMPT_BLOCK, DEFAULT_READ_BLOCK, DEFAULT_SLOTS, Engine
+from ..core.checks import C_INT_MAX, check_fields, show_value
 from ..core.errors import ConfigError
 from ..prompts import EVOL_CRITERIA, JUDGE_ASPECTS
 
@@ -63,7 +59,6 @@ EVOLVE_PICKS = ("own", "all")
 #   choices         the names allowed (for a list: for each item)
 #   nonempty        text or a list that may not be empty
 
-C_INT_MAX = 2**31 - 1  # llama.cpp takes token counts, threads and layers as C ints
 NONEMPTY = {"nonempty": True}
 # 0 is greedy; OpenAI-compatible servers refuse more than 2, and a small model is noise long before
 TEMPERATURE = {"ge": 0.0, "le": 2.0}
@@ -229,7 +224,7 @@ class PipelineConfig:
         strangers = [m for m in self.evolve.members or () if m not in names]
         if strangers:
             raise ConfigError(
-                f"[evolve] members = {_show(self.evolve.members)}: {', '.join(strangers)} is not a pool member"
+                f"[evolve] members = {show_value(self.evolve.members)}: {', '.join(strangers)} is not a pool member"
                 f" (the pool: {', '.join(names)})",
                 "name pool members by their label, else their model",
             )
@@ -242,151 +237,15 @@ def _check_template(template: str, name: str) -> None:
     try:
         names = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(template))
     except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"{name} = {_show(template)}: not a jinja2 template ({exc.message}, line {exc.lineno})",
+        raise ConfigError(f"{name} = {show_value(template)}: not a jinja2 template ({exc.message}, line {exc.lineno})",
                           'the default is "{{ instruction }}"') from None
     if names != {"instruction"}:
         other = sorted(names - {"instruction"})
         raise ConfigError(
-            f"{name} = {_show(template)}: " + (f"uses {', '.join(other)}; only instruction is known" if other
+            f"{name} = {show_value(template)}: " + (f"uses {', '.join(other)}; only instruction is known" if other
                                                else "does not use {{ instruction }}"),
             'the default is "{{ instruction }}"',
         )
-
-
-# ---------------------------------------------------------------- the checker
-
-
-def check_fields(obj: Any, where: str = "") -> None:
-    """Check every field of config dataclass `obj` (and of the config dataclasses inside it)
-    against its type and its metadata's limits. `where` names the table in messages ("[judge]")."""
-    hints = _type_hints(type(obj))
-    for f in fields(obj):
-        value, hint = getattr(obj, f.name), hints[f.name]
-        check_value(f"{where} {f.name}".strip(), value, hint, f.metadata)
-        if is_dataclass(hint):
-            check_fields(value, f"[{f.name}]")
-        elif get_origin(hint) is list and is_dataclass(get_args(hint)[0]):
-            for i, item in enumerate(value, start=1):
-                check_fields(item, f"[[{f.name}]] #{i}")
-
-
-def check_value(name: str, value: Any, hint: Any, limits: Any = None, sep: str = " = ") -> None:
-    """Raise ConfigError unless `value` fits type `hint` (str, int, float, bool, dict, a
-    dataclass, list[X], X | None) and `limits` (a field's metadata). `name` is how the user
-    wrote the key ("[judge] models", or "--max-tokens" with sep=" ")."""
-    limits = limits or {}
-    if not _fits(value, hint, limits):
-        raise ConfigError(f"{name}{sep}{_show(value)}: expected {_describe(hint, limits, value)}",
-                          _fix(name, value, hint))
-
-
-@cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def _optional(hint: Any) -> tuple[Any, bool]:
-    """(the type inside `X | None`, True), or (hint, False)."""
-    if get_origin(hint) in (Union, UnionType) and NoneType in get_args(hint):
-        rest = [a for a in get_args(hint) if a is not NoneType]
-        return rest[0], True
-    return hint, False
-
-
-def _is_type(value: Any, hint: Any) -> bool:
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:  # bool is a subclass of int: `max_tokens = true` is not a number
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if get_origin(hint) is list:  # a string is not a list of names, however iterable
-        return isinstance(value, (list, tuple)) and all(_is_type(v, get_args(hint)[0]) for v in value)
-    if get_origin(hint) is dict:
-        key, val = get_args(hint)
-        return isinstance(value, dict) and all(_is_type(k, key) and _is_type(v, val) for k, v in value.items())
-    return isinstance(value, hint)
-
-
-def _fits(value: Any, hint: Any, limits: Any) -> bool:
-    hint, optional = _optional(hint)
-    if value is None:
-        return optional
-    if not _is_type(value, hint):
-        return False
-    if hint is float:  # an integer too large for a float would fail in the first sum
-        try:
-            if not math.isfinite(float(value)):
-                return False
-        except OverflowError:
-            return False
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        bounds = (("ge", operator.ge), ("gt", operator.gt), ("le", operator.le), ("lt", operator.lt))
-        if any(key in limits and not test(value, limits[key]) for key, test in bounds):
-            return False
-    if limits.get("nonempty") and isinstance(value, (str, list, tuple)) and not value:
-        return False
-    choices = limits.get("choices")
-    if choices is not None:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return all(item in choices for item in items)
-    return True
-
-
-def _describe(hint: Any, limits: Any, value: Any = None) -> str:
-    """What a field allows, in words: "an integer >= 1 and <= 256", "a list of text". The C int
-    ceiling is named only to a value above it."""
-    hint, _ = _optional(hint)
-    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "text", dict: "a table"}
-    choices = limits.get("choices")
-    if get_origin(hint) is list:
-        item = get_args(hint)[0]
-        text = "a non-empty list" if limits.get("nonempty") else "a list"
-        text += f" of {item.__name__} tables" if is_dataclass(item) else " of text"
-        text += f", each one of: {', '.join(choices)}" if choices else ""
-    elif get_origin(hint) is dict:
-        text = "a table of tables"
-    elif choices:
-        text = f"one of: {', '.join(choices)}"
-    elif hint is str and limits.get("nonempty"):
-        text = "non-empty text"
-    else:
-        text = words.get(hint) or "a table"
-    bounds = [f"{op} {limits[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if key in limits and not (limits[key] == C_INT_MAX and _below_c_int(value))]
-    return f"{text} {' and '.join(bounds)}" if bounds else text
-
-
-def _below_c_int(value: Any) -> bool:
-    return not isinstance(value, (int, float)) or value <= C_INT_MAX
-
-
-def _fix(name: str, value: Any, hint: Any) -> str | None:
-    """A hint for the usual slips: a string for a list, quotes around a number or a boolean."""
-    hint, _ = _optional(hint)
-    key = name.rsplit(" ", 1)[-1]
-    if isinstance(value, str) and get_origin(hint) is list:
-        return f"a list is written in brackets: {key} = [{json.dumps(value)}]"
-    if isinstance(value, str) and hint in (int, float, bool):
-        return "numbers and true/false are written without quotes"
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and hint is bool:
-        return "write true or false"
-    return None
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it (TOML and JSON agree on strings, numbers, lists), cut short."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError, RecursionError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def field_type(cls: type, name: str) -> tuple[Any, Any]:
-    """(type, limits) of field `name` of config dataclass `cls`, for checking one value."""
-    spec = next(f for f in fields(cls) if f.name == name)
-    return _type_hints(cls)[name], spec.metadata
 
 
 def _course() -> PipelineConfig:
@@ -408,7 +267,7 @@ def preset(name: str) -> PipelineConfig:
 def _build(cls, raw: Any, where: str):
     """A config dataclass from one TOML table; its values are checked by `check_fields`."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} = {_show(raw)}: expected a table")
+        raise ConfigError(f"{where} = {show_value(raw)}: expected a table")
     known = {f.name for f in fields(cls)}
     unknown = sorted(map(str, set(raw) - known))
     if unknown:
@@ -430,7 +289,7 @@ def config_from_dict(raw: dict, base: PipelineConfig | None = None) -> PipelineC
     """A config from a TOML document's tables over `base` (default: PipelineConfig()), checked
     before it is returned; anything wrong is a ConfigError naming the key."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"a config is a table of settings, not {_show(raw)}")
+        raise ConfigError(f"a config is a table of settings, not {show_value(raw)}")
     cfg = base or PipelineConfig()
     raw = dict(raw)
     sections = {"evolve": EvolveConfig, "judge": JudgeConfig, "pair": PairConfig, "engine": EngineConfig}
@@ -438,21 +297,21 @@ def config_from_dict(raw: dict, base: PipelineConfig | None = None) -> PipelineC
     if "pool" in raw:
         pool = raw.pop("pool")
         if not isinstance(pool, list):
-            raise ConfigError(f"pool = {_show(pool)}: expected a list of [[pool]] tables",
+            raise ConfigError(f"pool = {show_value(pool)}: expected a list of [[pool]] tables",
                               'write one [[pool]] table per member, each with model = "NAME"')
         updates["pool"] = [_build(PoolMember, m, f"[[pool]] #{i + 1}") for i, m in enumerate(pool)]
     for name, cls in sections.items():
         if name in raw:
             section = raw.pop(name)
             if not isinstance(section, dict):
-                raise ConfigError(f"{name} = {_show(section)}: expected a [{name}] table")
+                raise ConfigError(f"{name} = {show_value(section)}: expected a [{name}] table")
             merged = {f.name: getattr(getattr(cfg, name), f.name) for f in fields(cls)}
             updates[name] = _build(cls, {**merged, **section}, f"[{name}]")
     top = {f.name for f in fields(PipelineConfig)} - set(sections) - {"pool"}
     for key in list(raw):
         if key not in top:
             known = top | set(sections) | {"pool"}
-            raise ConfigError(f"unknown top-level setting {_show(key)}{_near(str(key), known)}",
+            raise ConfigError(f"unknown top-level setting {show_value(key)}{_near(str(key), known)}",
                               f"known: {', '.join(sorted(known))}")
         updates[key] = raw.pop(key)
     return replace(cfg, **updates).validate()

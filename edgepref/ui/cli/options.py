@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ...stages.config import check_value
+from ...core.checks import check_value
 from ...core.errors import ConfigError
 from ...runs.settings import PRESET_NAMES, Setting, apply_overrides, settings_for
 from .root import F, models_file_option

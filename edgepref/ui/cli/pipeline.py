@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .. import display
-from ...stages.config import check_value, field_type
+from ...core.checks import check_value, field_type
 from ...core.errors import ConfigError
 from ...runs.evaljudge import SELF_PREFERENCE_N, recipe_names
 from ...stages.config import PairConfig
