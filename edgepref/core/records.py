@@ -131,9 +131,11 @@ class Pair:
     prompt: object
     chosen: object
     rejected: object
-    score_chosen: float
-    score_rejected: float
-    margin: float
+    # the UltraFeedback scores and their difference; None when the run rated nothing (judge mode
+    # "none": the verdict chain alone decided)
+    score_chosen: float | None
+    score_rejected: float | None
+    margin: float | None
     model_chosen: str
     model_rejected: str
     rationale_chosen: str = ""
