@@ -1,15 +1,18 @@
 """Reading a run's output back, filtering pairs, and exporting them with a dataset card.
 
 `load_run` accepts an output directory or a pairs.jsonl file. Export goes through `datasets`
-(JSONL, Parquet, a save_to_disk directory, or the Hub) and always writes a README.md card
-that records the models, the settings, the counts and the method.
+(JSONL, Parquet, a save_to_disk directory, or the Hub), or writes a trainer's own layout
+(`TRAINER_LAYOUTS` in trainers.py: LLaMA-Factory's rows and dataset_info.json, axolotl's rows and
+config lines), and always writes a README.md card that records the models, the settings, the
+counts and the method, and how to train on a trainer layout.
 
 What an export may write over (`check_export_dir`): --to must be new, empty or an export
 directory, one whose EXPORT_MARKER file edgepref wrote. The marker lists each file the
 exports wrote there with its sha256, so a later export replaces only what it wrote itself and
 nobody changed since: a README.md card the user edited, or a pairs file cleaned by hand, is
 refused like any other file of the user's, unless `overwrite`. Files of other names in the
-directory are never touched.
+directory are never touched. A dataset_info.json is the one file an export merges into rather than
+replaces: its other entries (a LLaMA-Factory data folder's datasets) are kept.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import EdgeprefError, InputError
+from ..core.files import read_jsonl, write_jsonl_atomic, write_text_atomic
 from ..core.paths import hub_offline
 from .rundir import PAIR_FIELDS, PAIRS, pairs_source
-from ..core.files import read_jsonl, write_text_atomic
+from .trainers import TRAINER_LAYOUTS, TrainerLayout, one_trl_layout, trainer_rows
 
-EXPORT_FORMATS = ("jsonl", "parquet", "hf")  # file types of `edgepref export`
-DATA_NAMES = {"jsonl": PAIRS, "parquet": "pairs.parquet", "hf": "dataset"}  # what each format writes in --to
+# file types of `edgepref export`: TRL's layout through `datasets`, then the trainers' own layouts
+EXPORT_FORMATS = ("jsonl", "parquet", "hf", *TRAINER_LAYOUTS)
+DATA_NAMES = {"jsonl": PAIRS, "parquet": "pairs.parquet", "hf": "dataset",  # what each format writes in --to
+              **{name: layout.data_name for name, layout in TRAINER_LAYOUTS.items()}}
 CARD = "README.md"
 # {"edgepref": {"export_layout": 1}, "files": {name: sha256, or null for the `hf` directory}}
 EXPORT_MARKER, EXPORT_LAYOUT = ".edgepref-export.json", 1
@@ -55,7 +61,8 @@ def load_run(path: str | Path) -> RunOutput:
 def filter_pairs(pairs: list[dict], min_margin: float | None = None, model: str | None = None) -> list[dict]:
     out = []
     for p in pairs:
-        if min_margin is not None and p.get("margin", 0.0) < min_margin - 1e-9:
+        # a pair without a margin (a run that rated nothing) cannot be shown to reach one
+        if min_margin is not None and (p.get("margin") is None or p["margin"] < min_margin - 1e-9):
             continue
         if model is not None and model not in (p.get("model_chosen"), p.get("model_rejected")):
             continue
@@ -66,23 +73,31 @@ def filter_pairs(pairs: list[dict], min_margin: float | None = None, model: str 
 def pair_stats(pairs: list[dict]) -> dict:
     from collections import Counter
 
-    margins = [p.get("margin", 0.0) for p in pairs]
     return {
         "pairs": len(pairs),
-        "mean_margin": sum(margins) / len(margins) if margins else None,
+        "mean_margin": _mean(p.get("margin") for p in pairs),
         "chosen_by_model": dict(Counter(p.get("model_chosen") for p in pairs)),
         "rejected_by_model": dict(Counter(p.get("model_rejected") for p in pairs)),
-        "mean_score_chosen": sum(p["score_chosen"] for p in pairs) / len(pairs) if pairs else None,
-        "mean_score_rejected": sum(p["score_rejected"] for p in pairs) / len(pairs) if pairs else None,
+        "mean_score_chosen": _mean(p.get("score_chosen") for p in pairs),
+        "mean_score_rejected": _mean(p.get("score_rejected") for p in pairs),
     }
 
 
-def dataset_card(run: RunOutput) -> str:
+def _mean(values) -> float | None:
+    """The mean of the values that are there: scores and margins are None in a run that rated nothing."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def dataset_card(run: RunOutput, export_format: str = "jsonl", trainers: dict[str, str] | None = None) -> str:
+    """The README.md card of an export in `export_format`; `trainers` maps each format of
+    TRAINER_LAYOUTS written beside it to the lines of that trainer's config that train on it."""
     cfg = run.run.get("config", {})
     summary = run.run.get("summary", {})
     pool = cfg.get("pool", [])
     judges = run.run.get("judges") or cfg.get("judge", {}).get("models", [])
-    fmt = cfg.get("pair", {}).get("format", "standard")
+    # what the export writes: a run that mixes the two layouts is written conversational (one_trl_layout)
+    fmt = "standard" if all(isinstance(p.get("prompt"), str) for p in run.pairs) else "conversational"
     stats = pair_stats(run.pairs)
     pool_lines = "\n".join(
         f"- `{m['model']}` (temperature {m.get('temperature')}, top_p {m.get('top_p')}, "
@@ -99,10 +114,10 @@ tags:
 ---
 # Preference dataset made with edgepref
 
-Format: TRL preference, {fmt} (`prompt`, `chosen`, `rejected`{' as message lists' if fmt == 'conversational' else ' as strings'}),
+Format: {_format_line(export_format, fmt)},
 with `score_chosen`, `score_rejected`, `margin`, the models and the judge's rationales.
 Type: preference (DPO).
-
+{_trainer_sections(trainers or {})}
 ## Method
 
 1. Model pooling: every instruction was answered by each pool member:
@@ -126,6 +141,32 @@ Type: preference (DPO).
 
 Generated offline with llama.cpp by [edgepref](https://pypi.org/project/edgepref/).
 """
+
+
+def _format_line(export_format: str, pair_format: str) -> str:
+    layout = TRAINER_LAYOUTS.get(export_format)
+    if layout:
+        return (f"{layout.trainer}'s preference layout (`{layout.data_name}`, see \"Training with "
+                f"{layout.trainer}\" below)")
+    return (f"TRL preference, {pair_format} (`prompt`, `chosen`, `rejected`"
+            f"{' as message lists' if pair_format == 'conversational' else ' as strings'})")
+
+
+def _trainer_sections(trainers: dict[str, str]) -> str:
+    sections = []
+    for name, usage in trainers.items():
+        layout = TRAINER_LAYOUTS[name]
+        sections.append(
+            f"\n## Training with {layout.trainer}\n\n`{layout.data_name}` (export format `{name}`) holds the "
+            f"pairs, with the provenance columns above: {layout.columns}. In the {layout.trainer} "
+            f"config:\n\n```yaml\n{usage}```\n")
+    return "".join(sections)
+
+
+def trainer_usage(fmt: str, to: str | Path) -> str | None:
+    """The lines of the trainer's config that train on an export in `fmt` to `to` (None: no trainer layout)."""
+    layout = TRAINER_LAYOUTS.get(fmt)
+    return layout.usage(Path(to) / layout.data_name) if layout else None
 
 
 def _decision(cfg: dict, summary: dict) -> str:
@@ -154,7 +195,8 @@ def _decision(cfg: dict, summary: dict) -> str:
 def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | None = None,
                  private: bool = True, overwrite: bool = False) -> dict[str, str]:
     """Write the pairs in `fmt` under directory `to` with a README.md card; optionally push.
-    `to` must be new, empty or an earlier export's (`check_export_dir`) unless `overwrite`."""
+    `to` must be new, empty or an earlier export's (`check_export_dir`) unless `overwrite`.
+    A trainer layout also writes its config file ("config"). Returns what was written, by kind."""
     import datasets
 
     if fmt not in EXPORT_FORMATS:
@@ -168,21 +210,31 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
             "judge, then run again",
         )
     to = Path(to)
-    names = [DATA_NAMES[fmt], CARD]
+    layout = TRAINER_LAYOUTS.get(fmt)
+    names = [DATA_NAMES[fmt], *([layout.config_name] if layout else []), CARD]
     _refuse_source_inside(run.source, to, names)
     check_export_dir(to, names, overwrite)
+    # a bad row stops it before any write
+    rows = trainer_rows(run.pairs, layout) if layout else one_trl_layout(run.pairs)
+    earlier = read_export_marker(to) or {}
     to.mkdir(parents=True, exist_ok=True)
-    ds = datasets.Dataset.from_list(run.pairs)
     written: dict[str, str] = {}
     target = to / DATA_NAMES[fmt]
-    if fmt == "jsonl":
-        ds.to_json(str(target), lines=True, force_ascii=False)
-    elif fmt == "parquet":
-        ds.to_parquet(str(target))
+    if layout:
+        written.update(_write_trainer_layout(layout, rows, target))
     else:
-        ds.save_to_disk(str(target))
-    written["data"] = str(target)
-    card = dataset_card(run)
+        ds = datasets.Dataset.from_list(rows)
+        if fmt == "jsonl":
+            ds.to_json(str(target), lines=True, force_ascii=False)
+        elif fmt == "parquet":
+            ds.to_parquet(str(target))
+        else:
+            ds.save_to_disk(str(target))
+        written["data"] = str(target)
+    # the card tells how to train on every trainer layout in `to`: this one and those of earlier exports
+    trainers = {name: trainer_usage(name, to) for name, other in TRAINER_LAYOUTS.items()
+                if name == fmt or (other.data_name in earlier and (to / other.data_name).is_file())}
+    card = dataset_card(run, fmt, trainers)
     write_text_atomic(to / CARD, card)
     written["card"] = str(to / CARD)
     _mark_export(to, names)
@@ -192,6 +244,7 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
                 f"cannot push to {push_to_hub}: HF_HUB_OFFLINE is set",
                 "unset HF_HUB_OFFLINE (and log in with `hf auth login`) to publish",
             )
+        ds = datasets.Dataset.from_list(rows)
         try:
             ds.push_to_hub(push_to_hub, private=private)
             from huggingface_hub import HfApi
@@ -207,6 +260,15 @@ def export_pairs(run: RunOutput, fmt: str, to: str | Path, push_to_hub: str | No
             ) from exc
         written["hub"] = f"https://huggingface.co/datasets/{push_to_hub}"
     return written
+
+
+def _write_trainer_layout(layout: TrainerLayout, rows: list[dict], target: Path) -> dict[str, str]:
+    # written as built, not through `datasets`: a trainer reads these exact keys and nesting
+    write_jsonl_atomic(target, rows)
+    config = target.parent / layout.config_name
+    existing = config.read_text(encoding="utf-8", errors="replace") if config.is_file() else None
+    write_text_atomic(config, layout.config_text(target, existing))
+    return {"data": str(target), "config": str(config)}
 
 
 # ---------------------------------------------------------------- what an export may write over

@@ -42,25 +42,32 @@ def inspect(path: Path, min_margin, model, limit) -> None:
               f"(its {EXPORT_MARKER} lists what edgepref wrote there).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a --to that holds other files, replacing a README.md or data file of the same "
-              "name (one you edited after an export, too); files of other names are kept.")
+              "name (one you edited after an export, too; a dataset_info.json keeps its other entries); files "
+              "of other names are kept.")
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Also publish to the Hub (needs a network).")
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 def export(path: Path, fmt: str, to: Path, overwrite: bool, push_to_hub, public: bool) -> None:
     """Export a run's pairs with a dataset card.
 
-    As JSONL, Parquet or a `datasets` directory, with a README.md dataset card. Exporting again
-    into the same --to replaces only what an export wrote there and nobody changed since.
+    As JSONL, Parquet or a `datasets` directory (TRL's layout), or a trainer's own: llama-factory
+    (rows and their dataset_info.json entry) or axolotl (rows and the config lines to paste,
+    printed too), with a README.md dataset card. Exporting again into the same --to replaces only
+    what an export wrote there and nobody changed since.
 
     \b
     Example:
       edgepref export out/ --format parquet --to release/
+      edgepref export out/ --format axolotl --to release/
       edgepref export out/ --format hf --to release/ --push-to-hub me/my-prefs
     """
-    from ...data.export import export_pairs, load_run
+    from ...data.export import export_pairs, load_run, trainer_usage
 
     written = export_pairs(load_run(path), fmt, to, push_to_hub, private=not public, overwrite=overwrite)
     for kind, where in written.items():
         display.render_path(f"{kind}: {where}")
+    usage = trainer_usage(fmt, to)
+    if usage:
+        display.render_path(f"in your {fmt} config:\n{usage.rstrip()}")
 
 
 @cli.command()
