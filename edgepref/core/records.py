@@ -1,6 +1,7 @@
 """Records that flow between stages. Plain dataclasses; JSON keys are their field names.
 
-One `Record` per instruction. `complete` fills `completions` (source "pool"), `evolve` adds
+One `Record` per instruction (a conversation's last user turn, with the turns before it and the
+row's system prompt). `complete` fills `completions` (source "pool"), `evolve` adds
 completions with source "evol" (with `parent_id` and `criterion`), `judge` fills `ratings`,
 `pair` reads them and writes `Pair` rows.
 """
@@ -91,8 +92,15 @@ class Rating:
 
 @dataclass
 class Record:
+    """One row to answer. `instruction` is the user turn to answer; a row from a conversation
+    also has the turns before it in `history` (user and assistant alternating, from a user turn
+    to an assistant turn, no system message) and its own system prompt in `system`, which
+    replaces the pool member's for this row. Rows written before these fields read as []/None."""
+
     id: str
     instruction: str
+    history: list[dict] = field(default_factory=list)  # [{"role": "user" | "assistant", "content": str}]
+    system: str | None = None
     completions: list[Completion] = field(default_factory=list)
     ratings: list[Rating] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)  # {"stage", "reason", ...} per dropped item
@@ -108,7 +116,21 @@ class Record:
         kwargs = {k: v for k, v in row.items() if k in known}
         kwargs["completions"] = [_build(Completion, c) for c in row.get("completions", [])]
         kwargs["ratings"] = [_build(Rating, r) for r in row.get("ratings", [])]
+        kwargs["history"] = [dict(turn) for turn in row.get("history") or []]  # absent in older rows
         return cls(**kwargs)
+
+    @property
+    def is_conversation(self) -> bool:
+        """Whether the row is more than one instruction: earlier turns, or a system prompt of its own."""
+        return bool(self.history) or self.system is not None
+
+    def chat(self, default_system: str | None = None) -> list[dict]:
+        """The messages a model answers: the row's system prompt (else `default_system`, the pool
+        member's) when there is one, the earlier turns, and the instruction as the last user turn."""
+        system = self.system or default_system
+        head = [{"role": "system", "content": system}] if system else []
+        return [*head, *({"role": t["role"], "content": t["content"]} for t in self.history),
+                {"role": "user", "content": self.instruction}]
 
     def completion(self, completion_id: str) -> Completion:
         for c in self.completions:

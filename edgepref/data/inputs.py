@@ -1,9 +1,18 @@
 """Reading instructions: JSONL, JSON, CSV, Parquet, a `save_to_disk` directory or a Hub dataset.
 
+A row gives an instruction (the `instruction` or `prompt` column, or the one --column names) or
+a conversation (the `messages` or `conversations` column, or the one --messages-column names;
+see conversations.py for the shapes; a CSV cell holds it as JSON text), and may give its own
+system prompt in a `system` column. A row with both a conversation and an instruction uses the
+conversation when its cell is not empty, else the instruction. An explicit --column alone reads
+that column only: the conversation columns are then read only when --messages-column names one.
+
 Every row either becomes a `Record` or an `InputProblem` with its row number and the reason
-(not JSON, not UTF-8, no instruction, blank instruction: nothing printable in it). Duplicate
-instructions are kept once and counted. A missing instruction column is an error that lists the
-columns there are; so is a path that looks local and is not there (it is not tried as a Hub name).
+(not JSON, not UTF-8, no instruction, blank instruction: nothing printable in it, a conversation
+that cannot be answered). Duplicates (the same instruction, or the same whole conversation and
+system prompt) are kept once and counted. A missing instruction column is an error that lists
+the columns there are; so is a path that looks local and is not there (it is not tried as a Hub
+name).
 """
 
 from __future__ import annotations
@@ -14,12 +23,22 @@ import json
 import math
 import random
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import InputError
-from ..core.records import Record, content_key
+from ..core.records import Record
+from .conversations import (
+    CONVERSATION_COLUMNS,
+    SYSTEM_COLUMN,
+    history_problem,
+    merge_system,
+    parse_conversation,
+    parse_system,
+    record_content_id,
+    record_key,
+)
+from .printable import has_printable
 
 FALLBACK_COLUMNS = ("instruction", "prompt")
 # file types that are read as local files (`rows_from_datasets`); a missing path that ends in one
@@ -28,12 +47,6 @@ LOCAL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".ar
 # a Hub dataset id: NAME or OWNER/NAME of letters, digits, "-", "_" and ".", not at either end
 # (huggingface_hub's REPO_ID_REGEX)
 HUB_ID = re.compile(r"(\b[\w\-.]+\b/)?\b[\w\-.]+\b")
-# Letters that draw nothing: Hangul fillers and the blank Braille pattern (category Lo/So, so
-# unicodedata alone counts them as printable); used to dodge "blank" checks.
-INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-# Unicode categories with nothing to read: controls, format characters (zero-width space and
-# joiners, direction marks, BOM, soft hyphen), surrogates, and separators (spaces, line breaks)
-INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 
 
 @dataclass
@@ -49,7 +62,9 @@ class InputBatch:
     problems: list[InputProblem] = field(default_factory=list)
     duplicates: int = 0
     rows_read: int = 0
-    column: str = "instruction"
+    column: str | None = "instruction"  # the instruction column; None when the input has only conversations
+    # the conversation columns read, in order: a row's conversation is the first with a value
+    messages_columns: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None  # (index, count) when this is one shard of the input
 
 
@@ -70,8 +85,9 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 
 def shard_index(text: str, count: int) -> int:
-    """The shard an instruction belongs to: a hash of its text, so the split does not depend on
-    row order, and an instruction that appears twice lands in one shard."""
+    """The shard an instruction belongs to: a hash of its text (`record_key`: the whole
+    conversation for a conversation), so the split does not depend on row order, and an
+    instruction that appears twice lands in one shard."""
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:15], 16) % count
 
 
@@ -79,30 +95,39 @@ def take_shard(batch: InputBatch, index: int, count: int) -> InputBatch:
     """This shard's share of a batch. Input problems go to shard (row number mod count) and the
     duplicate count to shard 0, so that merged shards report each exactly once."""
     return InputBatch(
-        records=[r for r in batch.records if shard_index(r.instruction, count) == index],
+        records=[r for r in batch.records if shard_index(record_key(r), count) == index],
         problems=[p for p in batch.problems if p.row % count == index],
         duplicates=batch.duplicates if index == 0 else 0,
         rows_read=batch.rows_read,
         column=batch.column,
+        messages_columns=batch.messages_columns,
         shard=(index, count),
     )
 
 
-def _pick_column(columns: list[str], wanted: str | None, source: str) -> str:
-    if wanted:
-        if wanted not in columns:
-            raise InputError(
-                f"{source} has no column {wanted!r}; its columns are: {', '.join(columns) or '(none)'}",
-                "pick one with --column NAME",
-            )
-        return wanted
-    for name in FALLBACK_COLUMNS:
-        if name in columns:
-            return name
-    raise InputError(
-        f"{source} has no 'instruction' or 'prompt' column; its columns are: {', '.join(columns) or '(none)'}",
-        "pick the instruction column with --column NAME",
-    )
+def _pick_columns(columns: list[str], wanted: str | None, wanted_messages: str | None,
+                  source: str) -> tuple[str | None, tuple[str, ...]]:
+    """(the instruction column, the conversation columns) to read; at least one of them. Without
+    --messages-column, both `messages` and `conversations` are read when both are there (a
+    file may mix OpenAI rows and ShareGPT rows)."""
+    listed = ", ".join(columns) or "(none)"
+    for name, flag in ((wanted, "--column"), (wanted_messages, "--messages-column")):
+        if name and name not in columns:
+            raise InputError(f"{source} has no column {name!r}; its columns are: {listed}", f"pick one with {flag} NAME")
+    if wanted_messages:
+        messages: tuple[str, ...] = (wanted_messages,)
+    elif wanted:  # the user named the instruction column: read that one alone
+        messages = ()
+    else:
+        messages = tuple(name for name in CONVERSATION_COLUMNS if name in columns)
+    instruction = wanted or next((name for name in FALLBACK_COLUMNS if name in columns), None)
+    if instruction is None and not messages:
+        raise InputError(
+            f"{source} has no 'instruction' or 'prompt' column, nor a 'messages' or 'conversations' one; "
+            f"its columns are: {listed}",
+            "pick the instruction column with --column NAME, or a conversation column with --messages-column NAME",
+        )
+    return instruction, messages
 
 
 def iter_jsonl_rows(path: Path):
@@ -144,13 +169,6 @@ def parse_json_row(line: str) -> tuple[dict | None, str | None]:
     except UnicodeEncodeError as exc:
         return None, f"not valid Unicode (lone surrogate U+{ord(exc.object[exc.start]):04X})"
     return row, None
-
-
-def has_printable(text: str) -> bool:
-    """Whether `text` has a character that draws something (not whitespace, a control, a
-    zero-width or direction mark, or a blank filler letter)."""
-    return any(unicodedata.category(ch) not in INVISIBLE_CATEGORIES and ch not in INVISIBLE_LETTERS
-               for ch in text)
 
 
 def refuse_missing_local_path(source: str) -> None:
@@ -205,14 +223,17 @@ def read_instructions(
     source: str | Path,
     *,
     column: str | None = None,
+    messages_column: str | None = None,
     split: str | None = None,
     limit: int | None = None,
     shuffle: bool = False,
     seed: int = 0,
     shard: tuple[int, int] | None = None,
 ) -> InputBatch:
-    """Read instructions from any supported source into Records (nothing is silently dropped).
-    `shard=(i, n)` keeps the i-th of n deterministic shares (after shuffle and limit)."""
+    """Read instructions and conversations from any supported source into Records (nothing is
+    silently dropped). `column` names the instruction column, `messages_column` the conversation
+    column (see the module docstring for which is read). `shard=(i, n)` keeps the i-th of n
+    deterministic shares (after shuffle and limit)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"--limit {limit!r}: expected an integer >= 1", "leave --limit out to read every row")
     source = str(source)
@@ -229,17 +250,17 @@ def read_instructions(
                 seen_cols.extend(k for k in row if k not in seen_cols)
         good = [r for _, r, p in rows if r is not None]
         if good:
-            col = _pick_column(seen_cols, column, str(path))
+            col, mcols = _pick_columns(seen_cols, column, messages_column, str(path))
         else:
-            col = column or "instruction"
+            col, mcols = column or "instruction", (messages_column,) if messages_column else ()
     else:
         data, columns = rows_from_datasets(source, split)
-        col = _pick_column(columns, column, source)
+        col, mcols = _pick_columns(columns, column, messages_column, source)
         rows = [(i, row, None) for i, row in enumerate(data, start=1)]
     if shuffle:
         random.Random(seed).shuffle(rows)
-    batch = InputBatch(column=col)
-    seen: set[str] = set()
+    batch = InputBatch(column=col, messages_columns=mcols)
+    seen: set[tuple[bool, str]] = set()
     for n, row, problem in rows:
         if limit is not None and len(batch.records) >= limit:
             break
@@ -247,33 +268,70 @@ def read_instructions(
         if problem:
             batch.problems.append(InputProblem(n, problem))
             continue
-        rid = str(row["id"]) if row.get("id") is not None else None
-        value = row.get(col)
-        if value is None:
-            batch.problems.append(InputProblem(n, f"no {col!r} field", rid))
+        record, why = _record_from_input_row(row, col, mcols)
+        if record is None:
+            batch.problems.append(InputProblem(n, why, str(row["id"]) if row.get("id") is not None else None))
             continue
-        if not isinstance(value, str):
-            batch.problems.append(InputProblem(n, f"{col!r} is a {type(value).__name__}, not text", rid))
-            continue
-        text = value.strip()
-        if not has_printable(text):
-            why = f"blank {col!r}" + (" (only invisible characters)" if text else "")
-            batch.problems.append(InputProblem(n, why, rid))
-            continue
-        if text in seen:
+        # a single-turn row is never a duplicate of a conversation, whatever its text
+        key = (record.is_conversation, record_key(record))
+        if key in seen:
             batch.duplicates += 1
             continue
-        seen.add(text)
-        extra = {k: v for k, v in row.items() if k not in (col, "id")}
-        record_id = rid if rid is not None else content_key("instruction", text)
-        batch.records.append(Record(id=record_id, instruction=text, extra=_jsonable(extra)))
+        seen.add(key)
+        batch.records.append(record)
     ids = [r.id for r in batch.records]
     if len(set(ids)) != len(ids):  # ids in the input repeat: fall back to content ids
         for r in batch.records:
-            r.id = content_key("instruction", r.instruction)
+            r.id = record_content_id(r)
     if shard is not None:
         return take_shard(batch, *shard)
     return batch
+
+
+def _is_empty_cell(value: object) -> bool:
+    """No value in this cell: None, or NaN (an empty CSV cell of a column pandas read as numbers)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _record_from_input_row(row: dict, col: str | None,
+                           mcols: tuple[str, ...]) -> tuple[Record | None, str | None]:
+    """(the Record of one input row, None) or (None, why the row cannot be one). A conversation
+    cell with a value wins over the instruction; the id is the row's `id`, else one from its content."""
+    system, why = parse_system(row.get(SYSTEM_COLUMN))
+    if why:
+        return None, why
+    mcol = next((name for name in mcols if not _is_empty_cell(row.get(name))), None)
+    if mcol is not None:
+        conversation, why = parse_conversation(row[mcol], mcol)
+        if conversation is None:
+            return None, why
+        system, why = merge_system(system, conversation)
+        if why:
+            return None, why
+        instruction, history = conversation.instruction, conversation.history
+    else:
+        instruction, why = _instruction_cell(row, col, mcols)
+        if instruction is None:
+            return None, why
+        history = []
+    extra = {k: v for k, v in row.items() if k not in (col, *mcols, SYSTEM_COLUMN, "id")}
+    record = Record(id="", instruction=instruction, history=history, system=system, extra=_jsonable(extra))
+    record.id = str(row["id"]) if row.get("id") is not None else record_content_id(record)
+    return record, None
+
+
+def _instruction_cell(row: dict, col: str | None, mcols: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(the row's instruction, stripped, None) or (None, why it has none)."""
+    value = row.get(col) if col is not None else None
+    if value is None:
+        names = " or ".join(repr(c) for c in (*mcols, col) if c is not None)
+        return None, f"no {names} field"
+    if not isinstance(value, str):
+        return None, f"{col!r} is a {type(value).__name__}, not text"
+    text = value.strip()
+    if not has_printable(text):
+        return None, f"blank {col!r}" + (" (only invisible characters)" if text else "")
+    return text, None
 
 
 def _jsonable(value):
@@ -312,6 +370,9 @@ def _record_from_row(row: dict) -> tuple[Record | None, str | None]:
     """(the Record, None), or (None, why a JSON object cannot be one: a hand-edited or foreign file)."""
     if not isinstance(row.get("id"), str) or not isinstance(row.get("instruction"), str):
         return None, "needs id and instruction as text"
+    why = history_problem(row.get("history") or [], row.get("system"))
+    if why:
+        return None, why
     for key in ("completions", "ratings"):
         items = row.get(key, [])
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
@@ -340,7 +401,7 @@ def read_stage_input(
     if is_records_file(path):
         records, problems = read_records(path)
         if shard:
-            records = [r for r in records if shard_index(r.instruction, shard[1]) == shard[0]]
+            records = [r for r in records if shard_index(record_key(r), shard[1]) == shard[0]]
         return records, problems
     batch = read_instructions(source, shard=shard, **instruction_options)
     return batch.records, batch.problems

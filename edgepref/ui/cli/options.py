@@ -46,6 +46,9 @@ LIMIT = Number(int, ge=1)  # "use only N": 0 would not mean none, so it is refus
 def input_options(func: F) -> F:
     for opt in reversed([
         click.option("--column", default=None, help="Instruction column (default: instruction, then prompt)."),
+        click.option("--messages-column", default=None,
+                     help="Conversation column: role/content or ShareGPT from/value messages ending with the user "
+                          "turn to answer (default: messages, then conversations, unless --column is given)."),
         click.option("--split", default=None, help="Dataset split for Hub datasets and DatasetDicts."),
         click.option("--limit", type=LIMIT, default=None, help="Use only the first N instructions."),
         click.option("--shuffle", is_flag=True, help="Shuffle the rows (with --seed) before --limit."),

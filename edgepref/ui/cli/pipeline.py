@@ -38,15 +38,16 @@ TARGET = Number(float, **field_type(PairConfig, "target_agreement")[1])
 @click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
 @input_options
 @pipeline_options
-def run(input_path: str, out_dir: Path, overwrite: bool, with_report: bool, column, split, limit, shuffle, shard,
-        quiet, config_file, preset, **opts) -> None:
+def run(input_path: str, out_dir: Path, overwrite: bool, with_report: bool, column, messages_column, split, limit,
+        shuffle, shard, quiet, config_file, preset, **opts) -> None:
     """Run every stage: instructions in, pairs out.
 
     Pool completions, EvolQuality rewrites, UltraFeedback ratings, the verdict chain's pairwise
     check, pairs. INPUT is a JSONL/JSON/CSV/Parquet file, a `datasets` directory or a Hub
-    dataset name, with an `instruction` (or `prompt`) column. Rerunning the same command
-    resumes; a rerun with other settings stops and says what changed (--overwrite replaces the
-    old run). The exit code is 1 when a stage's every request failed or every instruction lost
+    dataset name, with an `instruction` (or `prompt`) column, or conversations in a `messages`
+    (or `conversations`) column, and optionally a per-row `system` column. Rerunning the same
+    command resumes; a rerun with other settings stops and says what changed (--overwrite
+    replaces the old run). The exit code is 1 when a stage's every request failed or every instruction lost
     its pair to errors (the files are written all the same); a shard that gets no instruction
     exits 0.
 
@@ -65,7 +66,7 @@ def run(input_path: str, out_dir: Path, overwrite: bool, with_report: bool, colu
     with display.StageProgress(quiet) as progress:
         try:
             result = run_pipeline(input_path, out_dir, cfg, on_event=progress, overwrite=overwrite, column=column,
-                                  split=split, limit=limit, shuffle=shuffle,
+                                  messages_column=messages_column, split=split, limit=limit, shuffle=shuffle,
                                   shard=parse_shard(shard) if shard else None)
         except RunFailed as exc:
             result = exc.result
@@ -91,12 +92,14 @@ def _stage_command(command_name: str, doc: str):
                   help="Records JSONL to write (a .cache directory beside it makes reruns resume).")
     @input_options
     @pipeline_options
-    def command(input_path, out, column, split, limit, shuffle, shard, quiet, config_file, preset, **opts):
+    def command(input_path, out, column, messages_column, split, limit, shuffle, shard, quiet, config_file, preset,
+                **opts):
         from ...data.inputs import parse_shard, read_stage_input
         from ...runs.pipeline import run_single_stage
 
         cfg = build_config(config_file, preset, **opts)
-        options = {"column": column, "split": split, "limit": limit, "shuffle": shuffle, "seed": cfg.seed}
+        options = {"column": column, "messages_column": messages_column, "split": split, "limit": limit,
+                   "shuffle": shuffle, "seed": cfg.seed}
         records, problems = read_stage_input(input_path, shard=parse_shard(shard) if shard else None, **options)
         for p in problems:
             display.render_warning(f"{input_path} row {p.row}: {p.reason} (skipped)")
