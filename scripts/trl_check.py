@@ -59,8 +59,8 @@ def find_gguf(given: str | None) -> Path:
     if not path:
         exe = shutil.which("edgepref") or str(REPO / ".venv" / "bin" / "edgepref")
         try:
-            done = subprocess.run([exe, "models", "path", "smollm2-135m"], capture_output=True, text=True, timeout=120)
-        except OSError as e:
+            done = subprocess.run([exe, "models", "path", "smollm2-135m"], check=False, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
             raise CheckFailed(f"cannot run {exe} to find the SmolLM2 GGUF ({e}); pass --gguf PATH") from e
         if done.returncode != 0:
             raise CheckFailed(f"`edgepref models path smollm2-135m` failed: {done.stderr.strip()}; pass --gguf PATH")
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         except CheckFailed as e:
             print(f"  FAILED {arg}: {e}", file=sys.stderr)
             failed.append(arg)
-        except Exception as e:  # a TRL or datasets error is this check's finding: name it, go on
+        except Exception as e:  # noqa: BLE001 (a TRL or datasets error is this check's finding: name it, go on)
             cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
             print(f"  FAILED {arg}: {type(e).__name__}: {e}{cause}", file=sys.stderr)
             failed.append(arg)
