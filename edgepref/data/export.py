@@ -18,7 +18,9 @@ replaces: its other entries (a LLaMA-Factory data folder's datasets) are kept.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +119,7 @@ tags:
 Format: {_format_line(export_format, fmt)},
 with `score_chosen`, `score_rejected`, `margin`, the models and the judge's rationales.
 Type: preference (DPO).
-{_trainer_sections(trainers or {})}
+{_conversation_section(run.pairs)}{_trainer_sections(trainers or {})}
 ## Method
 
 1. Model pooling: every instruction was answered by each pool member:
@@ -141,6 +143,61 @@ Type: preference (DPO).
 
 Generated offline with llama.cpp by [edgepref](https://pypi.org/project/edgepref/).
 """
+
+
+def _prompt_turns(prompt) -> tuple[str | None, list[dict]]:
+    """A pair's system message (or None) and the turns before its last user turn; none for a string."""
+    if isinstance(prompt, str) or not prompt:
+        return None, []
+    system = prompt[0].get("content") if prompt[0].get("role") == "system" else None
+    turns = prompt[1:] if system is not None else prompt
+    return system, list(turns[:-1])
+
+
+def _conversation_section(pairs: list[dict]) -> str:
+    """What the card says of pairs that continue a conversation: how many, the longest, and one
+    example, collapsed; "" when no pair has earlier turns or a system message."""
+    shapes = [(p, *_prompt_turns(p.get("prompt"))) for p in pairs]
+    with_turns = sum(1 for _, _, turns in shapes if turns)
+    with_system = sum(1 for _, system, _ in shapes if system is not None)
+    if not with_turns and not with_system:
+        return ""
+    most = max(len(turns) for _, _, turns in shapes)
+    # the example with the most earlier turns (a system message breaks a tie); the first such pair
+    example, system, turns = max(shapes, key=lambda s: (len(s[2]), s[1] is not None))
+    return f"""
+## Conversations
+
+Pairs with earlier turns: {with_turns} of {len(pairs)} (at most {most} earlier turn{'s' if most != 1 else ''} before the last
+user turn); with a system message: {with_system}. The prompt holds the conversation, and `chosen` and
+`rejected` answer its last user turn only.
+
+<details>
+<summary>An example conversation (pair <code>{html.escape(str(example.get("id")))}</code>)</summary>
+
+{_example_block(system, turns, example)}
+
+</details>
+"""
+
+
+# each message of the card's example conversation is clipped to this many characters
+CARD_EXAMPLE_CHARS = 600
+
+
+def _example_block(system: str | None, turns: list[dict], pair: dict) -> str:
+    """One conversation and its two answers as a fenced text block; the fence is longer than any
+    run of backticks in the texts, so a model's markdown cannot close it."""
+    def clipped(text) -> str:
+        text = str(text if isinstance(text, str) else (text[-1]["content"] if text else "")).strip()
+        return text if len(text) <= CARD_EXAMPLE_CHARS else text[:CARD_EXAMPLE_CHARS] + " …"
+
+    last = pair["prompt"][-1].get("content", "")
+    messages = ([("system", system)] if system is not None else []) + [(t.get("role"), t.get("content")) for t in turns]
+    messages += [("user, answered by the pair", last), ("chosen", pair.get("chosen")), ("rejected", pair.get("rejected"))]
+    body = "\n\n".join(f"[{role}]\n{clipped(text)}" for role, text in messages)
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", body)), default=0))
+    return f"{fence}text\n{body}\n{fence}"
 
 
 def _format_line(export_format: str, pair_format: str) -> str:

@@ -260,6 +260,9 @@ def render_try(result, cfg) -> None:
     pairs = {p.id: p for p in result.pairs}
     for record in result.records:
         out.rule(f"[bold]{record.instruction}")
+        line = turns_line(len(record.history), record.system is not None, context_dropped(record.dropped))
+        if line:
+            out.print(Text(line, style="dim"))
         pair, reason = pairs.get(record.id), result.drop_reasons.get(record.id)
         for c in record.completions:
             ratings = [r for r in record.ratings if r.completion_id == c.id]
@@ -283,6 +286,8 @@ def render_try(result, cfg) -> None:
             title = f"{tag}{c.id} · {c.model} · {origin} · {c.completion_tokens} tok"
             out.print(Panel(body, title=title, subtitle=scores, title_align="left"))
         for d in record.dropped:
+            if _is_context_drop(d):
+                continue  # said on the conversation's line under the rule
             out.print(f"[yellow]dropped[/] {d.get('stage')}: {d.get('reason')} ({d.get('parent_id', '')} {d.get('criterion', '')})")
         verdict = record.judge_info.get("verdict")
         if verdict and verdict.get("margin") is not None:
@@ -305,13 +310,62 @@ def render_try(result, cfg) -> None:
             out.print(f"[bold]no pair:[/] {reason} ({rule})")
 
 
-def render_pairs(pairs: list[dict], stats: dict, total: int) -> None:
+def turns_line(earlier: int, system: bool, dropped: int = 0, hint: str = "") -> str:
+    """The collapsed line of a conversation: "2 earlier turns · system prompt", with the turns
+    dropped to fit the context and a `hint` on how to see them; "" for a single-turn row."""
+    parts = [f"{earlier} earlier turn{'s' if earlier != 1 else ''}"] if earlier else []
+    if system:
+        parts.append("system prompt")
+    if dropped:
+        parts.append(f"{dropped} oldest turn{'s' if dropped != 1 else ''} dropped to fit the context")
+    if not parts:
+        return ""
+    return " · ".join(parts) + (f" ({hint})" if hint and (earlier or system) else "")
+
+
+def _is_context_drop(d: dict) -> bool:
+    return d.get("stage") == "input" and d.get("reason") == "context"
+
+
+def context_dropped(dropped: list[dict]) -> int:
+    """How many turns a conversation lost to fit the context (conversations.fit_history)."""
+    return sum(int(d.get("turns") or 0) for d in dropped if _is_context_drop(d))
+
+
+def _split_prompt(prompt: list[dict]) -> tuple[dict | None, list[dict], str]:
+    """A conversational prompt as (system message or None, earlier turns, last user turn's text)."""
+    system = prompt[0] if prompt and prompt[0].get("role") == "system" else None
+    turns = prompt[1:] if system else prompt
+    return system, turns[:-1], (turns[-1].get("content", "") if turns else "")
+
+
+def _pair_title(prompt, show_turns: bool) -> str | Text:
+    """A pair table's title: the instruction, and under it a conversation's earlier turns,
+    collapsed to one line unless `show_turns`. A single-turn prompt is the plain title as ever."""
+    if isinstance(prompt, str):
+        return _clip(prompt, 200)
+    system, earlier, last = _split_prompt(prompt)
+    if not earlier and not system:
+        return _clip(last, 200)
+    # a Text title is printed as given (a str gets the table.title style): style it the same way
+    title = Text(_clip(last, 200), style="table.title")
+    title.append("\n" + turns_line(len(earlier), system is not None, hint="" if show_turns else "--turns shows them"),
+                 style="dim")
+    if show_turns:
+        for message in ([system] if system else []) + earlier:
+            title.append(f"\n{message.get('role')}: ", style="bold")
+            title.append(_clip(str(message.get("content", ""))))
+    return title
+
+
+def render_pairs(pairs: list[dict], stats: dict, total: int, show_turns: bool = False) -> None:
+    """Pairs side by side, then the stats; a conversation's earlier turns and system prompt are
+    one line under the instruction, or (`show_turns`) each message, clipped like the rest."""
     out = _out()
     for p in pairs:
-        prompt = p["prompt"] if isinstance(p["prompt"], str) else p["prompt"][-1]["content"]
         chosen = p["chosen"] if isinstance(p["chosen"], str) else p["chosen"][-1]["content"]
         rejected = p["rejected"] if isinstance(p["rejected"], str) else p["rejected"][-1]["content"]
-        table = Table(title=_clip(prompt, 200), box=box.ROUNDED, expand=True, title_justify="left")
+        table = Table(title=_pair_title(p["prompt"], show_turns), box=box.ROUNDED, expand=True, title_justify="left")
         table.add_column(f"chosen · {p.get('model_chosen')} · {p['score_chosen']:.2f}", ratio=1)
         table.add_column(f"rejected · {p.get('model_rejected')} · {p['score_rejected']:.2f}", ratio=1)
         table.add_row(Text(_clip(chosen)), Text(_clip(rejected)))

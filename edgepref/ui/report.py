@@ -91,8 +91,25 @@ def _text(value) -> str:
     return value if isinstance(value, str) else (value[-1]["content"] if value else "")
 
 
+def _context_dropped(record: Record) -> int:
+    """How many of a conversation's oldest turns were dropped to fit the context (fit_history)."""
+    return sum(int(d.get("turns") or 0) for d in record.dropped
+               if d.get("stage") == "input" and d.get("reason") == "context")
+
+
+def _prompt_turns(prompt) -> dict:
+    """The system prompt and earlier turns of a pair's prompt (none for a string prompt)."""
+    if isinstance(prompt, str) or not prompt:
+        return {"system": None, "history": []}
+    system = prompt[0]["content"] if prompt[0].get("role") == "system" else None
+    turns = prompt[1:] if system is not None else prompt
+    return {"system": system, "history": [{"role": t.get("role"), "content": t.get("content")} for t in turns[:-1]]}
+
+
 def instruction_rows(view: RunView) -> list[dict]:
-    """One row per instruction: its pair or why it has none, and every candidate with its ratings."""
+    """One row per instruction: its pair or why it has none, and every candidate with its ratings.
+    A conversation's row also has its own system prompt, the earlier turns, and how many turns
+    were dropped to fit the context (the page shows them collapsed under the instruction)."""
     pairs = {p.get("id"): p for p in view.pairs}
     rows = []
     for record in view.records:
@@ -114,6 +131,7 @@ def instruction_rows(view: RunView) -> list[dict]:
             })
         rows.append({
             "id": record.id, "instruction": record.instruction,
+            "system": record.system, "history": record.history, "turns_dropped": _context_dropped(record),
             "status": "pair" if written or pair else reason or "no pair",
             "model_chosen": pair.model_chosen if pair else None,
             "model_rejected": pair.model_rejected if pair else None,
@@ -124,7 +142,8 @@ def instruction_rows(view: RunView) -> list[dict]:
             "dropped": record.dropped, "candidates": candidates,
         })
     if not view.records:  # pairs without records: show what the pairs carry
-        rows = [{"id": p.get("id"), "instruction": _text(p.get("prompt")), "status": "pair",
+        rows = [{"id": p.get("id"), "instruction": _text(p.get("prompt")), **_prompt_turns(p.get("prompt")),
+                 "turns_dropped": 0, "status": "pair",
                  "model_chosen": p.get("model_chosen"), "model_rejected": p.get("model_rejected"),
                  "score_chosen": p.get("score_chosen"), "score_rejected": p.get("score_rejected"),
                  "margin": p.get("margin"), "confidence": p.get("confidence"), "dropped": [],

@@ -17,21 +17,26 @@ from .root import cli
 @click.option("--min-margin", type=Number(float, ge=0.0), default=None, help="Only pairs with at least this margin.")
 @click.option("--model", default=None, help="Only pairs where this model is chosen or rejected.")
 @click.option("--limit", type=COUNT, default=5, show_default=True, help="Pairs to show (0: stats only).")
-def inspect(path: Path, min_margin, model, limit) -> None:
+@click.option("--turns", "show_turns", is_flag=True,
+              help="Show a conversation's system prompt and earlier turns (default: one line that counts them).")
+def inspect(path: Path, min_margin, model, limit, show_turns: bool) -> None:
     """Show pairs side by side, with stats.
 
     Each pair's instruction, chosen vs rejected, scores and reasons, then stats of all pairs.
+    A pair from a conversation has one line under its instruction that counts the earlier turns
+    (and says when there is a system prompt); --turns shows them.
 
     \b
     Example:
       edgepref inspect out/
       edgepref inspect out/pairs.jsonl --min-margin 2 --model smollm2-135m --limit 10
+      edgepref inspect out/ --turns
     """
     from ...data.export import filter_pairs, load_run, pair_stats
 
     run = load_run(path)
     pairs = filter_pairs(run.pairs, min_margin, model)
-    display.render_pairs(pairs[:limit], pair_stats(pairs), total=len(run.pairs))
+    display.render_pairs(pairs[:limit], pair_stats(pairs), total=len(run.pairs), show_turns=show_turns)
 
 
 @cli.command()
