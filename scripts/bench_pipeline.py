@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import os
 import resource
 import sys
@@ -40,7 +41,7 @@ import time
 from pathlib import Path
 
 from edgepref.backends.base import ChatResult, Generation, Progress, renormalised
-from edgepref.stages.config import EvolveConfig, JudgeConfig, PipelineConfig, PoolMember
+from edgepref.stages.config import EvolveConfig, JudgeConfig, PairConfig, PipelineConfig, PoolMember
 from edgepref.backends.engine.handles import load_high_level_llama
 from edgepref.data.inputs import read_instructions
 from edgepref.runs.pipeline import run_pipeline
@@ -115,19 +116,89 @@ class SequentialBackend:
         pass
 
 
-def bench_config(max_tokens: int) -> PipelineConfig:
+# How pairs are chosen, for --compare: judge mode and pair settings on top of bench_config.
+# "before" is the default up to commit 03389af (ratings with rationales shortlist one pair, the
+# ratings' best against their worst); "default" is what `edgepref run` does now.
+VARIANTS: dict[str, dict] = {
+    "before": {"mode": "rationale", "candidates": 1},
+    "default": {},
+    "rated-3": {"mode": "rationale", "candidates": 3},
+    "score-only-3": {"mode": "score-only", "candidates": 3},
+    "none-3": {"mode": "none", "candidates": 3},
+    "none-3-pairs-3": {"mode": "none", "candidates": 3, "pairs_per_instruction": 3},
+}
+
+
+def bench_config(max_tokens: int, mode: str | None = "rationale", **pair) -> PipelineConfig:
+    """The benchmark's pipeline; `mode` None keeps the default judge mode, `pair` sets PairConfig fields."""
+    judge = JudgeConfig(models=[QWEN]) if mode is None else JudgeConfig(models=[QWEN], mode=mode)
     return PipelineConfig(
         pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens)],
         evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens),
-        judge=JudgeConfig(models=[QWEN], mode="rationale"),  # and the default verdict chain after it
+        judge=judge,  # and the default verdict chain after it
+        pair=PairConfig(**pair),
     )
 
 
-def timed_run(batch, cfg, backends=None, keep: Path | None = None) -> tuple[float, object]:
+def instructions(args):
+    """Instructions --skip + 1 .. --skip + --instructions of --input."""
+    batch = read_instructions(args.input, limit=args.skip + args.instructions)
+    batch.records = batch.records[args.skip:]
+    return batch
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (llama.cpp's threads included) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_run(batch, cfg, backends=None, keep: Path | None = None, cache_dir: Path | None = None):
+    """(wall seconds, CPU seconds, result) of one pipeline run."""
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        result = run_pipeline(batch, keep or tmp, cfg, backends=backends)
-        return time.perf_counter() - start, result
+        start, cpu = time.perf_counter(), cpu_seconds()
+        result = run_pipeline(batch, keep or tmp, cfg, backends=backends, cache_dir=cache_dir)
+        return time.perf_counter() - start, cpu_seconds() - cpu, result
+
+
+def compare_variants(args, names: list[str]) -> dict:
+    """Each variant on the same instructions, one after the other in this process: pairs, yield,
+    wall and CPU time, pairs per CPU-minute, each against the first variant."""
+    rows = {}
+    for name in names:
+        cfg = bench_config(args.max_tokens, **{"mode": None, **VARIANTS[name]})
+        cfg.engine.threads = os.cpu_count() or 1
+        cache = args.shared_cache / "cache" if args.shared_cache else None
+        wall, cpu, result = timed_run(instructions(args), cfg, cache_dir=cache)
+        pairs = len(result.pairs)
+        prompts = len({p.id.split("-")[0] for p in result.pairs})  # instructions with a pair
+        rows[name] = {
+            "judge_mode": cfg.judge.mode, "candidates": cfg.pair.candidates,
+            "pairs_per_instruction": cfg.pair.pairs_per_instruction,
+            "pairs": pairs, "instructions_with_pair": prompts,
+            "yield": round(prompts / max(1, args.instructions), 3),
+            "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+            "pairs_per_min": round(pairs / (wall / 60), 2), "pairs_per_cpu_min": round(pairs / (cpu / 60), 2),
+            "dropped": result.summary.pairs_dropped, "stage_seconds": stage_seconds(result.summary),
+            "decided_by": dict(Counter(p.decided_by for p in result.pairs)),
+            "verdicts_asked": sum(len(r.judge_info.get("verdicts", [])) for r in result.records),
+        }
+        r = rows[name]
+        print(f"{name:<16} {pairs:>3} pairs, {prompts}/{args.instructions} instructions ({r['yield']:.0%}) "
+              f"in {wall:.0f} s wall / {cpu:.0f} s CPU = {r['pairs_per_cpu_min']:.2f} pairs/CPU-min "
+              f"({r['pairs_per_min']:.2f}/min)  decided by {r['decided_by']}  verdicts asked {r['verdicts_asked']}"
+              f"  stages {r['stage_seconds']}", flush=True)
+    first = rows[names[0]]
+    for name in names[1:]:
+        r = rows[name]
+        r["ratio_cpu"] = round(r["pairs_per_cpu_min"] / max(first["pairs_per_cpu_min"], 1e-9), 2)
+        r["ratio_wall"] = round(r["pairs_per_min"] / max(first["pairs_per_min"], 1e-9), 2)
+        print(f"{name} against {names[0]}: yield {r['yield']:.0%} vs {first['yield']:.0%}, pairs per CPU-minute "
+              f"{r['ratio_cpu']:.2f}x, per wall minute {r['ratio_wall']:.2f}x")
+    if args.shared_cache:
+        print("(a shared request cache: later variants replayed what earlier ones computed; their times are "
+              "not comparable, only their pairs)")
+    return {"instructions": args.instructions, "skip": args.skip, "input": str(args.input), "variants": rows}
 
 
 def stage_seconds(summary) -> dict:
@@ -173,20 +244,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     ap.add_argument("--instructions", type=int, default=16)
+    ap.add_argument("--skip", type=int, default=0, help="Start after this many instructions of --input.")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--slots", type=int, default=None, help="Engine slots (default: the pipeline's).")
     ap.add_argument("--skip-baseline", action="store_true", help="Only run edgepref (for yield checks).")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--compare", default=None, metavar="A,B,...",
+                    help=f"Run these ways of choosing pairs side by side instead ({', '.join(VARIANTS)}); "
+                    "the first is the reference of the ratios.")
+    ap.add_argument("--shared-cache", type=Path, default=None,
+                    help="With --compare: one request cache for all variants (pairs only; times are not comparable).")
     ap.add_argument("--keep", type=Path, default=None,
                     help="Write the edgepref run's output here (records, pairs, report input) instead of a temp dir.")
     args = ap.parse_args()
 
+    if args.compare:
+        names = [n.strip() for n in args.compare.split(",") if n.strip()]
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        report = compare_variants(args, names)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return
     threads = os.cpu_count() or 1
     cfg = bench_config(args.max_tokens)
     cfg.engine.threads = threads
     if args.slots:
         cfg.engine.slots = args.slots
-    ours_s, ours = timed_run(read_instructions(args.input, limit=args.instructions), cfg, keep=args.keep)
+    ours_s, _, ours = timed_run(instructions(args), cfg, keep=args.keep)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the baseline loads
     report = {
         "instructions": args.instructions,
@@ -214,7 +300,7 @@ def main() -> None:
         chain = [m for d in probe.chain.active for m in d.models]  # the verdict chain's judges
         probe.close()
         backends = {m: SequentialBackend(m, n_ctx=4096, n_threads=threads) for m in dict.fromkeys((QWEN, SMOL, *chain))}
-        base_s, base = timed_run(read_instructions(args.input, limit=args.instructions), cfg, backends)
+        base_s, _, base = timed_run(instructions(args), cfg, backends)
         report.update(
             baseline_seconds=round(base_s, 1),
             baseline_pairs=len(base.pairs),

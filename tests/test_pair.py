@@ -281,3 +281,99 @@ def test_calibrated_mode_writes_what_a_judge_of_the_chain_decided() -> None:
     fixed = pair_records([decided, undecided], PairConfig(min_confidence=0.5))
     assert [p.id for p in fixed.pairs] == ["unsure"] and fixed.pairs[0].agreement is None
     assert fixed.pairs[0].decided_by == "big"
+
+
+# ---------------------------------------------------------------- candidate pairs
+
+from edgepref.stages.pair import candidate_pairs, pick_pairs  # noqa: E402
+
+
+def unrated(texts: list[tuple[str, str]], record_id: str = "u1") -> Record:
+    """Completions (member, text) with no ratings, ids "<member>:<k>" as the pool writes them."""
+    seen: dict[str, int] = {}
+    completions = []
+    for member, text in texts:
+        k = seen.get(member, 0)
+        seen[member] = k + 1
+        completions.append(Completion(id=f"{member}:{k}", text=text, model=member))
+    return Record(id=record_id, instruction="Say hi.", completions=completions)
+
+
+def with_verdicts(record: Record, *verdicts: tuple[str, str, float | None, tuple, int]) -> Record:
+    """verdicts: (x, y, margin, decided_by, decided_at) in check order."""
+    record.judge_info["verdicts"] = [
+        {"x": x, "y": y, "margins": {}, "margin": m, "decided_by": list(by), "decided_at": at, "threshold": 0.1}
+        for x, y, m, by, at in verdicts
+    ]
+    return record
+
+
+def test_rated_candidates_are_the_most_separated_first() -> None:
+    record = make_record([("middle", 3, None), ("top", 5, None), ("bottom", 1, None), ("same as top", 5, None)])
+    record.completions[3].text = "TOP "  # the same text as m1 once case and spaces are ignored
+    pairs = candidate_pairs(record, PairConfig(candidates=10))
+    assert pairs[0] == ("m1:0", "m2:0")  # 5 against 1: the ratings' best-worst pair leads
+    assert ("m1:0", "m3:0") not in pairs and ("m3:0", "m1:0") not in pairs  # same text: never a pair
+    gaps = {"m0:0": 3, "m1:0": 5, "m2:0": 1, "m3:0": 5}
+    assert [gaps[x] - gaps[y] for x, y in pairs] == sorted((gaps[x] - gaps[y] for x, y in pairs), reverse=True)
+    assert candidate_pairs(record, PairConfig(candidates=2)) == pairs[:2]
+
+
+def test_unrated_candidates_put_different_members_first() -> None:
+    record = unrated([("qwen", "an answer"), ("smol", "another answer"), ("qwen", "a rewrite")])
+    record.completions[2].id, record.completions[2].member = "qwen:0+evol1", "qwen"
+    assert candidate_pairs(record, PairConfig()) == [
+        ("qwen:0", "smol:0"), ("smol:0", "qwen:0+evol1"), ("qwen:0", "qwen:0+evol1")]
+    assert candidate_pairs(unrated([("qwen", "only one")]), PairConfig()) == "fewer_than_two_completions"
+    assert candidate_pairs(unrated([("a", "Same"), ("b", "same ")]), PairConfig()) == "identical_text"
+
+
+def test_the_surest_decided_candidate_is_written_with_no_scores() -> None:
+    record = with_verdicts(
+        unrated([("a", "one"), ("b", "two"), ("c", "three")]),
+        ("a:0", "b:0", 0.05, (), 0),            # asked, not decided
+        ("a:0", "c:0", -0.4, ("big",), 1),      # decided by the second judge: c over a
+        ("b:0", "c:0", 0.3, ("small",), 0),     # decided by the first judge: b over c
+    )
+    pairs, reason = pick_pairs(record, PairConfig())
+    assert reason is None and len(pairs) == 1
+    p = pairs[0]
+    assert (p.chosen, p.rejected, p.decided_by, p.id) == ("two", "three", "small", "u1")
+    assert p.score_chosen is None and p.margin is None and p.confidence == pytest.approx(0.3)
+    # two pairs per instruction: the next surest too, with its own id
+    two, _ = pick_pairs(record, PairConfig(pairs_per_instruction=2))
+    assert [(q.chosen, q.rejected, q.id) for q in two] == [("two", "three", "u1"), ("three", "one", "u1-2")]
+
+
+def test_several_pairs_never_contradict_each_other() -> None:
+    # a > b, b > c, then c > a would close a cycle: it is not written
+    record = with_verdicts(
+        unrated([("a", "A"), ("b", "B"), ("c", "C")]),
+        ("a:0", "b:0", 0.9, ("j",), 0), ("b:0", "c:0", 0.8, ("j",), 0), ("a:0", "c:0", -0.7, ("j",), 0),
+    )
+    pairs, _ = pick_pairs(record, PairConfig(pairs_per_instruction=3))
+    assert [(p.chosen, p.rejected) for p in pairs] == [("A", "B"), ("B", "C")]
+    report = pair_records([record], PairConfig(pairs_per_instruction=3))
+    assert [p.id for p in report.pairs] == ["u1", "u1-2"] and report.margins == []
+
+
+def test_no_decided_candidate_is_uncertain_and_none_asked_is_no_verdict() -> None:
+    asked = with_verdicts(unrated([("a", "A"), ("b", "B")]), ("a:0", "b:0", 0.01, (), 0))
+    assert pick_pairs(asked, PairConfig()) == ([], "uncertain")
+    failed = with_verdicts(unrated([("a", "A"), ("b", "B")]), ("a:0", "b:0", None, (), 0))
+    assert pick_pairs(failed, PairConfig()) == ([], "no_verdict")
+    # a verdict on a pair that is no longer a candidate (fewer candidates asked) does not count
+    stale = with_verdicts(unrated([("a", "A"), ("b", "B"), ("c", "C")]), ("b:0", "c:0", 0.9, ("j",), 0))
+    assert pick_pairs(stale, PairConfig(candidates=1)) == ([], "no_verdict")
+
+
+def test_ratings_and_no_ratings_cannot_be_combined() -> None:
+    from edgepref.stages.config import JudgeConfig, PipelineConfig
+
+    with pytest.raises(ConfigError, match="needs ratings"):
+        PipelineConfig(judge=JudgeConfig(mode="none"), pair=PairConfig(decide="ratings")).validate()
+    with pytest.raises(ConfigError, match="pairs_per_instruction"):
+        PipelineConfig(judge=JudgeConfig(mode="rationale"),
+                       pair=PairConfig(decide="ratings", pairs_per_instruction=2)).validate()
+    with pytest.raises(ConfigError, match="candidates"):
+        PairConfig(candidates=0)

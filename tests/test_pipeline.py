@@ -27,8 +27,9 @@ def small_config(**judge) -> PipelineConfig:
         pool=[PoolMember(QWEN, max_tokens=48), PoolMember(SMOL, max_tokens=48)],
         evolve=EvolveConfig(num_evolutions=1, max_tokens=64),
         judge=JudgeConfig(models=[QWEN], max_rationale_chars=40, **judge),
-        # a fixed threshold of 0: every verdict decides (calibrated chains: test_cascade_*)
-        pair=PairConfig(min_margin=1.0, min_confidence=0.0),
+        # a fixed threshold of 0: every verdict decides (calibrated chains: test_cascade_*); one
+        # candidate pair per record, the ratings' best and worst (more: test_candidates_*)
+        pair=PairConfig(min_margin=1.0, min_confidence=0.0, candidates=1),
     )
 
 
@@ -140,6 +141,47 @@ def test_uncertain_pairs_are_dropped_and_counted(first_run, engines, tmp_path) -
     assert again.summary.pairs_dropped.get("uncertain") == 2 and again.summary.pairs == 1
     assert json.loads((out / "run.json").read_text())["summary"]["pairs_dropped"]["uncertain"] == 2
     run_pipeline(INSTRUCTIONS, out, small_config(), backends=engines, overwrite=True)  # leave the module's run as it was
+
+
+def test_candidates_are_checked_until_one_is_decided(engines, tmp_path) -> None:
+    """No ratings (judge mode none): the chain checks each record's candidate pairs in order and
+    stops at the first it decides; when it decides none, it has checked them all."""
+    from edgepref.stages.pair import candidate_pairs
+
+    cfg = small_config(mode="none")
+    cfg.pair.candidates = 3
+    out = tmp_path / "run"
+    decided = run_pipeline(INSTRUCTIONS, out, cfg, backends=engines)  # |margin| >= 0: the first decides
+    assert not any(name.startswith("judge-") for name in decided.summary.stages)
+    for record in decided.records:
+        assert not record.ratings and len(record.judge_info["verdicts"]) == 1
+        assert record.judge_info["verdicts"][0]["decided_by"] == [QWEN]
+        assert (record.judge_info["verdict"]["x"], record.judge_info["verdict"]["y"]) == candidate_pairs(record, cfg.pair)[0]
+    assert len(decided.pairs) == 3 and all(p.score_chosen is None and p.margin is None for p in decided.pairs)
+    assert decided.summary.instructions_paired == 3 and decided.summary.coverage == 1.0
+
+    cfg.pair.min_confidence = 1e6  # nothing is decided: every candidate is asked, in order
+    unsure = run_pipeline(INSTRUCTIONS, out, cfg, backends=engines, overwrite=True)
+    assert unsure.summary.completion_tokens == 0  # the completions came from the cache
+    for record in unsure.records:
+        asked = [(v["x"], v["y"]) for v in record.judge_info["verdicts"]]
+        assert asked == candidate_pairs(record, cfg.pair) and len(asked) >= 1
+    assert unsure.summary.pairs_dropped == {"uncertain": 3} and not unsure.pairs
+
+    cfg.pair.min_confidence, cfg.pair.pairs_per_instruction = 0.0, 3  # several pairs per instruction
+    several = run_pipeline(INSTRUCTIONS, out, cfg, backends=engines, overwrite=True)
+    assert several.summary.stages[f"verify-{QWEN}"]["cached_requests"] > 0  # the verdicts asked before
+    by_record: dict[str, list] = {}
+    for p in several.pairs:
+        by_record.setdefault(p.id.split("-")[0], []).append(p)
+    assert len(by_record) == 3 and len(several.pairs) > 3 and len({p.id for p in several.pairs}) == len(several.pairs)
+    for record in several.records:
+        pairs = by_record[record.id]
+        assert [p.id for p in pairs] == [record.id] + [f"{record.id}-{k}" for k in range(2, len(pairs) + 1)]
+        beats = {(p.completion_chosen, p.completion_rejected) for p in pairs}
+        assert not any((b, a) in beats for a, b in beats)  # no pair says the opposite of another
+    lines = (out / "pairs.jsonl").read_text().splitlines()
+    assert len(lines) == len(several.pairs)
 
 
 def test_escalation_asks_the_next_judge_of_the_chain(engines, tmp_path) -> None:

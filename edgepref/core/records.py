@@ -132,6 +132,19 @@ class Record:
         return [*head, *({"role": t["role"], "content": t["content"]} for t in self.history),
                 {"role": "user", "content": self.instruction}]
 
+    def task_text(self) -> str:
+        """The instruction as a judge sees it: the instruction alone for a single-turn row; for a
+        conversation, its system prompt and earlier turns first, then the last user message that
+        the responses answer. Judge prompts show it where they show an instruction."""
+        if not self.is_conversation:
+            return self.instruction
+        lines = ["The conversation so far:"]
+        if self.system:
+            lines.append(f"[system]\n{self.system}")
+        lines += [f"[{t['role']}]\n{t['content']}" for t in self.history]
+        lines.append(f"The last user message, which each response answers:\n{self.instruction}")
+        return "\n\n".join(lines)
+
     def completion(self, completion_id: str) -> Completion:
         for c in self.completions:
             if c.id == completion_id:

@@ -174,3 +174,38 @@ def history_problem(history: object, system: object) -> str | None:
 def _quote(value: object) -> str:
     text = repr(value)
     return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 4] + "...'"
+
+
+# ---------------------------------------------------------------- fitting a context
+
+# Prompt tokens are estimated before any model loads, from UTF-8 bytes: English text runs 4-5
+# bytes a token in these models' vocabularies and CJK text about 3, so bytes / 3 overestimates
+# the tokens and a kept turn is not what overflows a context. Each message also costs a few
+# tokens of chat-template markup.
+BYTES_PER_TOKEN = 3
+TOKENS_PER_MESSAGE = 8
+
+
+def estimated_tokens(text: str) -> int:
+    """An upper estimate of the tokens `text` takes in a prompt (see BYTES_PER_TOKEN)."""
+    return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE
+
+
+def fit_history(record: Record, budget: int) -> int:
+    """Drop the oldest exchanges (a user turn and the assistant's reply) of `record.history` until
+    its system prompt, the turns left and the instruction fit `budget` estimated tokens; the drop
+    is recorded in `record.dropped` (stage "input", reason "context"). Returns the number of
+    messages dropped. A row whose system prompt and instruction alone exceed the budget keeps
+    them: its requests then fail as too long, each a row error."""
+    def size() -> int:
+        texts = [record.system or "", record.instruction, *(t["content"] for t in record.history)]
+        return sum(estimated_tokens(t) for t in texts if t)
+
+    dropped = 0
+    while record.history and size() > budget:
+        del record.history[:2]  # history alternates user, assistant: remove one exchange
+        dropped += 2
+    if dropped:
+        record.dropped.append({"stage": "input", "reason": "context", "turns": dropped,
+                               "kept": len(record.history), "budget_tokens": budget})
+    return dropped

@@ -33,7 +33,8 @@ from .hosting import ModelHost, model_identity, read_path, strongest_available_m
 from ..data.inputs import InputBatch
 from ..stages.judge import JudgeStage
 from ..models.modelfiles import availability
-from ..stages.pair import PairReport, PairStage
+from ..stages.pair import PairReport, PairStage, pair_layout
+from ..data.conversations import fit_history
 from ..core.records import Record
 from ..data.rundir import ERRORS, RunDir, input_identity, refuse_inputs_inside, texts_identity
 from ..stages.base import Stage, StageStats
@@ -271,8 +272,10 @@ class Runner:
                 f"no usable instructions ({len(batch.problems)} problem rows)",
                 f"see {ERRORS} for each row and its reason" if self.run_dir else "check the input",
             )
+        pair_layout(records, self.cfg.pair)  # a layout that cannot hold the input: before any model runs
         if self.cfg.pair.decide == "pairwise":
             check_chain(self.chain)  # before any model runs
+        self._fit_conversations(records)
         report = PairReport()
         try:
             for kind in STAGES:
@@ -290,6 +293,36 @@ class Runner:
                             "request; failed requests are not cached, so the same command retries only them",
                             result)
         return result
+
+    def history_budget(self) -> int:
+        """Estimated prompt tokens (conversations.estimated_tokens) that a row's system prompt,
+        earlier turns and instruction may take: what the smallest context of the run leaves once
+        the answers fit. A completion slot also holds the answer and, when it is rewritten in
+        place, the rewrite prompt and the rewrite; a judge prompt holds the responses it rates
+        (all of an instruction's, or the two of a verdict) and the judge's answer."""
+        cfg = self.cfg
+        answer = max(m.max_tokens for m in cfg.pool)
+        evolving = cfg.evolve.num_evolutions > 0
+        generation = cfg.engine.n_ctx - answer - (cfg.evolve.max_tokens + 160 if evolving else 16)
+        longest = max(answer, cfg.evolve.max_tokens if evolving else 0)
+        if cfg.judge.mode in ("rationale", "score-only"):
+            pool = sum(m.n for m in cfg.pool)
+            rewrites = cfg.evolve.num_evolutions * (1 if cfg.evolve.pick == "own" else pool)
+            shown = pool + rewrites
+            answer_tokens = shown * (cfg.judge.max_rationale_chars + 8 if cfg.judge.mode == "rationale" else 2)
+        else:
+            shown, answer_tokens = 2, 0
+        judging = self.judge_n_ctx - shown * longest - answer_tokens - 300
+        return min(generation, judging)
+
+    def _fit_conversations(self, records: list[Record]) -> None:
+        """Drop the oldest turns of conversations that would not fit the run's contexts
+        (conversations.fit_history), and say how many rows lost turns."""
+        budget = self.history_budget()
+        trimmed = [r for r in records if r.history and fit_history(r, budget)]
+        if trimmed:
+            self.notice(f"{len(trimmed)} conversation(s) lost their oldest turns to fit the context "
+                        f"(about {budget} prompt tokens; records.jsonl lists each under `dropped`)")
 
     def _header(self) -> dict:
         """What run.json says the run is: its settings, judges and input."""
@@ -317,6 +350,7 @@ def run_pipeline(
     on_event: EventCallback | None = None,
     backends: dict[str, Backend] | None = None,
     overwrite: bool = False,
+    cache_dir: str | Path | None = None,
     **input_options,
 ) -> RunResult:
     """The whole job: instructions in, DIR/records.jsonl and DIR/pairs.jsonl out.
@@ -326,7 +360,8 @@ def run_pipeline(
     With out_dir=None nothing is written; records, pairs and the summary come back either way.
     out_dir must be absent, empty or a run directory; a run directory made with other settings
     or another input is refused unless `overwrite` (see rundir.py). Raises RunFailed (with the
-    result) when the run wrote its files but failed.
+    result) when the run wrote its files but failed. `cache_dir` puts the request cache elsewhere
+    than DIR/cache (several runs may share one).
     """
     from ..data.inputs import read_instructions, take_shard
     from ..core.records import content_key
@@ -349,7 +384,7 @@ def run_pipeline(
         batch = take_shard(whole, *shard) if shard else whole
         identity = input_identity(source, column=whole.column, split=input_options.get("split"),
                                   limit=input_options.get("limit"), shuffle=bool(input_options.get("shuffle")))
-    runner = Runner(cfg, out_dir, on_event, backends=backends)
+    runner = Runner(cfg, out_dir, on_event, cache_dir=cache_dir, backends=backends)
     try:
         return runner.run_all(batch, identity, overwrite,
                               input_has_instructions=bool(whole.records) if whole is not None else None)

@@ -79,7 +79,7 @@ SETTINGS: tuple[Setting, ...] = (
             help="What the UltraFeedback judge rates."),
     Setting("judge_mode", "--judge-mode", "judge.mode", choices=JUDGE_MODES,
             help="rationale: `score - rationale` lines; score-only: the cheap mode; pairwise: every two "
-            "candidates compared in both orders."),
+            "candidates compared in both orders; none: no ratings, the verdict chain alone decides."),
     Setting("both_orders", "--both-orders/--one-order", "judge.both_orders", bool,
             help="Judge twice in opposite orders and average."),
     Setting("judge_recipe", "--judge-recipe", "judge.recipe", choices=tuple(PAIRWISE_RECIPES),
@@ -95,6 +95,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("min_confidence", "--min-confidence", "pair.min_confidence", float, groups=PAIR,
             help="One fixed |margin| threshold for every chain judge instead of calibrated ones "
             "(no agreement promised)."),
+    Setting("candidates", "--candidates", "pair.candidates", int,
+            help="Candidate pairs per instruction the verdict chain may check, until one is decided."),
+    Setting("pairs_per_instruction", "--pairs-per-instruction", "pair.pairs_per_instruction", int, groups=PAIR,
+            help="Most pairs written per instruction (decided, not contradicting each other)."),
     Setting("cascade", "--cascade", "judge.cascade", multiple=True, metavar="MODEL",
             help="The verdict chain, cheapest judge first (repeat; default: the embedded judges installed)."),
     Setting("escalate_to", "--escalate-to", "judge.escalate_to", metavar="MODEL",
@@ -112,7 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pair_strategy", "--pair-strategy", "pair.strategy", choices=STRATEGIES, groups=PAIR,
             help="The rejected response: the worst rated one or a random lower-rated one."),
     Setting("pair_format", "--pair-format", "pair.format", choices=PAIR_LAYOUTS, groups=PAIR,
-            help="standard: prompt/chosen/rejected strings; conversational: message lists."),
+            help="standard: prompt/chosen/rejected strings; conversational: message lists; auto (default): "
+            "conversational when the input has conversations."),
     Setting("pair_score", "--pair-score", "pair.score", choices=SCORE_KINDS, groups=PAIR,
             help="Rank by the judge's integer score or its probability-weighted score."),
     Setting("seed", "--seed", "seed", int, apply=_set_seed, groups=PAIR,

@@ -27,13 +27,15 @@ class RunSummary:
     evolutions_dropped: dict = field(default_factory=dict)
     ratings: int = 0
     pairs: int = 0
+    instructions_paired: int = 0  # instructions with at least one written pair
     pairs_dropped: dict = field(default_factory=dict)
     mean_margin: float | None = None
     mean_confidence: float | None = None  # mean pairwise margin of written pairs (decide = pairwise)
     decided_by: dict = field(default_factory=dict)  # judge(s) -> written pairs they decided
     # the verdict chain: "judge (|margin| >= t, calibrated agreement a) -> ..."; what it promises
     # of the written pairs (calibrated chains): target, risk, and the expected agreement (the mean
-    # of each pair's decider's calibrated agreement); coverage: written pairs / checked pairs
+    # of each pair's decider's calibrated agreement); coverage: instructions with a pair / instructions
+    # whose candidate pairs were checked
     verdict_chain: str = ""
     target_agreement: float | None = None
     risk: float | None = None
@@ -73,7 +75,7 @@ class UnitOutcome:
 
 # pair.py's drop reasons that a failed request causes (no ratings, no verdict); the others
 # (uncertain, tie, small_margin, identical_text) are what the judges and the data said
-LOST_TO_ERRORS = ("fewer_than_two_rated", "no_verdict")
+LOST_TO_ERRORS = ("fewer_than_two_rated", "fewer_than_two_completions", "no_verdict")
 
 
 def excerpt(text: str, limit: int = 160) -> str:
@@ -118,7 +120,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
         s.evolutions_kept += sum(1 for c in r.completions if c.source == "evol")
         s.ratings += len(r.ratings)
         models = {c.id: c.model for c in r.completions}
-        for rank in rank_completions(r, runner.cfg.pair.score):
+        for rank in rank_completions(r, runner.cfg.pair.score):  # none when nothing was rated
             hist[models[rank.completion.id]][str(int(round(rank.primary)))] += 1
     s.completions_per_model = completions_per_model(records)
     evolve = runner.units.get(EvolveStage.kind)
@@ -126,6 +128,7 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
     s.score_histogram = {m: {str(k): h.get(str(k), 0) for k in range(1, 6)} for m, h in hist.items()}
     if report is not None:
         s.pairs = len(report.pairs)
+        s.instructions_paired = report.paired
         s.pairs_dropped = dict(report.dropped)
         s.mean_margin = sum(report.margins) / len(report.margins) if report.margins else None
         if report.confidences:
@@ -134,8 +137,8 @@ def summarize(records: list[Record], report, batch: InputBatch | None, runner) -
         if runner.cfg.pair.decide == "pairwise":
             chain = runner.chain
             s.verdict_chain, s.target_agreement, s.risk = chain.describe(), chain.target, chain.risk
-            checked = s.pairs + report.dropped.get("uncertain", 0) + report.dropped.get("no_verdict", 0)
-            s.coverage = round(s.pairs / checked, 4) if checked else None
+            checked = report.paired + report.dropped.get("uncertain", 0) + report.dropped.get("no_verdict", 0)
+            s.coverage = round(report.paired / checked, 4) if checked else None
             calibrated = [p.agreement for p in report.pairs if p.agreement is not None]
             if calibrated and len(calibrated) == s.pairs:
                 s.expected_agreement = round(sum(calibrated) / len(calibrated), 4)

@@ -1,6 +1,7 @@
 """Stage 1, model pooling: one pool member writes completions for every instruction.
 
-Reads  Record.instruction (and the completions already there, for the diversity guard).
+Reads  Record.instruction, and for a conversation Record.history and Record.system (the row's
+       system prompt replaces the member's), and the completions already there (diversity guard).
 Adds   Completion rows with source "pool", id "<member>:<k>", the model, system prompt,
        sampling, seed, token counts and finish reason.
 
@@ -29,22 +30,25 @@ def member_seed(seed: int, member: PoolMember, record_id: str, attempt: int = 0)
     return int(content_key("complete", seed, member.name, record_id, attempt)[:8], 16)
 
 
-def _messages(member: PoolMember, instruction: str) -> list[dict[str, str]]:
+def _messages(member: PoolMember, record: Record) -> list[dict[str, str]]:
+    """The member's chat for a record: the row's system prompt or else the member's, the earlier
+    turns of a conversation, and the instruction through the member's template."""
     try:
         user = jinja2.Template(member.template, undefined=jinja2.StrictUndefined).render(
-            instruction=instruction
+            instruction=record.instruction
         )
     except jinja2.TemplateError as exc:
         raise ConfigError(f"pool member {member.name}: template does not render: {exc}") from exc
-    messages = [{"role": "system", "content": member.system_prompt}] if member.system_prompt else []
-    return messages + [{"role": "user", "content": user}]
+    messages = record.chat(member.system_prompt)
+    messages[-1]["content"] = user
+    return messages
 
 
 def _request(member: PoolMember, record: Record, seed: int, temperature: float, n: int, then=None, k: int = 0) -> ChatRequest:
     sampling = Sampling(temperature=temperature, top_p=member.top_p, top_k=member.top_k,
                         max_tokens=member.max_tokens, seed=seed)
     follow = then(record, k) if then is not None and n == 1 else None
-    return ChatRequest(_messages(member, record.instruction), sampling, n=n, id=record.id, then=follow)
+    return ChatRequest(_messages(member, record), sampling, n=n, id=record.id, then=follow)
 
 
 def _follow_ups(results: list[ChatResult], on_follow_ups) -> None:
@@ -53,10 +57,10 @@ def _follow_ups(results: list[ChatResult], on_follow_ups) -> None:
         on_follow_ups(follow_ups)
 
 
-def _completion(member: PoolMember, res: ChatResult, k: int, gen_index: int) -> Completion:
+def _completion(member: PoolMember, record: Record, res: ChatResult, k: int, gen_index: int) -> Completion:
     gen = res.generations[gen_index]
     return Completion.generated(f"{member.name}:{k}", completion_text(gen.text), member.model, res, gen, source="pool",
-                                system_prompt=member.system_prompt, member=member.name)
+                                system_prompt=record.system or member.system_prompt, member=member.name)
 
 
 def complete(
@@ -83,7 +87,7 @@ def complete(
                 on_error(record, "complete", f"{member.name}: {res.error}")
             continue
         for k in range(len(res.generations)):
-            comp = _completion(member, res, k, k)
+            comp = _completion(member, record, res, k, k)
             twin, score = _closest(record.completions, comp.text)
             record.completions.append(comp)
             if score > similarity_threshold:
@@ -117,7 +121,7 @@ def _regenerate(retry, member: PoolMember, backend: Backend, seed: int, threshol
         if not res.ok:
             comp.note += "; regeneration failed, kept"
             continue
-        fresh = _completion(member, res, k, 0)
+        fresh = _completion(member, record, res, k, 0)
         others = [c for c in record.completions if c.id != comp.id]
         twin, score = _closest(others, fresh.text)
         fresh.regenerated = True

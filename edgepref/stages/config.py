@@ -46,7 +46,9 @@ else:  # pragma: no cover
 
 EMBEDDED_POOL = ("qwen2.5-coder-0.5b", "smollm2-135m")
 COURSE_POOL = ("smollm2-1.7b", "qwen2.5-1.5b")
-JUDGE_MODES = ("rationale", "score-only", "pairwise")
+# "none": no UltraFeedback ratings, the verdict chain alone decides chosen/rejected (its
+# candidate pairs in a fixed order, pair.candidate_pairs)
+JUDGE_MODES = ("rationale", "score-only", "pairwise", "none")
 # which pool completions EvolQuality rewrites: "own", one per instruction, the evolving model's
 # own (else the first pool member's); "all", every one (edgepref.stages.evolve.parents)
 EVOLVE_PICKS = ("own", "all")
@@ -119,7 +121,12 @@ class JudgeConfig:
     # "auto": strongest available
     models: list[str] = field(default_factory=lambda: ["auto"], metadata=NONEMPTY)
     aspect: str = field(default="overall", metadata={"choices": JUDGE_ASPECTS})
-    mode: str = field(default="rationale", metadata={"choices": JUDGE_MODES})
+    # "none" (the default): no UltraFeedback ratings. Measured on the dev pairs, the ratings agree
+    # with strong labels at chance (docs/judge.md, "Why the ratings only shortlist"), and letting
+    # them order the candidate pairs wrote no more pairs than the fixed order, for a rating call
+    # per instruction (docs/judge.md, "More pairs from the same instructions"). "rationale" and
+    # "score-only" rate as the UltraFeedback method does, for datasets that want the scores.
+    mode: str = field(default="none", metadata={"choices": JUDGE_MODES})
     expected: bool = True  # probability-weighted scores beside the integer ones
     shuffle: bool = True  # show responses in a seeded random order
     both_orders: bool = False  # judge again in reversed order and average
@@ -162,7 +169,9 @@ class EngineConfig:
 STRATEGIES = ("best-worst", "best-random")
 DECIDERS = ("pairwise", "ratings")
 SCORE_KINDS = ("score", "expected")  # what ranks completions: the integer score or the expected one
-PAIR_LAYOUTS = ("standard", "conversational")  # how a pair's prompt/chosen/rejected are written
+# how a pair's prompt/chosen/rejected are written; "auto": conversational when the input has a
+# conversation (earlier turns or a row's system prompt), else standard (pair.pair_layout)
+PAIR_LAYOUTS = ("auto", "standard", "conversational")
 
 
 @dataclass
@@ -173,7 +182,7 @@ class PairConfig:
     # "expected" (the default: it measured best in scripts/eval_judge_recipes.py) ranks by the mean
     # probability-weighted score; "score" by the mean integer score.
     score: str = field(default="expected", metadata={"choices": SCORE_KINDS})
-    format: str = field(default="standard", metadata={"choices": PAIR_LAYOUTS})
+    format: str = field(default="auto", metadata={"choices": PAIR_LAYOUTS})
     decide: str = field(default="pairwise", metadata={"choices": DECIDERS})
     # None (the default): each judge of the verdict chain decides the pairs above its threshold
     # (edgepref.judging.cascade), and a pair none decided is uncertain. A number: one fixed |margin|
@@ -187,6 +196,12 @@ class PairConfig:
     calibration: str | None = field(default=None, metadata={"nonempty": True})
     seed: int = field(default=0, metadata={"ge": 0})
     system_prompt: str | None = None  # conversational format only
+    # decide = "pairwise": how many candidate pairs of one instruction the verdict chain may
+    # check (most separated first when rated), stopping once `pairs_per_instruction` are decided
+    candidates: int = field(default=3, metadata={"ge": 1, "le": C_INT_MAX})
+    # decide = "pairwise": the most pairs written per instruction (TRL takes several rows per
+    # prompt); more than one keeps decided pairs that do not contradict each other
+    pairs_per_instruction: int = field(default=1, metadata={"ge": 1, "le": C_INT_MAX})
 
     def __post_init__(self) -> None:
         check_fields(self, "[pair]")
@@ -220,6 +235,18 @@ class PipelineConfig:
             raise ConfigError(
                 f"pool members must have distinct names, got {names}",
                 "give members that share a model a distinct `label`",
+            )
+        if self.judge.mode == "none" and self.pair.decide == "ratings":
+            raise ConfigError(
+                "[pair] decide = \"ratings\" needs ratings, and [judge] mode = \"none\" makes none",
+                "use --decide pairwise (the verdict chain decides), or a judge mode that rates "
+                "(--judge-mode rationale or score-only)",
+            )
+        if self.pair.decide == "ratings" and self.pair.pairs_per_instruction > 1:
+            raise ConfigError(
+                f"[pair] pairs_per_instruction = {self.pair.pairs_per_instruction} needs the pairwise "
+                "verdicts: the ratings decide one pair per instruction",
+                "use --decide pairwise, or leave --pairs-per-instruction at 1",
             )
         strangers = [m for m in self.evolve.members or () if m not in names]
         if strangers:

@@ -13,7 +13,8 @@ Drops  into Record.dropped with the reason: empty rewrites, rewrites that mostly
        near-copy teaches nothing, and the judge cannot tell them apart.
 
 The request is the conversation that produced the response plus one more user turn, the
-criterion's rewrite prompt: [user: instruction, assistant: response, user: rewrite]. When the
+criterion's rewrite prompt: [user: instruction, assistant: response, user: rewrite]; a row from a
+conversation keeps its system prompt and earlier turns in front. When the
 evolving model wrote the response, the pipeline asks for the rewrite as a follow-up of the
 completion request (`continuation`, ChatRequest.then): the engine runs it in the slot that still
 holds the conversation, so the instruction and the response are not decoded again, and the
@@ -147,8 +148,8 @@ def planned_parents(pool: list[PoolMember], model: str, cfg: EvolveConfig) -> se
 
 def rewrite_request(record: Record, parent: Completion, criterion: str, cfg: EvolveConfig, seed: int) -> ChatRequest:
     turn = render_prompt(evol_template_name(criterion), instruction=record.instruction, response=parent.text)
-    messages = [
-        {"role": "user", "content": record.instruction},
+    messages = [  # a conversation's earlier turns (and the row's system prompt) stay in view
+        *record.chat(),
         {"role": "assistant", "content": parent.text},
         {"role": "user", "content": turn},
     ]

@@ -52,7 +52,7 @@ def _rating_request(record: Record, texts: list[str], cfg: JudgeConfig) -> ChatR
     with_rationale = cfg.mode == "rationale"
     prompt = render_prompt(
         judge_template_name(cfg.aspect),
-        instruction=record.instruction,
+        instruction=record.task_text(),
         responses=texts,
         with_rationale=with_rationale,
     )
@@ -203,7 +203,7 @@ def _judge_pairwise(records: list[Record], judge_model: str, backend: Backend, c
             continue
         for i, j in itertools.combinations([c.id for c in record.completions], 2):
             jobs.append((record, i, j))
-            items.append((record.instruction, record.completion(i).text, record.completion(j).text))
+            items.append((record.task_text(), record.completion(i).text, record.completion(j).text))
     verdicts = compare(items, [recipe], backend, judge_model, on_result=on_result)[recipe.name]
     margins: dict[str, dict[tuple[str, str], float]] = {}
     failed: set[str] = set()
@@ -281,6 +281,8 @@ class JudgeStage(Stage):
         for j in ctx.judges:
             if j in pool_models and not (ctx.cfg.judge.exclude_self and len(ctx.judges) > 1):
                 ctx.notice(self_preference_notice(j, ctx.cfg.judge.recipe), cls.kind, j)
+        if ctx.cfg.judge.mode == "none":
+            return []  # no ratings: the verdict chain alone decides (verify.py)
         return [cls(f"{cls.kind}-{j}", j, ctx.judge_n_ctx) for j in ctx.judges]
 
     @classmethod

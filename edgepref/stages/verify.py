@@ -1,23 +1,33 @@
-"""Stage 3b, the pairwise check: the verdict chain decides each shortlisted pair.
+"""Stage 3b, the pairwise check: the verdict chain decides each record's candidate pairs.
 
-Reads  the pair the ratings shortlist for each record (pair.shortlist).
-Adds   Record.judge_info["verdict"]: the pair (x, y), each judge's two-order log-odds margin of
-       x over y (edgepref.judging.compare), and the decider that was sure of it (`decided_by`, with its
-       threshold and calibrated agreement) or none (the pair stage then drops it as uncertain).
+Reads  the candidate pairs of each record (pair.candidate_pairs: at most `pair.candidates`, in
+       the order they are checked).
+Adds   Record.judge_info["verdicts"]: one verdict per candidate pair checked: the pair (x, y),
+       each judge's two-order log-odds margin of x over y (edgepref.judging.compare), and the
+       decider that was sure of it (`decided_by`, with its threshold, calibrated agreement and
+       place in the chain, `decided_at`) or none. Record.judge_info["verdict"] is the record's
+       first decided verdict, else the last one asked (what `inspect` and the report show).
 
 The chain (cascade.py) is a list of deciders, each a judge or a panel; each decides the pairs
-above its threshold and passes the rest on. Each judge of a decider is one unit of this stage,
-on the engine's fixed numerical path for reads (`reads`), so a verdict does not depend on what
-else was decoded; the decider's last unit settles the pairs.
+above its threshold and passes the rest on. A one-judge decider asks about one candidate pair
+per record at a time, in candidate order, and stops for a record as soon as it has decided
+`pair.pairs_per_instruction` of its pairs: a pair decided early saves the checks of the others.
+A panel asks all its judges about every pending pair (its margin is their mean). What a
+decider leaves undecided goes to the next one. Each judge of a decider is one unit of this
+stage, on the engine's fixed numerical path for reads (`reads`), so a verdict does not depend
+on what else was decoded; the decider's last unit settles the pairs.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
 
 from ..backends.base import Backend
 from ..judging.cascade import Decider, settle
 from ..judging.compare import compare, get_recipe
 from .config import JudgeConfig
-from .pair import shortlist
+from .pair import candidate_pairs
 from ..core.records import ErrorSink, Record
 from .base import Stage, StageContext
 
@@ -30,68 +40,88 @@ def _known_margin(record: Record, judge_model: str, x: str, y: str) -> float | N
     return -known[f"{y}>{x}"] if f"{y}>{x}" in known else None
 
 
+def _entry(record: Record, x: str, y: str) -> dict:
+    """The record's verdict on (x, y), made empty when it has none yet."""
+    verdicts = record.judge_info.setdefault("verdicts", [])
+    for v in verdicts:
+        if (v["x"], v["y"]) == (x, y):
+            return v
+    verdicts.append({"x": x, "y": y, "margins": {}, "margin": None, "decided_by": []})
+    return verdicts[-1]
+
+
 def verify(
-    records: list[Record],
-    shortlists: dict[str, tuple[str, str]],
+    items: list[tuple[Record, str, str]],
     judge_model: str,
     backend: Backend,
     cfg: JudgeConfig,
     *,
     on_result=None,
     on_error: ErrorSink | None = None,
-) -> dict[str, float]:
-    """The pairwise check of each record's shortlisted pair (x, y) by one judge: its margin of x
-    over y (> 0: x better) by record id, also kept in record.judge_info["verdict"]["margins"].
-    A verdict on another shortlist is started afresh; a margin this judge already gave (a
-    resumed stage, or pairwise mode) is not asked again. Deciding is the cascade's job."""
+) -> list[float | None]:
+    """One judge's pairwise check of each (record, x, y): its margin of x over y (> 0: x better;
+    None when the check failed), also kept in the record's verdict on (x, y) under "margins".
+    A margin this judge already gave (a rerun on judged records, or pairwise mode) is not asked
+    again. Deciding is the cascade's job."""
     recipe = get_recipe(cfg.recipe)
-    todo: list[tuple[Record, str, str]] = []
     margins: list[float | None] = []
-    for record in records:
-        if record.id not in shortlists:
-            continue
-        x, y = shortlists[record.id]
-        verdict = record.judge_info.get("verdict")
-        if not verdict or (verdict["x"], verdict["y"]) != (x, y):
-            record.judge_info["verdict"] = {"x": x, "y": y, "margins": {}, "margin": None, "decided_by": []}
-        todo.append((record, x, y))
-        known = record.judge_info["verdict"]["margins"].get(judge_model)
+    for record, x, y in items:
+        known = _entry(record, x, y)["margins"].get(judge_model)
         margins.append(known if known is not None else _known_margin(record, judge_model, x, y))
     ask = [k for k, m in enumerate(margins) if m is None]
-    items = [(todo[k][0].instruction, todo[k][0].completion(todo[k][1]).text, todo[k][0].completion(todo[k][2]).text)
-             for k in ask]
-    verdicts = compare(items, [recipe], backend, judge_model, on_result=on_result)[recipe.name] if items else []
+    questions = [(items[k][0].task_text(), items[k][0].completion(items[k][1]).text,
+                  items[k][0].completion(items[k][2]).text) for k in ask]
+    verdicts = compare(questions, [recipe], backend, judge_model, on_result=on_result)[recipe.name] if questions else []
     for k, v in zip(ask, verdicts):
         if v.ok:
             margins[k] = v.margin
         elif on_error:
-            on_error(todo[k][0], "judge", f"{judge_model} (pairwise check): {v.error}")
-    out = {}
-    for (record, _, _), m in zip(todo, margins):
+            record, x, y = items[k]
+            on_error(record, "judge", f"{judge_model} (pairwise check of {x} and {y}): {v.error}")
+    for (record, x, y), m in zip(items, margins):
         if m is not None:
-            record.judge_info["verdict"]["margins"][judge_model] = round(m, 4)
-            out[record.id] = round(m, 4)
-    return out
+            _entry(record, x, y)["margins"][judge_model] = round(m, 4)
+    return [None if m is None else round(m, 4) for m in margins]
+
+
+def _shifted(on_result, offset: int, total: int):
+    """A progress callback that counts on from `offset` of `total` (a unit's later rounds)."""
+    if on_result is None:
+        return None
+    return lambda progress, result: on_result(replace(progress, done=offset + progress.done, total=total), result)
 
 
 class Pending:
-    """The shortlisted pairs no decider of the chain has decided yet: record id -> (x, y)."""
+    """The candidate pairs of each record that no decider has decided yet, and how many pairs
+    each record has decided: record id -> [(x, y), ...] in check order."""
 
     def __init__(self):
-        self.pairs: dict[str, tuple[str, str]] | None = None
-        self.margins: dict[str, list[dict[str, float]]] = {}  # decider name -> its judges' margins
+        self.pairs: dict[str, list[tuple[str, str]]] | None = None
+        self.decided: Counter = Counter()
+        self.wanted = 1  # pairs per record (pair.pairs_per_instruction)
+        self.margins: dict[str, list[dict[tuple[str, str, str], float]]] = {}  # panel -> its judges' margins
 
     def start(self, records: list[Record], ctx: StageContext) -> None:
         if self.pairs is not None:
             return
         self.pairs = {}
+        self.wanted = ctx.cfg.pair.pairs_per_instruction
         for r in records:
-            proposed = shortlist(r, ctx.cfg.pair)
-            if not isinstance(proposed, str):
-                self.pairs[r.id] = (proposed[0].completion.id, proposed[1].completion.id)
+            r.judge_info.pop("verdict", None)  # verdicts of an earlier check are made again
+            r.judge_info.pop("verdicts", None)
+            candidates = candidate_pairs(r, ctx.cfg.pair)
+            if not isinstance(candidates, str):
+                self.pairs[r.id] = list(candidates)
         if self.pairs:
             for note in (f"verdicts: {ctx.chain.describe()}", *ctx.chain.notes):
                 ctx.notice(note, VerifyStage.kind)
+
+    def open(self) -> dict[str, list[tuple[str, str]]]:
+        """The undecided candidates of the records that still want a pair."""
+        return {rid: list(p) for rid, p in self.pairs.items() if p and self.decided[rid] < self.wanted}
+
+    def size(self) -> int:
+        return sum(map(len, self.open().values()))
 
 
 class VerifyStage(Stage):
@@ -114,20 +144,45 @@ class VerifyStage(Stage):
 
     def total(self, records: list[Record], ctx: StageContext) -> int:
         self.pending.start(records, ctx)
-        return len(self.pending.pairs)
+        return self.pending.size()  # at most: a record stops once decided
 
     def run(self, records: list[Record], backend: Backend | None, ctx: StageContext, on_result) -> None:
-        got = self.pending.margins.setdefault(self.decider.name, [])
-        got.append(verify(records, self.pending.pairs, self.model, backend, ctx.cfg.judge,
-                          on_result=on_result, on_error=ctx.error))
-        if self.model == self.decider.models[-1]:
-            self._settle(records, got, ctx.read_path(self.decider.models[0]))
-
-    def _settle(self, records: list[Record], got: list[dict[str, float]], path: str) -> None:
         by_id = {r.id: r for r in records}
-        for rid in list(self.pending.pairs):
-            margins = [g.get(rid) for g in got]
-            if None in margins:
+        place = ctx.chain.active.index(self.decider)
+        path = ctx.read_path(self.decider.models[0])
+        total = self.pending.size()
+        if len(self.decider.models) == 1:  # one candidate per record at a time, until decided
+            todo = self.pending.open()
+            done = 0
+            for k in range(max(map(len, todo.values()), default=0)):
+                items = [(by_id[rid], *pairs[k]) for rid, pairs in todo.items()
+                         if k < len(pairs) and self.pending.decided[rid] < self.pending.wanted]
+                if not items:
+                    break
+                margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=_shifted(on_result, done, total),
+                                 on_error=ctx.error)
+                done += len(items)
+                self._settle(items, margins, place, path)
+            return
+        items = [(by_id[rid], *pair) for rid, pairs in self.pending.open().items() for pair in pairs]
+        got = self.pending.margins.setdefault(self.decider.name, [])
+        margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=on_result, on_error=ctx.error)
+        got.append({(r.id, x, y): m for (r, x, y), m in zip(items, margins) if m is not None})
+        if self.model == self.decider.models[-1]:  # the panel's mean margin, where every judge gave one
+            means = [None if any(g.get((r.id, x, y)) is None for g in got)
+                     else sum(g[(r.id, x, y)] for g in got) / len(got) for r, x, y in items]
+            self._settle(items, means, place, path)
+
+    def _settle(self, items: list[tuple[Record, str, str]], margins: list[float | None], place: int, path: str) -> None:
+        for (record, x, y), m in zip(items, margins):
+            if m is None:
                 continue  # this decider could not judge it: the next one may
-            if settle(by_id[rid].judge_info["verdict"], self.decider, sum(margins) / len(margins), path):
-                del self.pending.pairs[rid]
+            verdict = _entry(record, x, y)
+            decided = settle(verdict, self.decider, m, path)
+            if decided:
+                verdict["decided_at"] = place
+                self.pending.decided[record.id] += 1
+                self.pending.pairs[record.id].remove((x, y))
+            first = record.judge_info.get("verdict")
+            if not (first and first.get("decided_by")):
+                record.judge_info["verdict"] = verdict

@@ -214,7 +214,8 @@ def render_summary(summary) -> None:
     for model, counts in sorted(summary.score_histogram.items()):
         table.add_row("scores", f"{_histogram(counts)}  {model}")
     pairs_dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.pairs_dropped.items())) or "none"
-    table.add_row("pairs", f"[green]{summary.pairs} written[/]; dropped: {pairs_dropped}")
+    table.add_row("pairs", f"[green]{summary.pairs} written[/] for {summary.instructions_paired} of "
+                  f"{summary.instructions} instructions; dropped: {pairs_dropped}")
     if getattr(summary, "mean_confidence", None) is not None:
         deciders = ", ".join(f"{k} {v}" for k, v in sorted(summary.decided_by.items()))
         table.add_row("pairwise check", f"mean confidence {summary.mean_confidence:.3f}; decided by {deciders}")
@@ -256,6 +257,8 @@ def render_try(result, cfg) -> None:
     """Each instruction: its candidates with model, settings, scores and reasons; the verdict."""
     from rich.panel import Panel
 
+    from ..stages.pair import record_verdicts
+
     out = _out()
     pairs = {p.id: p for p in result.pairs}
     for record in result.records:
@@ -289,8 +292,9 @@ def render_try(result, cfg) -> None:
             if _is_context_drop(d):
                 continue  # said on the conversation's line under the rule
             out.print(f"[yellow]dropped[/] {d.get('stage')}: {d.get('reason')} ({d.get('parent_id', '')} {d.get('criterion', '')})")
-        verdict = record.judge_info.get("verdict")
-        if verdict and verdict.get("margin") is not None:
+        for verdict in record_verdicts(record):
+            if verdict.get("margin") is None:
+                continue
             asked = ", ".join(f"{j} {m:+.3f}" for j, m in verdict["margins"].items())
             who = ", ".join(verdict["decided_by"]) or "no judge was sure"
             out.print(f"[bold]pairwise check:[/] margins of {verdict['x']} over {verdict['y']}: {asked} "
@@ -304,10 +308,17 @@ def render_try(result, cfg) -> None:
         else:
             rule = "a judge of the chain was surer than its noise floor"
         if pair:
-            out.print(f"[bold]pair:[/] {pair.completion_chosen} ({pair.score_chosen:.2f}) over "
-                      f"{pair.completion_rejected} ({pair.score_rejected:.2f}); {rule}")
+            out.print(f"[bold]pair:[/] {pair.completion_chosen}{_score(pair.score_chosen)} over "
+                      f"{pair.completion_rejected}{_score(pair.score_rejected)}; {rule}")
         else:
             out.print(f"[bold]no pair:[/] {reason} ({rule})")
+
+
+def _score(score: float | None, sep: str = " ") -> str:
+    """A rating score to show beside a completion; nothing when the run rated nothing."""
+    if score is None:
+        return ""
+    return f" ({score:.2f})" if sep == " " else f"{sep}{score:.2f}"
 
 
 def turns_line(earlier: int, system: bool, dropped: int = 0, hint: str = "") -> str:
@@ -366,8 +377,8 @@ def render_pairs(pairs: list[dict], stats: dict, total: int, show_turns: bool = 
         chosen = p["chosen"] if isinstance(p["chosen"], str) else p["chosen"][-1]["content"]
         rejected = p["rejected"] if isinstance(p["rejected"], str) else p["rejected"][-1]["content"]
         table = Table(title=_pair_title(p["prompt"], show_turns), box=box.ROUNDED, expand=True, title_justify="left")
-        table.add_column(f"chosen · {p.get('model_chosen')} · {p['score_chosen']:.2f}", ratio=1)
-        table.add_column(f"rejected · {p.get('model_rejected')} · {p['score_rejected']:.2f}", ratio=1)
+        table.add_column(f"chosen · {p.get('model_chosen')}{_score(p.get('score_chosen'), ' · ')}", ratio=1)
+        table.add_column(f"rejected · {p.get('model_rejected')}{_score(p.get('score_rejected'), ' · ')}", ratio=1)
         table.add_row(Text(_clip(chosen)), Text(_clip(rejected)))
         if p.get("rationale_chosen") or p.get("rationale_rejected"):
             table.add_row(Text(p.get("rationale_chosen", ""), style="italic dim"),
@@ -377,7 +388,7 @@ def render_pairs(pairs: list[dict], stats: dict, total: int, show_turns: bool = 
     summary.add_column(style="bold")
     summary.add_column()
     summary.add_row("pairs", f"{stats['pairs']} shown by the filters, of {total}")
-    if stats["mean_margin"] is not None:
+    if stats["mean_margin"] is not None and stats.get("mean_score_chosen") is not None:
         summary.add_row("mean margin", f"{stats['mean_margin']:.2f}")
         summary.add_row("mean scores", f"chosen {stats['mean_score_chosen']:.2f}, rejected {stats['mean_score_rejected']:.2f}")
     summary.add_row("chosen by", ", ".join(f"{k} {v}" for k, v in stats["chosen_by_model"].items()) or "-")

@@ -91,6 +91,11 @@ def _text(value) -> str:
     return value if isinstance(value, str) else (value[-1]["content"] if value else "")
 
 
+def _rounded(value: float | None) -> float | None:
+    """A score for the page: 3 decimals, or None when the run rated nothing."""
+    return None if value is None else round(value, 3)
+
+
 def _context_dropped(record: Record) -> int:
     """How many of a conversation's oldest turns were dropped to fit the context (fit_history)."""
     return sum(int(d.get("turns") or 0) for d in record.dropped
@@ -122,7 +127,7 @@ def instruction_rows(view: RunView) -> list[dict]:
             rank = ranked.get(c.id)
             candidates.append({
                 "id": c.id, "model": c.model, "member": c.member, "source": c.source, "criterion": c.criterion,
-                "score": round(rank.primary, 3) if rank else None,
+                "score": _rounded(rank.primary) if rank else None,
                 "ratings": [{"judge": r.judge, "score": r.score, "expected": r.expected, "rationale": r.rationale,
                              "positions": r.positions} for r in ratings],
                 "text": c.text, "note": c.note,
@@ -135,9 +140,9 @@ def instruction_rows(view: RunView) -> list[dict]:
             "status": "pair" if written or pair else reason or "no pair",
             "model_chosen": pair.model_chosen if pair else None,
             "model_rejected": pair.model_rejected if pair else None,
-            "score_chosen": round(pair.score_chosen, 3) if pair else None,
-            "score_rejected": round(pair.score_rejected, 3) if pair else None,
-            "margin": round(pair.margin, 3) if pair else None,
+            "score_chosen": _rounded(pair.score_chosen) if pair else None,
+            "score_rejected": _rounded(pair.score_rejected) if pair else None,
+            "margin": _rounded(pair.margin) if pair else None,
             "confidence": pair.confidence if pair else None,
             "dropped": record.dropped, "candidates": candidates,
         })

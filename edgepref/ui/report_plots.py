@@ -92,13 +92,15 @@ def draw_plots(view, rows: list[dict]) -> list[dict]:
                 expected_scores)
 
     written = [r for r in rows if r["status"] == "pair" and r["model_chosen"]]
-    if written:
+    scored = [r for r in written if r["margin"] is not None]  # none when the run rated nothing
+    if scored:
         def margins(ax):
-            ax.hist([r["margin"] for r in written], bins=20, color=OTHER)
+            ax.hist([r["margin"] for r in scored], bins=20, color=OTHER)
             ax.set_xlabel("score margin (chosen - rejected)")
             ax.set_ylabel("pairs")
         add("margins", "Score margin of written pairs", "How far apart the judge's scores put chosen and rejected.",
             margins)
+    if written:
 
         def by_model(ax):
             chosen = Counter(r["model_chosen"] for r in written)
