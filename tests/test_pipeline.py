@@ -184,6 +184,24 @@ def test_candidates_are_checked_until_one_is_decided(engines, tmp_path) -> None:
     assert len(lines) == len(several.pairs)
 
 
+def test_a_later_judge_checks_the_candidate_the_first_came_closest_to_deciding(engines, tmp_path) -> None:
+    """Nothing is decided (threshold above any margin): smollm2, first in the chain, checks every
+    candidate; qwen, the dearer judge after it, checks only `later_candidates` of them, the one
+    with smollm2's largest |margin| first."""
+    cfg = small_config(mode="none")
+    cfg.judge.cascade = [SMOL, QWEN]
+    cfg.pair.candidates, cfg.pair.later_candidates, cfg.pair.min_confidence = 3, 1, 1e6
+    result = run_pipeline(INSTRUCTIONS[:2], tmp_path, cfg, backends=engines)
+    for record in result.records:
+        verdicts = record.judge_info["verdicts"]
+        assert all(SMOL in v["margins"] for v in verdicts)
+        asked_later = [v for v in verdicts if QWEN in v["margins"]]
+        assert len(asked_later) == 1
+        assert abs(asked_later[0]["margins"][SMOL]) == max(abs(v["margins"][SMOL]) for v in verdicts)
+    assert max(len(r.judge_info["verdicts"]) for r in result.records) == 3  # a kept rewrite: 3 candidates
+    assert result.summary.pairs_dropped == {"uncertain": 2}
+
+
 def test_escalation_asks_the_next_judge_of_the_chain(engines, tmp_path) -> None:
     """smollm2 judges; every verdict it gives is uncertain (threshold above any margin), so
     qwen, the judge it escalates to, is asked about each pair."""

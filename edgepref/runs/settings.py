@@ -97,6 +97,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(no agreement promised)."),
     Setting("candidates", "--candidates", "pair.candidates", int,
             help="Candidate pairs per instruction the verdict chain may check, until one is decided."),
+    Setting("later_candidates", "--later-candidates", "pair.later_candidates", int,
+            help="Candidate pairs each later judge of the chain may check (those the earlier came closest to deciding)."),
     Setting("pairs_per_instruction", "--pairs-per-instruction", "pair.pairs_per_instruction", int, groups=PAIR,
             help="Most pairs written per instruction (decided, not contradicting each other)."),
     Setting("cascade", "--cascade", "judge.cascade", multiple=True, metavar="MODEL",

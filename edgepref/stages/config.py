@@ -199,6 +199,9 @@ class PairConfig:
     # decide = "pairwise": how many candidate pairs of one instruction the verdict chain may
     # check (most separated first when rated), stopping once `pairs_per_instruction` are decided
     candidates: int = field(default=3, metadata={"ge": 1, "le": C_INT_MAX})
+    # decide = "pairwise": how many of them each later (dearer) judge of the chain may check, the
+    # ones the earlier judges came closest to deciding first
+    later_candidates: int = field(default=1, metadata={"ge": 1, "le": C_INT_MAX})
     # decide = "pairwise": the most pairs written per instruction (TRL takes several rows per
     # prompt); more than one keeps decided pairs that do not contradict each other
     pairs_per_instruction: int = field(default=1, metadata={"ge": 1, "le": C_INT_MAX})

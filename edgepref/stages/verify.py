@@ -116,12 +116,25 @@ class Pending:
             for note in (f"verdicts: {ctx.chain.describe()}", *ctx.chain.notes):
                 ctx.notice(note, VerifyStage.kind)
 
-    def open(self) -> dict[str, list[tuple[str, str]]]:
-        """The undecided candidates of the records that still want a pair."""
-        return {rid: list(p) for rid, p in self.pairs.items() if p and self.decided[rid] < self.wanted}
+    def open(self, limit: int | None = None) -> dict[str, list[tuple[str, str]]]:
+        """The undecided candidates of the records that still want a pair (at most `limit` each)."""
+        return {rid: list(p)[:limit] for rid, p in self.pairs.items() if p and self.decided[rid] < self.wanted}
 
-    def size(self) -> int:
-        return sum(map(len, self.open().values()))
+    def size(self, limit: int | None = None) -> int:
+        return sum(map(len, self.open(limit).values()))
+
+    def closest_first(self, records: dict[str, Record], earlier: list[Decider]) -> None:
+        """Order each record's undecided candidates by how close the earlier deciders came to
+        deciding them (|margin| over threshold, the largest over those deciders) before a later
+        decider takes them: the one it is likeliest to be sure of first. Stable: ties keep
+        the candidate order."""
+        def closeness(rid: str, pair: tuple[str, str]) -> float:
+            margins = _entry(records[rid], *pair)["margins"]
+            return max((abs(margins[d.name]) / d.threshold for d in earlier
+                        if margins.get(d.name) is not None and d.threshold), default=0.0)
+
+        for rid, pairs in self.pairs.items():
+            pairs.sort(key=lambda pair: -closeness(rid, pair))
 
 
 class VerifyStage(Stage):
@@ -142,17 +155,25 @@ class VerifyStage(Stage):
         pending = Pending()
         return [cls(d, m, pending, ctx.judge_n_ctx) for d in ctx.chain.active for m in d.models]
 
+    def _limit(self, ctx: StageContext) -> int | None:
+        """How many candidates of a record this unit's decider may check: `candidates` for the
+        first decider of the chain, `later_candidates` for each after it."""
+        return None if ctx.chain.active.index(self.decider) == 0 else ctx.cfg.pair.later_candidates
+
     def total(self, records: list[Record], ctx: StageContext) -> int:
         self.pending.start(records, ctx)
-        return self.pending.size()  # at most: a record stops once decided
+        return self.pending.size(self._limit(ctx))  # at most: a record stops once decided
 
     def run(self, records: list[Record], backend: Backend | None, ctx: StageContext, on_result) -> None:
         by_id = {r.id: r for r in records}
         place = ctx.chain.active.index(self.decider)
         path = ctx.read_path(self.decider.models[0])
-        total = self.pending.size()
+        limit = self._limit(ctx)
+        if place and self.model == self.decider.models[0]:
+            self.pending.closest_first(by_id, ctx.chain.active[:place])
+        total = self.pending.size(limit)
         if len(self.decider.models) == 1:  # one candidate per record at a time, until decided
-            todo = self.pending.open()
+            todo = self.pending.open(limit)
             done = 0
             for k in range(max(map(len, todo.values()), default=0)):
                 items = [(by_id[rid], *pairs[k]) for rid, pairs in todo.items()
@@ -164,7 +185,7 @@ class VerifyStage(Stage):
                 done += len(items)
                 self._settle(items, margins, place, path)
             return
-        items = [(by_id[rid], *pair) for rid, pairs in self.pending.open().items() for pair in pairs]
+        items = [(by_id[rid], *pair) for rid, pairs in self.pending.open(limit).items() for pair in pairs]
         got = self.pending.margins.setdefault(self.decider.name, [])
         margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=on_result, on_error=ctx.error)
         got.append({(r.id, x, y): m for (r, x, y), m in zip(items, margins) if m is not None})
