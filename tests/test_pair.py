@@ -370,8 +370,10 @@ def test_no_decided_candidate_is_uncertain_and_none_asked_is_no_verdict() -> Non
 def test_ratings_and_no_ratings_cannot_be_combined() -> None:
     from edgepref.stages.config import JudgeConfig, PipelineConfig
 
-    with pytest.raises(ConfigError, match="needs ratings"):
-        PipelineConfig(judge=JudgeConfig(mode="none"), pair=PairConfig(decide="ratings")).validate()
+    from edgepref.runs.pipeline import run_pipeline
+
+    with pytest.raises(ConfigError, match="needs ratings"):  # a run: before any model loads
+        run_pipeline(["Say hi."], None, PipelineConfig(judge=JudgeConfig(mode="none"), pair=PairConfig(decide="ratings")))
     with pytest.raises(ConfigError, match="pairs_per_instruction"):
         PipelineConfig(judge=JudgeConfig(mode="rationale"),
                        pair=PairConfig(decide="ratings", pairs_per_instruction=2)).validate()

@@ -273,6 +273,7 @@ class Runner:
                 f"see {ERRORS} for each row and its reason" if self.run_dir else "check the input",
             )
         pair_layout(records, self.cfg.pair)  # a layout that cannot hold the input: before any model runs
+        self.cfg.check_ratings_made()
         if self.cfg.pair.decide == "pairwise":
             check_chain(self.chain)  # before any model runs
         self._fit_conversations(records)
@@ -428,6 +429,8 @@ def run_single_stage(
     if command == CompleteStage.command:  # no evolve stage follows: rewrites in place would be lost
         cfg = replace(cfg, evolve=replace(cfg.evolve, in_place=False))
     runner = Runner(cfg, None, on_event, cache_dir=cache_dir, backends=backends)
+    if command == CompleteStage.command:
+        runner._fit_conversations(records)  # the first stage to see them, as in a run
     try:
         for kind in kinds:
             runner.run_kind(kind, records)

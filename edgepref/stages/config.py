@@ -227,6 +227,16 @@ class PipelineConfig:
     # checked by registry.load_registry when a run starts, before any model loads.
     models: dict[str, dict] = field(default_factory=dict)
 
+    def check_ratings_made(self) -> None:
+        """A run that decides by the ratings must make them (the `pair` command, which reads
+        records rated before, need not)."""
+        if self.judge.mode == "none" and self.pair.decide == "ratings":
+            raise ConfigError(
+                "[pair] decide = \"ratings\" needs ratings, and [judge] mode = \"none\" makes none",
+                "use --decide pairwise (the verdict chain decides), or a judge mode that rates "
+                "(--judge-mode rationale or score-only)",
+            )
+
     def validate(self) -> "PipelineConfig":
         """Every field against its type and limits (`check_fields`), then the rules between
         fields. Raises ConfigError naming the key, its value and what is allowed."""
@@ -238,12 +248,6 @@ class PipelineConfig:
             raise ConfigError(
                 f"pool members must have distinct names, got {names}",
                 "give members that share a model a distinct `label`",
-            )
-        if self.judge.mode == "none" and self.pair.decide == "ratings":
-            raise ConfigError(
-                "[pair] decide = \"ratings\" needs ratings, and [judge] mode = \"none\" makes none",
-                "use --decide pairwise (the verdict chain decides), or a judge mode that rates "
-                "(--judge-mode rationale or score-only)",
             )
         if self.pair.decide == "ratings" and self.pair.pairs_per_instruction > 1:
             raise ConfigError(
