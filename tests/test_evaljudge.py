@@ -67,7 +67,7 @@ def test_default_recipe_is_the_pipelines() -> None:
 
     cfg = PipelineConfig()
     assert default_recipe(cfg) == cfg.judge.recipe  # the pairwise check decides chosen/rejected
-    cfg.pair.decide = "ratings"
+    cfg.pair.decide, cfg.judge.mode = "ratings", "rationale"
     assert RATING_RECIPES[default_recipe(cfg)] == (cfg.judge.mode, cfg.pair.score, cfg.judge.both_orders)
 
 

@@ -235,17 +235,20 @@ def test_choice_log_probabilities_sum_the_spellings(qwen_engine) -> None:
 
 def test_verify_records_each_judges_margin(qwen_engine, smol_engine) -> None:
     records = [record_with(2, "k"), record_with(3, "k2")]
-    shortlists = {"k": ("m:0", "m:1"), "k2": ("m:0", "m:2")}
-    got = verify(records, shortlists, SMOL, smol_engine, JudgeConfig())
-    for r in records:
-        v = r.judge_info["verdict"]
-        assert v["margins"] == {SMOL: got[r.id]} and v["decided_by"] == []  # deciding is the chain's job
+    items = [(records[0], "m:0", "m:1"), (records[1], "m:0", "m:2")]
+    got = verify(items, SMOL, smol_engine, JudgeConfig())
+    for r, margin in zip(records, got):
+        (v,) = r.judge_info["verdicts"]
+        assert v["margins"] == {SMOL: margin} and v["decided_by"] == []  # deciding is the chain's job
     # a second judge adds its margin beside the first
-    got = verify(records[1:], shortlists, QWEN, qwen_engine, JudgeConfig())
-    v = records[1].judge_info["verdict"]
-    assert set(v["margins"]) == {SMOL, QWEN} and got["k2"] == v["margins"][QWEN] > 0  # Paris over Lyon
+    got = verify(items[1:], QWEN, qwen_engine, JudgeConfig())
+    (v,) = records[1].judge_info["verdicts"]
+    assert set(v["margins"]) == {SMOL, QWEN} and got[0] == v["margins"][QWEN] > 0  # Paris over Lyon
     # asked again (a resumed stage), nothing is recomputed
-    assert verify(records[1:], shortlists, QWEN, None, JudgeConfig()) == got
+    assert verify(items[1:], QWEN, None, JudgeConfig()) == got
+    # another pair of the same record is a verdict of its own
+    verify([(records[1], "m:1", "m:2")], SMOL, smol_engine, JudgeConfig())
+    assert [(v["x"], v["y"]) for v in records[1].judge_info["verdicts"]] == [("m:0", "m:2"), ("m:1", "m:2")]
 
 
 def test_bradley_terry_orders_by_wins() -> None:

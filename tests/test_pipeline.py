@@ -26,7 +26,8 @@ def small_config(**judge) -> PipelineConfig:
     return PipelineConfig(
         pool=[PoolMember(QWEN, max_tokens=48), PoolMember(SMOL, max_tokens=48)],
         evolve=EvolveConfig(num_evolutions=1, max_tokens=64),
-        judge=JudgeConfig(models=[QWEN], max_rationale_chars=40, **judge),
+        # the ratings on (the default rates nothing), so that every stage runs
+        judge=JudgeConfig(models=[QWEN], max_rationale_chars=40, **{"mode": "rationale", **judge}),
         # a fixed threshold of 0: every verdict decides (calibrated chains: test_cascade_*); one
         # candidate pair per record, the ratings' best and worst (more: test_candidates_*)
         pair=PairConfig(min_margin=1.0, min_confidence=0.0, candidates=1),
@@ -196,7 +197,7 @@ def test_a_later_judge_checks_the_candidate_the_first_came_closest_to_deciding(e
         verdicts = record.judge_info["verdicts"]
         assert all(SMOL in v["margins"] for v in verdicts)
         asked_later = [v for v in verdicts if QWEN in v["margins"]]
-        assert len(asked_later) == 1
+        assert len(asked_later) == 1 and all(v["margin"] is not None for v in verdicts)  # only what was asked
         assert abs(asked_later[0]["margins"][SMOL]) == max(abs(v["margins"][SMOL]) for v in verdicts)
     assert max(len(r.judge_info["verdicts"]) for r in result.records) == 3  # a kept rewrite: 3 candidates
     assert result.summary.pairs_dropped == {"uncertain": 2}

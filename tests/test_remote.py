@@ -83,7 +83,7 @@ def greedy_config() -> PipelineConfig:
     cfg = PipelineConfig(
         pool=[PoolMember(QWEN, temperature=0.0, max_tokens=28), PoolMember(SMOL, temperature=0.0, max_tokens=28)],
         evolve=EvolveConfig(num_evolutions=1, temperature=0.0, max_tokens=28),
-        judge=JudgeConfig(models=[QWEN], n_ctx=2048),
+        judge=JudgeConfig(models=[QWEN], n_ctx=2048, mode="rationale"),  # ratings compared below
     )
     # One sequence, each prompt decoded in one call: the same arithmetic as the server's
     # one-at-a-time Llama (llama.cpp's kernels round differently for other batch shapes).

@@ -26,7 +26,7 @@ INSTRUCTIONS = ["Name two uses of copper.", "Give one tip for sleeping well.", "
 # min_confidence 0: every checked pair is written, whatever the margins on this machine (the
 # verdict chain's noise floors can leave three instructions without a pair, and the page's
 # chosen/rejected view needs one)
-CONFIG = '[evolve]\nmax_tokens = 32\n[judge]\nmax_rationale_chars = 60\n[pair]\nmin_confidence = 0.0\n'
+CONFIG = '[evolve]\nmax_tokens = 32\n[judge]\nmode = "rationale"\nmax_rationale_chars = 60\n[pair]\nmin_confidence = 0.0\n'
 
 
 @pytest.fixture(scope="module")

@@ -40,14 +40,18 @@ def _known_margin(record: Record, judge_model: str, x: str, y: str) -> float | N
     return -known[f"{y}>{x}"] if f"{y}>{x}" in known else None
 
 
+def _find(record: Record, x: str, y: str) -> dict | None:
+    """The record's verdict on (x, y), if it has one."""
+    return next((v for v in record.judge_info.get("verdicts", []) if (v["x"], v["y"]) == (x, y)), None)
+
+
 def _entry(record: Record, x: str, y: str) -> dict:
     """The record's verdict on (x, y), made empty when it has none yet."""
-    verdicts = record.judge_info.setdefault("verdicts", [])
-    for v in verdicts:
-        if (v["x"], v["y"]) == (x, y):
-            return v
-    verdicts.append({"x": x, "y": y, "margins": {}, "margin": None, "decided_by": []})
-    return verdicts[-1]
+    found = _find(record, x, y)
+    if found is None:
+        found = {"x": x, "y": y, "margins": {}, "margin": None, "decided_by": []}
+        record.judge_info.setdefault("verdicts", []).append(found)
+    return found
 
 
 def verify(
@@ -129,7 +133,7 @@ class Pending:
         decider takes them: the one it is likeliest to be sure of first. Stable: ties keep
         the candidate order."""
         def closeness(rid: str, pair: tuple[str, str]) -> float:
-            margins = _entry(records[rid], *pair)["margins"]
+            margins = (_find(records[rid], *pair) or {}).get("margins", {})
             return max((abs(margins[d.name]) / d.threshold for d in earlier
                         if margins.get(d.name) is not None and d.threshold), default=0.0)
 

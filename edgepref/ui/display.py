@@ -210,7 +210,8 @@ def render_summary(summary) -> None:
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.evolutions_dropped.items())) or "none"
     continued = f" ({summary.continued_requests} continued their conversation)" if summary.continued_requests else ""
     table.add_row("evolutions", f"{summary.evolutions_kept} kept, dropped: {dropped}{continued}")
-    table.add_row("ratings", f"{summary.ratings}  by {', '.join(summary.judges)}")
+    if summary.ratings:
+        table.add_row("ratings", f"{summary.ratings}  by {', '.join(summary.judges)}")
     for model, counts in sorted(summary.score_histogram.items()):
         table.add_row("scores", f"{_histogram(counts)}  {model}")
     pairs_dropped = ", ".join(f"{k} {v}" for k, v in sorted(summary.pairs_dropped.items())) or "none"
@@ -226,7 +227,7 @@ def render_summary(summary) -> None:
                        f"(each judge calibrated for >= {summary.target_agreement:.0%} with probability "
                        f"{1 - summary.risk:.0%})" if summary.expected_agreement is not None
                        else "; no agreement promised (see --target-agreement)")
-            table.add_row("coverage", f"{summary.coverage:.0%} of the checked pairs written{promise}")
+            table.add_row("coverage", f"{summary.coverage:.0%} of the instructions checked got a pair{promise}")
     elif summary.mean_margin is not None:
         table.add_row("mean margin", f"{summary.mean_margin:.2f}")
     if summary.request_errors:
