@@ -88,11 +88,25 @@ def verify(
     return [None if m is None else round(m, 4) for m in margins]
 
 
-def _shifted(on_result, offset: int, total: int):
-    """A progress callback that counts on from `offset` of `total` (a unit's later rounds)."""
-    if on_result is None:
-        return None
-    return lambda progress, result: on_result(replace(progress, done=offset + progress.done, total=total), result)
+class _Rounds:
+    """A unit's progress over its rounds of requests (one `compare` call per round): each round
+    counts on from the requests of the rounds before it."""
+
+    def __init__(self, on_result):
+        self.on_result, self.offset, self.last = on_result, 0, 0
+
+    def callback(self):
+        if self.on_result is None:
+            return None
+
+        def shifted(progress, result):
+            self.last = progress.total
+            self.on_result(replace(progress, done=self.offset + progress.done, total=self.offset + progress.total),
+                           result)
+        return shifted
+
+    def next_round(self) -> None:
+        self.offset, self.last = self.offset + self.last, 0
 
 
 class Pending:
@@ -175,18 +189,17 @@ class VerifyStage(Stage):
         limit = self._limit(ctx)
         if place and self.model == self.decider.models[0]:
             self.pending.closest_first(by_id, ctx.chain.active[:place])
-        total = self.pending.size(limit)
         if len(self.decider.models) == 1:  # one candidate per record at a time, until decided
             todo = self.pending.open(limit)
-            done = 0
+            rounds = _Rounds(on_result)
             for k in range(max(map(len, todo.values()), default=0)):
                 items = [(by_id[rid], *pairs[k]) for rid, pairs in todo.items()
                          if k < len(pairs) and self.pending.decided[rid] < self.pending.wanted]
                 if not items:
                     break
-                margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=_shifted(on_result, done, total),
+                margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=rounds.callback(),
                                  on_error=ctx.error)
-                done += len(items)
+                rounds.next_round()
                 self._settle(items, margins, place, path)
             return
         items = [(by_id[rid], *pair) for rid, pairs in self.pending.open(limit).items() for pair in pairs]
