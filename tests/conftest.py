@@ -224,3 +224,19 @@ def cache_lines(out: Path) -> int:
     """Answers a run directory's request cache holds (what a killed run had finished)."""
     cache = out / "cache"
     return sum(len(p.read_text().splitlines()) for p in cache.glob("*.jsonl")) if cache.is_dir() else 0
+
+
+def kill_when_cached(args: list[str], out: Path, lines: int, timeout: float, **popen) -> None:
+    """Start the run `args` (writing into `out`) and SIGKILL it as soon as its request cache holds
+    `lines` answers; fails if the run ends first. `popen`: more subprocess.Popen arguments."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    deadline = time.time() + timeout
+    while cache_lines(out) < lines and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

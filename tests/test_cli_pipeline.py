@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from click.testing import CliRunner
 
 from edgepref.ui.cli import cli
 
-from .conftest import cache_lines
+from .conftest import cache_lines, kill_when_cached
 
 # Short generations keep each run to seconds on the embedded models.
 FAST = ["--max-tokens", "24", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "4", "-q"]
@@ -169,13 +167,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path) -> None:
     out = tmp_path / "out"
     args = [sys.executable, "-c", "from edgepref.ui.cli import main; main()", "run", str(src), "--out", str(out),
             "--max-tokens", "32", "--evolutions", "0", "--judge-mode", "score-only", "--slots", "2", "-q"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while cache_lines(out) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_cached(args, out, lines=3, timeout=300, env=os.environ.copy())
     done_before = cache_lines(out)
     assert done_before >= 3 and not (out / "pairs.jsonl").exists()
     # a torn last line, as a power cut mid-write would leave

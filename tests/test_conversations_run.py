@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from edgepref.backends.base import ChatRequest, Sampling
 from edgepref.core.errors import ConfigError
-from edgepref.data.inputs import read_instructions
 from edgepref.runs.pipeline import run_pipeline
 from edgepref.stages.config import EvolveConfig, JudgeConfig, PairConfig, PipelineConfig, PoolMember
 
-from .conftest import QWEN, SMOL, cache_lines
+from .conftest import QWEN, SMOL, kill_when_cached
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "conversations.jsonl"
 
@@ -170,13 +167,7 @@ def test_sigkill_and_resume_write_the_same_pairs(tmp_path) -> None:
     whole = tmp_path / "whole"
     subprocess.run(args(whole), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while cache_lines(killed) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_cached(args(killed), killed, lines=3, timeout=300, env=os.environ.copy())
     assert not (killed / "pairs.jsonl").exists()
     subprocess.run(args(killed), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     assert (killed / "pairs.jsonl").read_text() == (whole / "pairs.jsonl").read_text()

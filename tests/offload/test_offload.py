@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,7 +21,7 @@ from edgepref.backends.engine import Engine
 from edgepref.backends.engine.handles import ALL_LAYERS
 
 from . import scenarios
-from ..conftest import cache_lines
+from ..conftest import cache_lines, kill_when_cached
 from .conftest import ROOT, run_reference
 from .scenarios import JUDGE15, QWEN, SMOL, user
 
@@ -164,13 +162,7 @@ def test_a_killed_run_resumes_on_the_device(tmp_path, measured) -> None:
     args = [sys.executable, "-m", "edgepref", "run", str(src), "--out", str(out), "--pool", SMOL, "-n", "2",
             "--max-tokens", "8", "--slots", "2", "--judge", SMOL, "--cascade", SMOL, "--evolutions", "0",
             "--judge-mode", "score-only", "-q"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while cache_lines(out) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_cached(args, out, lines=1, timeout=600, cwd=ROOT)
     before = cache_lines(out)
     assert before >= 1 and not (out / "pairs.jsonl").exists()
     subprocess.run(args, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
