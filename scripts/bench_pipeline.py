@@ -118,23 +118,30 @@ class SequentialBackend:
 
 # How pairs are chosen, for --compare: judge mode and pair settings on top of bench_config.
 # "before" is the default up to commit 03389af (ratings with rationales shortlist one pair, the
-# ratings' best against their worst); "default" is what `edgepref run` does now.
+# ratings' best against their worst); "own-3" the default up to commit 57750d9 (no ratings, the
+# evolving model's own answer rewritten, 3 candidate pairs); "default" is what `edgepref run` does now.
 VARIANTS: dict[str, dict] = {
-    "before": {"mode": "rationale", "candidates": 1},
+    "before": {"mode": "rationale", "candidates": 1, "pick": "own"},
+    "own-3": {"pick": "own", "candidates": 3},
     "default": {},
-    "rated-3": {"mode": "rationale", "candidates": 3},
-    "score-only-3": {"mode": "score-only", "candidates": 3},
-    "none-3": {"mode": "none", "candidates": 3},
-    "none-3-pairs-3": {"mode": "none", "candidates": 3, "pairs_per_instruction": 3},
+    "rated-3": {"mode": "rationale", "candidates": 3, "pick": "own"},
+    "score-only-3": {"mode": "score-only", "candidates": 3, "pick": "own"},
+    "none-3": {"mode": "none", "candidates": 3, "pick": "own"},
+    "none-3-pairs-3": {"mode": "none", "candidates": 3, "pairs_per_instruction": 3, "pick": "own"},
+    "all-rewrites-3": {"pick": "all", "candidates": 3},
+    "all-rewrites-4": {"pick": "all", "candidates": 4},
+    "smol-2-6": {"smol_n": 2, "candidates": 6, "pick": "own"},
 }
 
 
-def bench_config(max_tokens: int, mode: str | None = "rationale", **pair) -> PipelineConfig:
-    """The benchmark's pipeline; `mode` None keeps the default judge mode, `pair` sets PairConfig fields."""
+def bench_config(max_tokens: int, mode: str | None = "rationale", pick: str | None = None, smol_n: int = 1,
+                 **pair) -> PipelineConfig:
+    """The benchmark's pipeline; `mode` None keeps the default judge mode, `pick` None the default
+    EvolQuality pick, `pair` sets PairConfig fields."""
     judge = JudgeConfig(models=[QWEN]) if mode is None else JudgeConfig(models=[QWEN], mode=mode)
     return PipelineConfig(
-        pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens)],
-        evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens),
+        pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens, n=smol_n)],
+        evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens, **({"pick": pick} if pick else {})),
         judge=judge,  # and the default verdict chain after it
         pair=PairConfig(**pair),
     )
@@ -173,7 +180,7 @@ def compare_variants(args, names: list[str]) -> dict:
         pairs = len(result.pairs)
         prompts = len({p.id.split("-")[0] for p in result.pairs})  # instructions with a pair
         rows[name] = {
-            "judge_mode": cfg.judge.mode, "candidates": cfg.pair.candidates,
+            "judge_mode": cfg.judge.mode, "evolve_pick": cfg.evolve.pick, "candidates": cfg.pair.candidates,
             "pairs_per_instruction": cfg.pair.pairs_per_instruction,
             "pairs": pairs, "instructions_with_pair": prompts,
             "yield": round(prompts / max(1, args.instructions), 3),
@@ -268,7 +275,7 @@ def main() -> None:
             args.json.write_text(json.dumps(report, indent=2))
         return
     threads = os.cpu_count() or 1
-    cfg = bench_config(args.max_tokens)
+    cfg = bench_config(args.max_tokens, pick="own")  # the configuration its recorded figures used
     cfg.engine.threads = threads
     if args.slots:
         cfg.engine.slots = args.slots

@@ -341,9 +341,10 @@ def test_which_completions_are_rewritten() -> None:
         Completion("b:0+evol1", "Hello there.", QWEN, source="evol", parent_id="b:0"),
     ])
     ids = lambda cfg, model=QWEN: [c.id for c in parents(record, model, cfg)]  # noqa: E731
-    assert ids(EvolveConfig()) == ["b:0"]  # own: the rewriting model's first answer
-    assert ids(EvolveConfig(), model="other") == ["a:0"]  # it wrote none: the first pool answer
-    assert ids(EvolveConfig(pick="all")) == ["a:0", "b:0", "b:1"]
+    own = EvolveConfig(pick="own")
+    assert ids(own) == ["b:0"]  # own: the rewriting model's first answer
+    assert ids(own, model="other") == ["a:0"]  # it wrote none: the first pool answer
+    assert ids(EvolveConfig()) == ids(EvolveConfig(pick="all")) == ["a:0", "b:0", "b:1"]  # the default
     assert ids(EvolveConfig(members=["a"])) == ["a:0"]
     assert ids(EvolveConfig(pick="all", members=["b"])) == ["b:0", "b:1"]
 
@@ -363,9 +364,10 @@ def test_a_rewrite_continues_the_conversation_it_rewrites() -> None:
 def test_the_rewrites_asked_in_place_are_the_ones_the_stage_picks() -> None:
     a, b = PoolMember("small", label="a"), PoolMember(QWEN, label="b", n=2)
     pool = [a, b]
-    assert planned_parents(pool, QWEN, EvolveConfig()) == {"b:0"}  # own: the rewriting model's first
-    assert planned_parents(pool, "other", EvolveConfig()) == {"a:0"}
-    assert planned_parents(pool, QWEN, EvolveConfig(pick="all")) == {"a:0", "b:0", "b:1"}
+    own = EvolveConfig(pick="own")
+    assert planned_parents(pool, QWEN, own) == {"b:0"}  # own: the rewriting model's first
+    assert planned_parents(pool, "other", own) == {"a:0"}
+    assert planned_parents(pool, QWEN, EvolveConfig()) == {"a:0", "b:0", "b:1"}  # all, the default
     assert planned_parents(pool, QWEN, EvolveConfig(num_evolutions=0)) == set()
     # [evolve] members applies in place too: with only "a" picked, b's answers are not rewritten
     assert in_place(b, pool, QWEN, EvolveConfig(members=["a"]), 3) is None
@@ -376,7 +378,7 @@ def test_the_rewrites_asked_in_place_are_the_ones_the_stage_picks() -> None:
     # not for another model, a second sample under "own", or with in_place off
     assert in_place(a, pool, QWEN, EvolveConfig(pick="all"), 3) is None
     record = Record(id="r", instruction="Say hi.")
-    then = in_place(b, pool, QWEN, EvolveConfig(), 3)
+    then = in_place(b, pool, QWEN, own, 3)
     assert then(record, 0) is not None and then(record, 1) is None
     assert in_place(b, pool, QWEN, EvolveConfig(pick="all"), 3)(record, 1) is not None
     assert in_place(b, pool, QWEN, EvolveConfig(in_place=False), 3) is None

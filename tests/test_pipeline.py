@@ -25,7 +25,8 @@ INSTRUCTIONS = [
 def small_config(**judge) -> PipelineConfig:
     return PipelineConfig(
         pool=[PoolMember(QWEN, max_tokens=48), PoolMember(SMOL, max_tokens=48)],
-        evolve=EvolveConfig(num_evolutions=1, max_tokens=64),
+        # the judge's own answer rewritten in place (every answer, the default: test_every_answer_*)
+        evolve=EvolveConfig(num_evolutions=1, max_tokens=64, pick="own"),
         # the ratings on (the default rates nothing), so that every stage runs
         judge=JudgeConfig(models=[QWEN], max_rationale_chars=40, **{"mode": "rationale", **judge}),
         # a fixed threshold of 0: every verdict decides (calibrated chains: test_cascade_*); one
@@ -183,6 +184,31 @@ def test_candidates_are_checked_until_one_is_decided(engines, tmp_path) -> None:
         assert not any((b, a) in beats for a, b in beats)  # no pair says the opposite of another
     lines = (out / "pairs.jsonl").read_text().splitlines()
     assert len(lines) == len(several.pairs)
+
+
+def test_every_answer_is_rewritten_and_every_pair_is_a_candidate(engines, tmp_path) -> None:
+    """The defaults: every pool answer gets a rewrite (qwen's own as a follow-up turn of its
+    completion request, smollm2's in a request of its own in the evolve stage), and every pair
+    of a record's completions is a candidate the chain may check."""
+    from edgepref.stages.pair import candidate_pairs
+
+    cfg = small_config(mode="none")
+    cfg.evolve, cfg.pair = EvolveConfig(num_evolutions=1, max_tokens=64), PairConfig(min_confidence=1e6)
+    assert cfg.evolve.pick == "all" and cfg.pair.candidates == 6
+    result = run_pipeline(INSTRUCTIONS[:2], tmp_path, cfg, backends=engines)
+    evolved = [c for r in result.records for c in r.completions if c.source == "evol"]
+    dropped = [d for r in result.records for d in r.dropped if d["stage"] == "evolve"]
+    assert len(evolved) + len(dropped) == 4  # two answers per instruction, a rewrite attempt each
+    assert {c.parent_id.split(":")[0] for c in evolved} <= {QWEN, SMOL} and any(c.parent_id == f"{SMOL}:0" for c in evolved)
+    rows = [json.loads(line) for line in (tmp_path / "cache" / "evolve.jsonl").read_text().splitlines()]
+    assert sum(not row.get("prefetched") for row in rows) == 2  # smollm2's: asked in the stage
+    assert sum(bool(row.get("prefetched")) for row in rows) >= 2  # qwen's: inside the completion call
+    for record in result.records:  # nothing decided: every candidate pair was asked
+        n = len(record.completions)
+        asked = [(v["x"], v["y"]) for v in record.judge_info["verdicts"]]
+        assert asked == candidate_pairs(record, cfg.pair) and len(asked) == n * (n - 1) // 2
+    assert max(len(r.completions) for r in result.records) >= 3
+    assert result.summary.pairs_dropped == {"uncertain": 2}
 
 
 def test_a_later_judge_checks_the_candidate_the_first_came_closest_to_deciding(engines, tmp_path) -> None:

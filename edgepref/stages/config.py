@@ -100,10 +100,12 @@ class EvolveConfig:
     num_evolutions: int = field(default=1, metadata={"ge": 0, "le": C_INT_MAX})
     model: str | None = field(default=None, metadata=NONEMPTY)  # default: the judge's first model
     members: list[str] | None = None  # evolve only these pool members' completions (None: all)
-    # "own": one completion per instruction, the evolving model's own answer; "all": every pool
-    # completion (README, "Prompt tokens per pair": "own" with in_place reads 62.5% of the prompt
-    # tokens per written pair that "all" in requests of their own read)
-    pick: str = field(default="own", metadata={"choices": EVOLVE_PICKS})
+    # "all" (the default): every pool completion; "own": one per instruction, the evolving model's
+    # own answer. Small models often hand their own answer back unchanged (a near-copy, dropped),
+    # while a rewrite of another model's answer differs from it: on the dev instructions "all"
+    # gave the verdict chain a pair it decides for 13 of 16 instructions against 10 for "own"
+    # (docs/judge.md, "More pairs from the same instructions")
+    pick: str = field(default="all", metadata={"choices": EVOLVE_PICKS})
     # rewrite the evolving model's own answers as follow-up turns of their completion requests,
     # in the slot that holds the conversation (its KV cache is reused); false: in the evolve
     # stage, each a request of its own, decoded as prompt blocks like any other
@@ -197,8 +199,9 @@ class PairConfig:
     seed: int = field(default=0, metadata={"ge": 0})
     system_prompt: str | None = None  # conversational format only
     # decide = "pairwise": how many candidate pairs of one instruction the verdict chain may
-    # check (most separated first when rated), stopping once `pairs_per_instruction` are decided
-    candidates: int = field(default=3, metadata={"ge": 1, "le": C_INT_MAX})
+    # check (most separated first when rated), stopping once `pairs_per_instruction` are decided;
+    # 6 is every pair of the default run's four completions (two answers, two rewrites)
+    candidates: int = field(default=6, metadata={"ge": 1, "le": C_INT_MAX})
     # decide = "pairwise": how many of them each later (dearer) judge of the chain may check, the
     # ones the earlier judges came closest to deciding first
     later_candidates: int = field(default=1, metadata={"ge": 1, "le": C_INT_MAX})
