@@ -137,7 +137,7 @@ VARIANTS: dict[str, dict] = {
 def bench_config(max_tokens: int, mode: str | None = "rationale", pick: str | None = None, smol_n: int = 1,
                  **pair) -> PipelineConfig:
     """The benchmark's pipeline; `mode` None keeps the default judge mode, `pick` None the default
-    EvolQuality pick, `pair` sets PairConfig fields."""
+    EvolQuality pick, `smol_n` samples per instruction from smollm2, `pair` sets PairConfig fields."""
     judge = JudgeConfig(models=[QWEN]) if mode is None else JudgeConfig(models=[QWEN], mode=mode)
     return PipelineConfig(
         pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens, n=smol_n)],

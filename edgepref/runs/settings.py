@@ -111,8 +111,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="EvolQuality rewrites per completion (0: off)."),
     Setting("evolve_model", "--evolve-model", "evolve.model", help="Model that rewrites (default: the judge)."),
     Setting("evolve_pick", "--evolve-pick", "evolve.pick", choices=EVOLVE_PICKS,
-            help="Pool completions to rewrite: all (the default: every answer; the rewriting model's own "
-                 "continue their conversation) or own (one per instruction, the rewriting model's own answer)."),
+            help="Pool completions to rewrite: all (the default: every answer, the rewriting model's own as "
+                 "follow-up turns of their conversation) or own (one per instruction, its own answer)."),
     Setting("min_margin", "--min-margin", "pair.min_margin", float, groups=PAIR,
             help="Smallest chosen-rejected score gap kept."),
     Setting("pair_strategy", "--pair-strategy", "pair.strategy", choices=STRATEGIES, groups=PAIR,
