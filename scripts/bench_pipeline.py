@@ -119,11 +119,14 @@ class SequentialBackend:
 # How pairs are chosen, for --compare: judge mode and pair settings on top of bench_config.
 # "before" is the default up to commit 03389af (ratings with rationales shortlist one pair, the
 # ratings' best against their worst); "own-3" the default up to commit 57750d9 (no ratings, the
-# evolving model's own answer rewritten, 3 candidate pairs); "default" is what `edgepref run` does now.
+# evolving model's own answer rewritten, 3 candidate pairs); both read each verdict prompt whole,
+# as the engine did then. "default" is what `edgepref run` does now; "default-unsplit" the same
+# with verdict prompts read whole (engine.split_reads off: no saved prefixes).
 VARIANTS: dict[str, dict] = {
-    "before": {"mode": "rationale", "candidates": 1, "pick": "own"},
-    "own-3": {"pick": "own", "candidates": 3},
+    "before": {"mode": "rationale", "candidates": 1, "pick": "own", "split_reads": False},
+    "own-3": {"pick": "own", "candidates": 3, "split_reads": False},
     "default": {},
+    "default-unsplit": {"split_reads": False},
     "rated-3": {"mode": "rationale", "candidates": 3, "pick": "own"},
     "score-only-3": {"mode": "score-only", "candidates": 3, "pick": "own"},
     "none-3": {"mode": "none", "candidates": 3, "pick": "own"},
@@ -135,16 +138,19 @@ VARIANTS: dict[str, dict] = {
 
 
 def bench_config(max_tokens: int, mode: str | None = "rationale", pick: str | None = None, smol_n: int = 1,
-                 **pair) -> PipelineConfig:
+                 split_reads: bool = True, **pair) -> PipelineConfig:
     """The benchmark's pipeline; `mode` None keeps the default judge mode, `pick` None the default
-    EvolQuality pick, `smol_n` samples per instruction from smollm2, `pair` sets PairConfig fields."""
+    EvolQuality pick, `smol_n` samples per instruction from smollm2, `split_reads` the engine's
+    read path, `pair` sets PairConfig fields."""
     judge = JudgeConfig(models=[QWEN]) if mode is None else JudgeConfig(models=[QWEN], mode=mode)
-    return PipelineConfig(
+    cfg = PipelineConfig(
         pool=[PoolMember(QWEN, max_tokens=max_tokens), PoolMember(SMOL, max_tokens=max_tokens, n=smol_n)],
         evolve=EvolveConfig(num_evolutions=1, max_tokens=max_tokens, **({"pick": pick} if pick else {})),
         judge=judge,  # and the default verdict chain after it
         pair=PairConfig(**pair),
     )
+    cfg.engine.split_reads = split_reads
+    return cfg
 
 
 def instructions(args):
@@ -181,7 +187,7 @@ def compare_variants(args, names: list[str]) -> dict:
         prompts = len({p.id.split("-")[0] for p in result.pairs})  # instructions with a pair
         rows[name] = {
             "judge_mode": cfg.judge.mode, "evolve_pick": cfg.evolve.pick, "candidates": cfg.pair.candidates,
-            "pairs_per_instruction": cfg.pair.pairs_per_instruction,
+            "pairs_per_instruction": cfg.pair.pairs_per_instruction, "split_reads": cfg.engine.split_reads,
             "pairs": pairs, "instructions_with_pair": prompts,
             "yield": round(prompts / max(1, args.instructions), 3),
             "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),

@@ -11,6 +11,8 @@ from edgepref.backends.base import ChatRequest, Sampling
 from edgepref.backends.engine import Engine
 from edgepref.core.errors import EngineError
 from edgepref.backends.engine.handles import load_high_level_llama
+from edgepref.backends.engine.prefixes import PrefixStore
+from edgepref.judging.compare import get_recipe, request
 from edgepref.judging.grammars import build_rating_grammar, parse_rating_lines
 from edgepref.models.modelfiles import resolve_model_path
 
@@ -143,7 +145,51 @@ def test_reads_depend_on_their_prompt_alone(qwen_engine: Engine) -> None:
     assert mixed[0].text and mixed[2].text  # the generation ran too
     samples = qwen_engine.chat([ChatRequest(reads[1].messages, Sampling(max_tokens=0), n=2, choices=["Yes", "No"])])[0]
     assert samples.choice_logprobs == alone[1] and samples.cached_prompt_tokens == samples.prompt_tokens
-    assert qwen_engine.read_path == "alone-512"
+    assert qwen_engine.read_path == "split-512"
+
+
+ANSWERS = (
+    "The sky looks blue because air scatters short blue wavelengths of sunlight more than red ones. " * 3,
+    "Sunlight hits molecules in the atmosphere and the blue part is bounced around the most, so we see it. " * 3,
+    "It is blue because of the ocean reflecting onto it. " * 4,
+)
+
+
+def test_split_reads_decode_shared_text_once_and_keep_their_numbers(smol_engine: Engine) -> None:
+    """A pairwise verdict's reads carry marks where each response starts: the engine splits them
+    there and saves each prefix, so the checks of one instruction's pairs decode the instruction
+    and each response shown first once. Every number is still the one a cold engine computes
+    for that prompt alone, whatever was saved or decoded before."""
+    recipe = get_recipe("headings-ab")
+    a, b, c = ANSWERS
+    reqs = [request(recipe, "Why is the sky blue?", x, y, ("A", "B")) for x, y in ((a, b), (b, a), (a, c), (c, a))]
+    bounds = [smol_engine.template.bounds(r.messages, smol_engine.template.tokens(r.messages), r.marks) for r in reqs]
+    assert all(len(bd) == 2 for bd in bounds)
+    assert bounds[0][0] == bounds[1][0] == bounds[2][0]  # the prompts share the text up to the first response
+    assert bounds[0][1] == bounds[2][1]  # (a, b) and (a, c) share it up to the second
+    cold = []
+    for r in reqs:
+        smol_engine.prefixes = PrefixStore()
+        cold.append(smol_engine.chat([r])[0].choice_logprobs)
+    smol_engine.prefixes = PrefixStore()
+    together = smol_engine.chat(reqs)
+    assert [r.choice_logprobs for r in together] == cold  # bit for bit
+    assert [r.cached_prompt_tokens for r in together] == [0, bounds[1][0], bounds[2][1], bounds[3][0]]
+    later = smol_engine.chat(list(reversed(reqs)))  # every prefix saved now: each decodes from its last bound
+    assert [r.choice_logprobs for r in reversed(later)] == cold
+    assert [r.cached_prompt_tokens for r in reversed(later)] == [bd[1] for bd in bounds]
+
+
+def test_reads_without_split_are_decoded_whole() -> None:
+    engine = Engine(SMOL, n_slots=1, n_ctx=1024, split_reads=False)
+    try:
+        r = request(get_recipe("headings-ab"), "Why is the sky blue?", ANSWERS[0], ANSWERS[1], ("A", "B"))
+        again = request(get_recipe("headings-ab"), "Why is the sky blue?", ANSWERS[0], ANSWERS[2], ("A", "B"))
+        got = engine.chat([r, again])
+        assert engine.read_path == "alone-512" and len(engine.prefixes) == 0
+        assert [x.cached_prompt_tokens for x in got] == [0, 0]  # they share less than one 512-token block
+    finally:
+        engine.close()
 
 
 def test_read_block_is_checked() -> None:

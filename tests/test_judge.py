@@ -406,3 +406,36 @@ def test_two_orders_of_a_pair_share_the_instructions_prefix(qwen_engine) -> None
     assert shared >= block
     reused = sorted(r.cached_prompt_tokens for r in seen)
     assert reused[0] == 0 and all(n >= shared // block * block for n in reused[1:])
+
+
+@pytest.mark.parametrize("name", ["headings-ab", "repeat-ab", "plain-ab", "headings-ab-w60", "rate5"])
+def test_a_verdicts_reads_mark_where_each_response_starts(name: str) -> None:
+    """The marks (ChatRequest.marks) let the engine decode the text a verdict's prompts share
+    once: they must fall exactly where each response shown starts."""
+    good, bad = "The capital of France is Paris.\n\nIt is on the Seine.", "I think it is Lyon."
+    recipe = PAIRWISE_RECIPES[name]
+    req = compare_request(recipe, QUESTION, good, bad, ("A", "B"))
+    content = req.messages[-1]["content"]
+    if recipe.pointwise:
+        assert req.marks == (content.index(good),)
+    else:
+        first, second = req.marks
+        assert content[first:].startswith(good) and content[second:].startswith(bad)
+        assert content[:first].rstrip().endswith("A:" if name == "plain-ab" else "A")
+        assert content[first + len(good):second].rstrip().endswith("B:" if name == "plain-ab" else "B")
+    # an instruction that holds the stand-in characters: the marks are still right, or absent
+    odd = compare_request(recipe, "Explain \ue010 and \ue011.", good, bad, ("A", "B"))
+    text = odd.messages[-1]["content"]
+    assert all(text[m:].startswith((good, bad)) for m in odd.marks)
+
+
+def test_marks_are_part_of_a_reads_identity() -> None:
+    from edgepref.backends.cache import request_key
+    from edgepref.core.records import content_key
+
+    req = compare_request(PAIRWISE_RECIPES["headings-ab"], QUESTION, "Paris.", "Lyon.", ("A", "B"))
+    plain = ChatRequest(req.messages, req.sampling, choices=req.choices)
+    assert request_key("verify", "m", req) != request_key("verify", "m", plain)
+    # a request without marks keeps the key it had before marks existed (caches stay valid)
+    assert request_key("verify", "m", plain) == content_key(
+        "verify", "m", plain.messages, {**plain.sampling.__dict__}, 1, None, "", list(plain.choices), [])

@@ -278,8 +278,8 @@ def test_cascade_sends_unsure_pairs_to_the_next_judge(engines, judge15_engine, t
 
     big = "qwen2.5-coder-1.5b"
     cal = Calibration(0.7, 0.1, 100, [
-        JudgeCalibration(QWEN, "headings-ab", "alone-512", 0.05, 100.0, 100, 0, None, 0.0),
-        JudgeCalibration(big, "headings-ab", "alone-512", 0.05, 1e-6, 100, 60, 0.8, 0.6),
+        JudgeCalibration(QWEN, "headings-ab", "split-512", 0.05, 100.0, 100, 0, None, 0.0),
+        JudgeCalibration(big, "headings-ab", "split-512", 0.05, 1e-6, 100, 60, 0.8, 0.6),
     ])
     path = tmp_path / "cal.json"
     CalibrationFile([QWEN, big], "headings-ab", 0.1, [cal]).write(path)
@@ -292,7 +292,7 @@ def test_cascade_sends_unsure_pairs_to_the_next_judge(engines, judge15_engine, t
     for record in result.records:
         verdict = record.judge_info["verdict"]
         assert set(verdict["margins"]) == {QWEN, big} and verdict["decided_by"] == [big]
-        assert verdict["agreement"] == 0.8 and verdict["read_path"] == "alone-512"
+        assert verdict["agreement"] == 0.8 and verdict["read_path"] == "split-512"
     assert result.pairs and all(p.decided_by == big and p.agreement == 0.8 for p in result.pairs)
     s = result.summary
     assert s.expected_agreement == 0.8 and s.target_agreement == 0.7 and s.coverage == 1.0

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgepref.backends.base import ChatRequest, Sampling
 from edgepref.backends.engine.jobs import Job, Slot
+from edgepref.backends.engine.prefixes import PrefixStore, block_starts, next_block, shared_start
 from edgepref.backends.engine.scheduler import (
     MIN_SHARED_PREFIX, Scheduler, block_len, common_prefix, finish_reason, reusable)
 
@@ -252,3 +253,48 @@ def test_the_length_limit_and_a_full_context_end_with_length() -> None:
     k.out_ids += [1]
     assert finish_reason(k, eog=False, n_past=98, n_ctx=100) is None
     assert finish_reason(k, eog=False, n_past=99, n_ctx=100) == "length"
+
+
+# ---------------------------------------------------------------- reads split at their bounds
+
+
+def test_a_split_read_is_decoded_in_blocks_from_each_segment_start() -> None:
+    assert block_starts(10, (), 4) == [0, 4, 8]
+    assert block_starts(10, (3, 7), 4) == [0, 3, 7]
+    assert block_starts(12, (5,), 4) == [0, 4, 5, 9]
+    assert block_starts(6, (6, 9), 4) == [0, 4]  # bounds at or past the end split nothing
+    walk, pos = [], 0
+    while pos < 12:
+        walk.append(next_block(pos, 12, (5,), 4))
+        pos += walk[-1]
+    assert walk == [4, 1, 4, 3]
+
+
+def test_a_held_prompt_gives_only_what_a_fresh_decode_would_hold() -> None:
+    held = [1, 2, 3, 4, 5, 6, 7, 8]
+    # same bounds below the split: the common prefix up to the last shared block start
+    assert shared_start(held, (3,), [1, 2, 3, 4, 5, 9, 9, 9], (3,), 2) == 5
+    # the bound below differs: the blocks after it were cut elsewhere, only the first segment counts
+    assert shared_start(held, (3,), [1, 2, 3, 4, 5, 9, 9, 9], (4,), 2) == 2
+    # a whole held prompt whose end is a block start of the new one
+    assert shared_start([1, 2, 3, 4], (), [1, 2, 3, 4, 5], (), 2) == 4
+    # never the prompt's last token: its logits must be computed
+    assert shared_start(held, (), held, (), 4) == 4
+    assert shared_start([], (), held, (3,), 2) == 0
+
+
+def test_the_prefix_store_keys_by_tokens_and_bounds_and_drops_the_least_used() -> None:
+    store = PrefixStore(capacity=10)
+    prompt, bounds = [1, 2, 3, 4, 5, 6], (2, 4)
+    store.put(PrefixStore.key(prompt, bounds, 2), "two", 4)
+    store.put(PrefixStore.key(prompt, bounds, 4), "four", 4)
+    assert store.longest(prompt, bounds) == (4, "four")
+    assert store.longest([1, 2, 3, 9, 9, 9], bounds) == (2, "two")  # shares only the first segment
+    assert store.longest(prompt, (1, 2, 4)) == (0, None)  # cut elsewhere below: nothing matches
+    assert store.longest(prompt[:4], bounds) == (2, "two")  # a bound at the prompt's end is not used
+    store.longest(prompt[:3], bounds)  # "two" used last
+    store.put(PrefixStore.key([7, 7, 7], (2,), 2), "other", 4)  # over capacity: "four" goes
+    assert len(store) == 2 and store.size == 8
+    assert store.longest(prompt, bounds) == (2, "two")
+    store.put(("too", "big"), "x", 11)
+    assert len(store) == 2

@@ -65,6 +65,11 @@ class ChatRequest:
               request finishes, so the prompt and the answer it already holds are not decoded
               again, and puts its result in `ChatResult.follow_up`. Others leave that None and the
               caller sends the request itself. Only for n == 1. Not part of the identity.
+    marks:    reads only (max_tokens == 0): character offsets into the last message's content
+              where text that other reads share ends (a pairwise verdict: where each response
+              starts). The local engine splits the prompt's decode there and saves each prefix,
+              so reads that share it decode it once (edgepref.backends.engine.prefixes); the
+              numbers then depend on the marks too. Others ignore them.
     """
 
     messages: list[dict[str, str]]
@@ -75,6 +80,7 @@ class ChatRequest:
     choices: Sequence[str] | None = None
     trace_choices: Sequence[str] | None = None
     id: object = None
+    marks: tuple[int, ...] = ()
     validate: Callable[[str], str | None] | None = field(default=None, compare=False, repr=False)
     then: Callable[[str], "ChatRequest | None"] | None = field(default=None, compare=False, repr=False)
 

@@ -30,6 +30,7 @@ def request_key(stage: str, model_id: str, req: ChatRequest) -> str:
         req.prefill,
         list(req.choices or []),
         list(req.trace_choices or []),
+        *([list(req.marks)] if req.marks else []),  # they change a read's numbers; keys without stay as they were
     )
 
 

@@ -17,7 +17,8 @@ The verdict of a record (record.judge_info["verdict"]):
   decided_by    the models of the decider that decided ([] when none was sure)
   threshold     that decider's |margin| threshold
   agreement     its calibrated agreement (None when uncalibrated)
-  read_path     how its prompts were computed ("alone-512": each decoded alone)
+  read_path     how its prompts were computed ("split-512": each decoded alone, split where the
+                responses start; edgepref.backends.engine.prefixes)
 """
 
 from __future__ import annotations

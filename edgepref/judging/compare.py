@@ -139,16 +139,38 @@ def request(recipe: Recipe, instruction: str, first: str, second: str, labels: t
     if recipe.max_words:
         first, second = clip_words(first, recipe.max_words), clip_words(second, recipe.max_words)
     if recipe.pointwise:  # `first` alone is rated; `second` and `labels` play no part
-        user = render_prompt(recipe.template, instruction=instruction, response=first,
-                             low=recipe.scale[0], high=recipe.scale[-1])
+        def render(a: str, b: str) -> str:
+            return render_prompt(recipe.template, instruction=instruction, response=a,
+                                 low=recipe.scale[0], high=recipe.scale[-1])
         labels = recipe.scale
     else:
-        user = render_prompt(recipe.template, instruction=instruction, first=first, second=second,
-                             label_first=labels[0], label_second=labels[1], question=question or recipe.questions[0])
+        def render(a: str, b: str) -> str:
+            return render_prompt(recipe.template, instruction=instruction, first=a, second=b, label_first=labels[0],
+                                 label_second=labels[1], question=question or recipe.questions[0])
+    user = render(first, second)
     messages = ([{"role": "system", "content": recipe.system}] if recipe.system else []) + [
         {"role": "user", "content": user}
     ]
-    return ChatRequest(messages, Sampling(max_tokens=0), prefill=recipe.prefill, choices=labels)
+    return ChatRequest(messages, Sampling(max_tokens=0), prefill=recipe.prefill, choices=labels,
+                       marks=_response_starts(render, user, first, second))
+
+
+def _response_starts(render, user: str, first: str, second: str) -> tuple[int, ...]:
+    """Where each response shown starts in `user` (render(first, second)): the prompts about one
+    instruction share the text up to the first, those that show the same response first share it
+    up to the second (ChatRequest.marks). Found by rendering with one-character stand-ins; none
+    when the template does not show the responses as written."""
+    skeleton = render(_FIRST, _SECOND)
+    if skeleton.replace(_FIRST, first).replace(_SECOND, second) != user:
+        return ()
+    at_first, at_second = skeleton.find(_FIRST), skeleton.find(_SECOND)
+    marks = [at_first] if at_first >= 0 else []
+    if at_second >= 0:
+        marks.append(at_second + (len(first) - 1 if 0 <= at_first < at_second else 0))
+    return tuple(sorted(marks))
+
+
+_FIRST, _SECOND = "\ue010", "\ue011"  # stand-ins no prompt template changes
 
 
 def clip_words(text: str, n: int) -> str:

@@ -420,9 +420,11 @@ def self_preference(runner, recipes: list[str], pairs: list[JudgePair], judges: 
 # ---------------------------------------------------------------- cascade, noise, calibration
 
 # The numerical paths a verdict's margin is compared across to measure its noise floor, beside
-# the engine's own (each prompt alone in 512-token blocks): alone in 128-token blocks, and
-# scheduled beside the other requests as generation is (16 slots, 32-token blocks).
-NOISE_PATHS = ({"read_block": 128}, {"reads_alone": False, "slots": 16, "prompt_block": 32})
+# the engine's own (each prompt alone, split where the responses start, 512-token blocks): whole
+# in 512-token and in 128-token blocks, and scheduled beside the other requests as generation is
+# (16 slots, 32-token blocks).
+NOISE_PATHS = ({"split_reads": False}, {"split_reads": False, "read_block": 128},
+               {"reads_alone": False, "slots": 16, "prompt_block": 32})
 
 
 def chain_margins(runner, models: list[str], pairs: list[JudgePair], recipe: str) -> dict[str, list[float | None]]:
@@ -639,7 +641,7 @@ def run_eval(
         runner.close()
     for m in per_model if noise_pairs > 0 else ():
         report.noise_floor[m] = noise_floor(cfg, cache_dir, m, pairs[:noise_pairs], recipe, per_model[m][:noise_pairs],
-                                            f"alone-{cfg.engine.read_block}", on_event, backends)
+                                            read_path(m, cfg, runner.host.registry), on_event, backends)
     if verdicts_out:
         write_verdicts(verdicts_out, pairs, margins or {"+".join(report.judges): [j.margin if j else None for j in run.judged]},
                        decided)

@@ -5,6 +5,7 @@ keys a model by."""
 from __future__ import annotations
 
 from ..backends.base import Backend
+from ..backends.engine.prefixes import read_path_name
 from ..stages.config import PipelineConfig
 from ..core.errors import EdgeprefError
 from ..models.modelfiles import availability, resolve_model_path
@@ -58,7 +59,7 @@ class ModelHost:
         self.engine = Engine(
             path, n_ctx=n_ctx, n_slots=slots or e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
             seed=self.cfg.seed, prompt_block=e.prompt_block, read_block=e.read_block,
-            reads_alone=e.reads_alone,
+            reads_alone=e.reads_alone, split_reads=e.split_reads,
         )
         self.engine.name = model
         self.current = (model, n_ctx)
@@ -72,12 +73,13 @@ class ModelHost:
 
 def read_path(model: str, cfg: PipelineConfig, registry) -> str:
     """How a model's verdict prompts are computed, recorded with each verdict and part of the
-    cache names of verdict stages: 'alone-512' on the local engine (each prompt alone, in
-    512-token blocks), 'server' on endpoints (the server batches as it likes)."""
+    cache names of verdict stages: 'split-512' on the local engine (each prompt alone, split
+    where the responses start, in 512-token blocks; 'alone-512' unsplit), 'server' on endpoints
+    (the server batches as it likes)."""
     if registry.remote(model) is not None:
         return "server"
     e = cfg.engine
-    return f"alone-{e.read_block}" if e.reads_alone else f"batched-{e.prompt_block}x{e.slots}"
+    return read_path_name(e.reads_alone, e.split_reads, e.read_block, e.prompt_block, e.slots)
 
 
 def model_identity(model: str, registry) -> str:

@@ -165,6 +165,10 @@ class EngineConfig:
     # false: reads are scheduled beside other requests like generation (in prompt_block blocks);
     # only for measuring the noise floor of verdicts (edgepref eval-judge --noise-pairs)
     reads_alone: bool = True
+    # reads whose requests carry marks (pairwise verdicts: where each response starts) are split
+    # there and their prefixes saved, so checks of one instruction's pairs decode its text once
+    # (edgepref.backends.engine.prefixes); false: each read decoded whole in read_block blocks
+    split_reads: bool = True
 
 
 # the pair stage's choices (edgepref.stages.pair)

@@ -12,6 +12,8 @@ The chain (cascade.py) is a list of deciders, each a judge or a panel; each deci
 above its threshold and passes the rest on. A one-judge decider asks about one candidate pair
 per record at a time, in candidate order, and stops for a record as soon as it has decided
 `pair.pairs_per_instruction` of its pairs: a pair decided early saves the checks of the others.
+It takes the records a few at a time (RECORDS_AT_ONCE), so that a record's later checks find
+the prefixes its earlier ones saved in the engine (the instruction, each response shown first).
 A panel asks all its judges about every pending pair (its margin is their mean). What a
 decider leaves undecided goes to the next one. Each judge of a decider is one unit of this
 stage, on the engine's fixed numerical path for reads (`reads`), so a verdict does not depend
@@ -86,6 +88,12 @@ def verify(
         if m is not None:
             _entry(record, x, y)["margins"][judge_model] = round(m, 4)
     return [None if m is None else round(m, 4) for m in margins]
+
+
+# A one-judge decider checks the records this many at a time, round by round, so that the engine's
+# saved prefixes of their prompts (the instruction, each response shown first) are still held
+# when the next round asks about another pair of the same record (engine.prefixes.STORE_BYTES).
+RECORDS_AT_ONCE = 8
 
 
 class _Rounds:
@@ -190,17 +198,19 @@ class VerifyStage(Stage):
         if place and self.model == self.decider.models[0]:
             self.pending.closest_first(by_id, ctx.chain.active[:place])
         if len(self.decider.models) == 1:  # one candidate per record at a time, until decided
-            todo = self.pending.open(limit)
+            todo = list(self.pending.open(limit).items())
             rounds = _Rounds(on_result)
-            for k in range(max(map(len, todo.values()), default=0)):
-                items = [(by_id[rid], *pairs[k]) for rid, pairs in todo.items()
-                         if k < len(pairs) and self.pending.decided[rid] < self.pending.wanted]
-                if not items:
-                    break
-                margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=rounds.callback(),
-                                 on_error=ctx.error)
-                rounds.next_round()
-                self._settle(items, margins, place, path)
+            for start in range(0, len(todo), RECORDS_AT_ONCE):
+                chunk = todo[start:start + RECORDS_AT_ONCE]
+                for k in range(max((len(pairs) for _, pairs in chunk), default=0)):
+                    items = [(by_id[rid], *pairs[k]) for rid, pairs in chunk
+                             if k < len(pairs) and self.pending.decided[rid] < self.pending.wanted]
+                    if not items:
+                        break
+                    margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=rounds.callback(),
+                                     on_error=ctx.error)
+                    rounds.next_round()
+                    self._settle(items, margins, place, path)
             return
         items = [(by_id[rid], *pair) for rid, pairs in self.pending.open(limit).items() for pair in pairs]
         got = self.pending.margins.setdefault(self.decider.name, [])

@@ -19,6 +19,8 @@ import pytest
 from edgepref.backends.base import ChatRequest, Sampling
 from edgepref.backends.engine import Engine
 from edgepref.backends.engine.handles import ALL_LAYERS
+from edgepref.judging.compare import PAIRWISE_RECIPES, request
+from edgepref.stages.config import JudgeConfig
 
 from . import scenarios
 from ..conftest import cache_lines, kill_when_cached
@@ -150,6 +152,25 @@ def test_a_verdict_matches_the_cpu(cpu, measured) -> None:
     measured["verdict"] = {"device": ours["margin"], "cpu": ref["margin"],
                            "difference": abs(ours["margin"] - ref["margin"])}
     assert abs(ours["margin"] - ref["margin"]) < MARGIN_TOL
+
+
+def test_a_saved_prefix_loads_on_the_device() -> None:
+    """A verdict's reads save their prefixes in the device's KV buffers and a later read loads
+    one back (llama_state_seq_set_data): its numbers are bit for bit those of a fresh engine that
+    decodes the prompt alone, as on the CPU (tests/test_engine.py)."""
+    recipe = PAIRWISE_RECIPES[JudgeConfig().recipe]
+    other = "Paris is the capital of France, on the Seine."
+    reqs = [request(recipe, scenarios.QUESTION, x, y, ("A", "B"))
+            for x, y in ((scenarios.GOOD, scenarios.BAD), (scenarios.GOOD, other))]
+    with Engine(SMOL, n_slots=1, n_ctx=1024, n_gpu_layers=ALL_LAYERS) as engine:
+        assert engine.n_gpu_layers > 0
+        engine.chat(reqs[:1])
+        loaded = engine.chat(reqs[1:])[0]  # a call of its own: the cache starts empty, the prefix is loaded
+        bound = engine.template.bounds(reqs[1].messages, engine.template.tokens(reqs[1].messages), reqs[1].marks)[-1]
+    with Engine(SMOL, n_slots=1, n_ctx=1024, n_gpu_layers=ALL_LAYERS) as engine:
+        fresh = engine.chat(reqs[1:])[0]
+    assert loaded.cached_prompt_tokens == bound and fresh.cached_prompt_tokens == 0
+    assert loaded.choice_logprobs == fresh.choice_logprobs
 
 
 def test_a_killed_run_resumes_on_the_device(tmp_path, measured) -> None:

@@ -8,6 +8,8 @@ blocks and generation steps, and draws tokens.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..base import ChatRequest, ChatResult
@@ -15,6 +17,7 @@ from ...core.errors import EngineError
 from ..logprobs import choice_logprobs, distribution
 from .handles import LlamaBatch, LlamaContext, LlamaModel, LlamaSampler
 from .jobs import Call, EngineStats, Job, Slot, utf8_text
+from .prefixes import next_block
 from .scheduler import Scheduler, block_len, common_prefix, finish_reason
 from .template import ChatTemplate
 
@@ -40,10 +43,12 @@ with `forget` and `read_prompt`).
         prompt_block: int,
         read_block: int,
         seed: int,
+        split_reads: bool = True,
     ):
         self.model, self.ctx, self.batch, self.template, self.stats = model, ctx, batch, template, stats
         self.n_ctx, self.n_batch, self.seed = n_ctx, n_batch, seed
         self.prompt_block, self.read_block = prompt_block, read_block
+        self.split_reads = split_reads  # reads with marks are decoded segment by segment (prefixes.py)
         self.slots = [Slot(seq=i) for i in range(n_slots)]
         self.scheduler = Scheduler(self.slots, prompt_block)
         self.samplers: dict[int, LlamaSampler] = {}
@@ -66,7 +71,9 @@ with `forget` and `read_prompt`).
             if problem:
                 call.fail(i, prompt, problem)
                 continue
-            call.enqueue(i, prompt, self._seed_of(req), trace, choices)
+            bounds = (self.template.bounds(req.messages, prompt, req.marks)
+                      if self.split_reads and req.marks and req.sampling.max_tokens <= 0 else ())
+            call.enqueue(i, prompt, self._seed_of(req), trace, choices, bounds)
 
     def run(self, call: Call) -> None:
         """Run the call's queued jobs to completion, on a cache that holds only their prompts."""
@@ -94,19 +101,30 @@ with `forget` and `read_prompt`).
 
     # ------------------------------------------------------------------ the KV cache
 
-    def read_prompt(self, slot: Slot, prompt: list[int], keep: int) -> np.ndarray:
-        """Keep the slot's first `keep` tokens and decode the rest of `prompt` in blocks of
-        `read_block` tokens, each in a llama_decode of its own; returns the logits after it."""
+    def read_prompt(self, slot: Slot, prompt: list[int], keep: int, bounds: tuple[int, ...] = (),
+                    at_bound: Callable[[int], None] | None = None) -> np.ndarray:
+        """Keep the slot's first `keep` tokens and decode the rest of `prompt` segment by
+        segment (split at `bounds`), each segment in blocks of `read_block` tokens from its start,
+        each block in a llama_decode of its own; `at_bound(b)` runs when the slot holds exactly
+        the first b tokens, b a bound. Returns the logits after the prompt."""
         self.ctx.seq_rm(slot.seq, keep, -1)
         slot.cut(keep)
         while True:
-            n = block_len(slot.n_past, len(prompt) - slot.n_past, self.read_block)
+            n = next_block(slot.n_past, len(prompt), bounds, self.read_block)
             ends = slot.n_past + n == len(prompt)
             decoded, logits = self._decode_block(slot, prompt[slot.n_past : slot.n_past + n], ends)
             if not decoded:  # cannot happen: the cache holds this prompt alone, < n_ctx
                 raise EngineError("the KV cache has no room for one prompt (raise --n-ctx)")
             if ends:
                 return logits
+            if at_bound is not None and slot.n_past in bounds:
+                at_bound(slot.n_past)
+
+    def clear(self) -> None:
+        """Empty the KV cache: every slot holds nothing, and the next tokens land from cell 0."""
+        self.ctx.clear()
+        for s in self.slots:
+            s.forget()
 
     def _keep_only(self, prompts: set[tuple[int, ...]]) -> None:
         """Start a call with a cache that holds nothing but whole prompts of this call's

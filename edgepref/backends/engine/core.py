@@ -30,13 +30,17 @@ different concurrent requests, or on another machine or llama.cpp build, may dif
 Reads (requests that generate nothing and only read the next-token distribution after their
 prompt: a pairwise verdict's label log-odds) go further: they run before the call's generation,
 one at a time, on a KV cache that holds nothing else, each prompt decoded from position 0 in
-blocks of `read_block` tokens (see `_read_alone`). Their numbers depend on the prompt alone, not
-on the call, so a verdict is the same in a fresh run, a resumed run and an eval-judge run.
+blocks of `read_block` tokens, split at the marks its request carries (see `_read_alone`). Their
+numbers depend on the prompt (and its marks) alone, not on the call, so a verdict is the same in
+a fresh run, a resumed run and an eval-judge run. The prefixes that end at a mark are saved
+and loaded by later reads that share them (prefixes.py): the text a verdict's prompts share
+(the instruction, a response shown first) is decoded once per engine, not once per prompt.
 
 Who does what: `Engine` (here) opens and closes the llama.cpp handles and serves calls;
 `Batcher` (batching.py) runs each call's jobs through the slots with llama.cpp calls;
 `Scheduler` (scheduler.py) decides, in plain Python, where jobs run, what prefix they reuse and
-when they finish; jobs.py holds the plain data (jobs, slots, the call).
+when they finish; prefixes.py, how reads split and which saved prefix they load; jobs.py holds
+the plain data (jobs, slots, the call).
 
 Knows nothing of instructions, ratings or pairs: messages + sampling + grammar in, text out.
 """
@@ -56,7 +60,7 @@ from .batching import Batcher
 from .handles import (
     LlamaBatch, LlamaContext, LlamaModel, available_memory, default_gpu_layers, default_use_extra_buffers)
 from .jobs import Call, EngineStats, Job
-from .scheduler import reusable
+from .prefixes import PrefixStore, read_path_name, shared_start
 from .template import ChatTemplate
 
 # Prompts are decoded in blocks of this many tokens (see "Determinism" above); a cached prefix is
@@ -108,6 +112,7 @@ class Engine:
         prompt_block: int = DEFAULT_PROMPT_BLOCK,
         read_block: int = DEFAULT_READ_BLOCK,
         reads_alone: bool = True,
+        split_reads: bool = True,
     ):
         from ...models.modelfiles import resolve_model_path
         from ...models.registry import load_registry
@@ -122,6 +127,9 @@ class Engine:
         self.read_block = read_block
         # False: reads are scheduled like any request, beside the others (a noise measurement)
         self.reads_alone = reads_alone
+        # reads with marks decoded segment by segment, their prefixes saved (prefixes.py)
+        self.split_reads = split_reads
+        self.prefixes = PrefixStore()
         self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.n_threads = n_threads or os.cpu_count() or 1
         self.seed = seed
@@ -148,6 +156,7 @@ class Engine:
         self._batcher = Batcher(
             self.model, self.ctx, self.batch, self.template, self.stats, n_slots=n_slots, n_ctx=self.n_ctx,
             n_batch=n_batch, prompt_block=prompt_block, read_block=read_block, seed=seed,
+            split_reads=split_reads,
         )
         self._handles.enter_context(closing(self._batcher))  # its samplers close first
         self.slots = self._batcher.slots
@@ -185,11 +194,10 @@ class Engine:
 
     @property
     def read_path(self) -> str:
-        """The numerical path of reads, as recorded with verdicts: 'alone-512' (each prompt alone
-        in 512-token blocks) or 'batched-32x16' (beside other requests, 32-token blocks, 16 slots)."""
-        if self.reads_alone:
-            return f"alone-{self.read_block}"
-        return f"batched-{self.prompt_block}x{self.n_slots}"
+        """The numerical path of reads, as recorded with verdicts: 'split-512' (each prompt alone,
+        split at its marks, each segment in 512-token blocks), 'alone-512' (each prompt alone in
+        512-token blocks) or 'batched-32x16' (beside other requests, 32-token blocks, 16 slots)."""
+        return read_path_name(self.reads_alone, self.split_reads, self.read_block, self.prompt_block, self.n_slots)
 
     def chat(
         self, requests: Sequence[ChatRequest], on_result: ProgressCallback | None = None
@@ -211,24 +219,38 @@ class Engine:
 
     def _read_alone(self, call: Call, jobs: list[Job]) -> None:
         """Each read on one fixed numerical path: the KV cache is emptied, then every prompt is
-        decoded in sequence 0 alone, from position 0, in blocks of `read_block` tokens (each
-        block one llama_decode), and its choice log-probabilities are read at its last position.
-        A prompt reuses the whole leading blocks it shares with the one before it: they were
-        decoded the same way into the same cells of an otherwise empty cache, so their KV is
-        what a fresh decode computes, and so is the attention window of the blocks after them."""
+        decoded in sequence 0 alone, from position 0, segment by segment (split at its bounds,
+        prefixes.py), each segment in blocks of `read_block` tokens (each block one
+        llama_decode), and its choice log-probabilities are read at its last position.
+        A prompt reuses the leading blocks it shares with the one before it, or the longest of
+        its prefixes that ends at a bound and was saved (loaded into the emptied cache): either
+        was decoded the same way into the same cells of an otherwise empty cache, so its KV is
+        what a fresh decode computes, and so is the attention window of the blocks after it."""
         batcher = self._batcher
-        for s in batcher.slots:
-            batcher.forget(s)
+        batcher.clear()
         slot = batcher.slots[0]
         last: Job | None = None
         for job in jobs:
             call.job_started(job)
             self.stats.prompt_tokens += len(job.prompt)
-            if last is not None and job.prompt == last.prompt:  # another sample of the same read
+            if last is not None and job.prompt == last.prompt and job.bounds == last.bounds:  # another sample
                 job.choice_logprobs, job.cached = last.choice_logprobs, len(job.prompt)
             else:
-                job.cached = reusable(slot.tokens, len(slot.tokens), -1, job.prompt, self.read_block)
-                logits = batcher.read_prompt(slot, job.prompt, job.cached)
+                keep = shared_start(slot.tokens, last.bounds, job.prompt, job.bounds, self.read_block) if last else 0
+                saved, state = self.prefixes.longest(job.prompt, job.bounds)
+                if saved > keep:
+                    batcher.clear()
+                    self.ctx.load_seq(slot.seq, state)
+                    slot.tokens, slot.canon, keep = job.prompt[:saved], saved, saved
+                job.cached = keep
+
+                def save(b: int, job: Job = job) -> None:
+                    key = PrefixStore.key(job.prompt, job.bounds, b)
+                    if key not in self.prefixes:
+                        buf, size = self.ctx.save_seq(slot.seq)
+                        self.prefixes.put(key, (buf, size), size)
+
+                logits = batcher.read_prompt(slot, job.prompt, keep, job.bounds, save)
                 job.choice_logprobs = choice_logprobs(logits, job.choice_tokens) if job.choice_tokens else None
                 last = job
             self.stats.prompt_tokens_cached += job.cached

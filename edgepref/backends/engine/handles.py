@@ -187,12 +187,13 @@ class LlamaModel:
             self._control_tokens = sorted(found, key=lambda t: -len(t.text))
         return self._control_tokens
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The token's bytes; a control token's text only with `special`."""
         buf = ctypes.create_string_buffer(64)
-        n = C.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        n = C.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
     def token_array(self) -> "TokenArray":
@@ -265,6 +266,22 @@ class LlamaContext:
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         C.llama_memory_seq_rm(self.memory, seq, p0, p1)
+
+    def clear(self) -> None:
+        """Empty the whole KV cache: the next tokens decoded land from its first cell."""
+        C.llama_memory_clear(self.memory, False)
+
+    def save_seq(self, seq: int) -> tuple[object, int]:
+        """The bytes of the sequence's KV cells (llama_state_seq_get_data) and their count."""
+        size = C.llama_state_seq_get_size(self.ptr, seq)
+        buf = (ctypes.c_uint8 * size)()
+        return buf, C.llama_state_seq_get_data(self.ptr, buf, size, seq)
+
+    def load_seq(self, seq: int, state: tuple[object, int]) -> None:
+        """Put saved cells (save_seq) back into the sequence, which must be empty."""
+        buf, size = state
+        if C.llama_state_seq_set_data(self.ptr, buf, size, seq) != size:
+            raise EngineError(f"llama.cpp could not load a saved prompt prefix: {recent_log() or 'no detail'}")
 
     def share_prefix(self, src: int, dst: int, n: int) -> None:
         """Make dst hold the first n cells of src (dst must be empty)."""

@@ -58,6 +58,8 @@ class Job:
     # a follow-up turn (ChatRequest.then) runs in its parent's slot; its result goes here
     follows: ChatResult | None = None
     started: float | None = None
+    # a read's prompt positions where its decode is split (ChatRequest.marks; engine.prefixes)
+    bounds: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[int, int]:
@@ -134,11 +136,11 @@ class Call:
         self.jobs[i] = [Job(self.requests[i], i, 0, prompt, 0, {}, {}, finish="error", error=message)]
         self.finish_request(i)
 
-    def enqueue(self, i: int, prompt: list[int], base_seed: int, trace, choices) -> None:
+    def enqueue(self, i: int, prompt: list[int], base_seed: int, trace, choices, bounds: tuple[int, ...] = ()) -> None:
         n = max(1, self.requests[i].n)
         self.jobs_left[i] = n
         for k in range(n):
-            job = Job(self.requests[i], i, k, prompt, base_seed + k, trace, choices)
+            job = Job(self.requests[i], i, k, prompt, base_seed + k, trace, choices, bounds=bounds)
             self.jobs[i].append(job)
             self.queue.append(job)
 

@@ -97,6 +97,36 @@ class ChatTemplate:
             return self.model.tokenize(text, add_special=add_bos, parse_special=True)
         return self.tokens_apart(text, spans, add_bos)
 
+    def bounds(self, messages: list[dict[str, str]], prompt: list[int], marks: Sequence[int]) -> tuple[int, ...]:
+        """The prompt positions of `marks` (character offsets into the last message's content):
+        for each, the fewest leading tokens of `prompt` whose text reaches it (a token across a
+        mark goes before the bound). A function of the messages alone, so prompts that share the
+        text up to a mark, and its tokens, share the bound. Empty when the template changes the
+        content or the tokens do not spell the rendered text."""
+        if not marks:
+            return ()
+        body = self.render(messages)
+        spans = self.content_spans(messages, body)
+        content = messages[-1].get("content")
+        if not spans or not isinstance(content, str) or body[spans[-1][0]:spans[-1][1]] != content:
+            return ()
+        start = spans[-1][0]
+        skip = 1 if prompt and prompt[0] == self.model.bos_id and not body.startswith(self.bos_text) else 0
+        pieces = [self.model.piece(token, special=True) for token in prompt[skip:]]
+        if not b"".join(pieces).startswith(body.encode("utf-8")):
+            return ()
+        ends, at = [], 0
+        for piece in pieces:
+            at += len(piece)
+            ends.append(at)
+        out = []
+        for mark in marks:
+            offset = len(body[: start + mark].encode("utf-8"))
+            n = next((k + 1 for k, end in enumerate(ends) if end >= offset), None)
+            if n is not None and 0 < n + skip < len(prompt):
+                out.append(n + skip)
+        return tuple(sorted(set(out)))
+
     # ------------------------------------------------------------------ markup and text
 
     def content_spans(self, messages: list[dict[str, str]], rendered: str) -> list[Span] | None:
