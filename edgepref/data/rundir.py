@@ -48,6 +48,7 @@ PAIR_FIELDS = {"prompt", "chosen", "rejected"}
 MARKER, LAYOUT = "edgepref", 1  # run.json's {"edgepref": {"run_layout": 1}}: DIR is a run directory
 # Settings of how a run runs, not of what it asks: a rerun that changes only these resumes.
 HOW_NOT_WHAT = ("engine.threads", "engine.gpu_layers", "engine.slots", "engine.prompt_block", "engine.read_block",
+                "engine.split_reads",
                 "models.*.endpoints", "models.*.max_in_flight", "models.*.api_key_env", "models.*.timeout")
 
 
