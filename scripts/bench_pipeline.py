@@ -121,19 +121,23 @@ class SequentialBackend:
 # ratings' best against their worst); "own-3" the default up to commit 57750d9 (no ratings, the
 # evolving model's own answer rewritten, 3 candidate pairs); both read each verdict prompt whole,
 # as the engine did then. "default" is what `edgepref run` does now; "default-unsplit" the same
-# with verdict prompts read whole (engine.split_reads off: no saved prefixes).
+# with verdict prompts read whole (engine.split_reads off: no saved prefixes); "one-pair" the
+# default at commit a7c4cc4 (one pair per instruction), "pairs-2" two. The
+# explorations after them wrote one pair per instruction unless named otherwise.
 VARIANTS: dict[str, dict] = {
-    "before": {"mode": "rationale", "candidates": 1, "pick": "own", "split_reads": False},
-    "own-3": {"pick": "own", "candidates": 3, "split_reads": False},
+    "before": {"mode": "rationale", "candidates": 1, "pick": "own", "split_reads": False, "pairs_per_instruction": 1},
+    "own-3": {"pick": "own", "candidates": 3, "split_reads": False, "pairs_per_instruction": 1},
     "default": {},
     "default-unsplit": {"split_reads": False},
-    "rated-3": {"mode": "rationale", "candidates": 3, "pick": "own"},
-    "score-only-3": {"mode": "score-only", "candidates": 3, "pick": "own"},
-    "none-3": {"mode": "none", "candidates": 3, "pick": "own"},
+    "one-pair": {"pairs_per_instruction": 1},
+    "pairs-2": {"pairs_per_instruction": 2},
+    "rated-3": {"mode": "rationale", "candidates": 3, "pick": "own", "pairs_per_instruction": 1},
+    "score-only-3": {"mode": "score-only", "candidates": 3, "pick": "own", "pairs_per_instruction": 1},
+    "none-3": {"mode": "none", "candidates": 3, "pick": "own", "pairs_per_instruction": 1},
     "none-3-pairs-3": {"mode": "none", "candidates": 3, "pairs_per_instruction": 3, "pick": "own"},
-    "all-rewrites-3": {"pick": "all", "candidates": 3},
-    "all-rewrites-4": {"pick": "all", "candidates": 4},
-    "smol-2-6": {"smol_n": 2, "candidates": 6, "pick": "own"},
+    "all-rewrites-3": {"pick": "all", "candidates": 3, "pairs_per_instruction": 1},
+    "all-rewrites-4": {"pick": "all", "candidates": 4, "pairs_per_instruction": 1},
+    "smol-2-6": {"smol_n": 2, "candidates": 6, "pick": "own", "pairs_per_instruction": 1},
 }
 
 
@@ -187,7 +191,7 @@ def compare_variants(args, names: list[str]) -> dict:
         prompts = len({p.id.split("-")[0] for p in result.pairs})  # instructions with a pair
         rows[name] = {
             "judge_mode": cfg.judge.mode, "evolve_pick": cfg.evolve.pick, "candidates": cfg.pair.candidates,
-            "pairs_per_instruction": cfg.pair.pairs_per_instruction, "split_reads": cfg.engine.split_reads,
+            "pairs_per_instruction": cfg.pair.pairs_wanted, "split_reads": cfg.engine.split_reads,
             "pairs": pairs, "instructions_with_pair": prompts,
             "yield": round(prompts / max(1, args.instructions), 3),
             "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),

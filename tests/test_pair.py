@@ -335,7 +335,7 @@ def test_the_surest_decided_candidate_is_written_with_no_scores() -> None:
         ("a:0", "c:0", -0.4, ("big",), 1),      # decided by the second judge: c over a
         ("b:0", "c:0", 0.3, ("small",), 0),     # decided by the first judge: b over c
     )
-    pairs, reason = pick_pairs(record, PairConfig())
+    pairs, reason = pick_pairs(record, PairConfig(pairs_per_instruction=1))
     assert reason is None and len(pairs) == 1
     p = pairs[0]
     assert (p.chosen, p.rejected, p.decided_by, p.id) == ("two", "three", "small", "u1")
@@ -343,6 +343,9 @@ def test_the_surest_decided_candidate_is_written_with_no_scores() -> None:
     # two pairs per instruction: the next surest too, with its own id
     two, _ = pick_pairs(record, PairConfig(pairs_per_instruction=2))
     assert [(q.chosen, q.rejected, q.id) for q in two] == [("two", "three", "u1"), ("three", "one", "u1-2")]
+    # the default: up to 3 with the pairwise verdicts (here the two decided), 1 with the ratings
+    assert pick_pairs(record, PairConfig()) == (two, None)
+    assert PairConfig().pairs_wanted == 3 and PairConfig(decide="ratings").pairs_wanted == 1
 
 
 def test_several_pairs_never_contradict_each_other() -> None:
@@ -355,6 +358,21 @@ def test_several_pairs_never_contradict_each_other() -> None:
     assert [(p.chosen, p.rejected) for p in pairs] == [("A", "B"), ("B", "C")]
     report = pair_records([record], PairConfig(pairs_per_instruction=3))
     assert [p.id for p in report.pairs] == ["u1", "u1-2"] and report.margins == []
+
+
+def test_a_later_judge_looks_only_at_instructions_without_a_pair() -> None:
+    """With several pairs per instruction the chain's first judge keeps checking a record until
+    it has them; a later, dearer judge takes only the records left with no pair at all."""
+    from edgepref.stages.verify import Pending
+
+    pending = Pending()
+    pending.pairs = {"one": [("a:0", "c:0"), ("b:0", "c:0")], "none": [("a:0", "b:0"), ("a:0", "c:0")], "done": []}
+    pending.wanted = 3
+    pending.decided["one"] = 1
+    assert pending.open() == {"one": pending.pairs["one"], "none": pending.pairs["none"]}
+    assert pending.open(1, later=True) == {"none": [("a:0", "b:0")]} and pending.size(1, later=True) == 1
+    pending.wanted = 1  # one pair per instruction: the same records for every judge
+    assert pending.open(later=True) == pending.open() == {"none": pending.pairs["none"]}
 
 
 def test_no_decided_candidate_is_uncertain_and_none_asked_is_no_verdict() -> None:

@@ -100,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("later_candidates", "--later-candidates", "pair.later_candidates", int,
             help="Candidate pairs each later judge of the chain may check (those the earlier came closest to deciding)."),
     Setting("pairs_per_instruction", "--pairs-per-instruction", "pair.pairs_per_instruction", int, groups=PAIR,
-            help="Most pairs written per instruction (decided, not contradicting each other)."),
+            help="Most pairs written per instruction, decided and not contradicting each other (default: 3 with the pairwise verdicts, 1 with --decide ratings); later judges of the chain only look for a first pair."),
     Setting("cascade", "--cascade", "judge.cascade", multiple=True, metavar="MODEL",
             help="The verdict chain, cheapest judge first (repeat; default: the embedded judges installed)."),
     Setting("escalate_to", "--escalate-to", "judge.escalate_to", metavar="MODEL",

@@ -52,6 +52,10 @@ JUDGE_MODES = ("rationale", "score-only", "pairwise", "none")
 # which pool completions EvolQuality rewrites: "own", one per instruction, the evolving model's
 # own (else the first pool member's); "all", every one (edgepref.stages.evolve.parents)
 EVOLVE_PICKS = ("own", "all")
+# pairs written per instruction by default with the pairwise verdicts: on the 16 dev instructions
+# the chain's first judge decided 27 pairs for 12 of them with 3 (12 with 1, 21 with 2), checking
+# 67 candidate pairs instead of 35 (docs/judge.md#more-pairs-from-the-same-instructions)
+PAIRS_PER_INSTRUCTION = 3
 
 # ---------------------------------------------------------------- allowed values
 #
@@ -209,12 +213,20 @@ class PairConfig:
     # decide = "pairwise": how many of them each later (dearer) judge of the chain may check, the
     # ones the earlier judges came closest to deciding first
     later_candidates: int = field(default=1, metadata={"ge": 1, "le": C_INT_MAX})
-    # decide = "pairwise": the most pairs written per instruction (TRL takes several rows per
-    # prompt); more than one keeps decided pairs that do not contradict each other
-    pairs_per_instruction: int = field(default=1, metadata={"ge": 1, "le": C_INT_MAX})
+    # the most pairs written per instruction (TRL takes several rows per prompt), decided pairs
+    # that do not contradict each other; None: PAIRS_PER_INSTRUCTION with the pairwise verdicts,
+    # 1 with the ratings, which decide one (see `pairs_wanted`)
+    pairs_per_instruction: int | None = field(default=None, metadata={"ge": 1, "le": C_INT_MAX})
 
     def __post_init__(self) -> None:
         check_fields(self, "[pair]")
+
+    @property
+    def pairs_wanted(self) -> int:
+        """The most pairs written per instruction: `pairs_per_instruction`, or its default."""
+        if self.pairs_per_instruction is not None:
+            return self.pairs_per_instruction
+        return PAIRS_PER_INSTRUCTION if self.decide == "pairwise" else 1
 
 
 @dataclass
@@ -256,7 +268,7 @@ class PipelineConfig:
                 f"pool members must have distinct names, got {names}",
                 "give members that share a model a distinct `label`",
             )
-        if self.pair.decide == "ratings" and self.pair.pairs_per_instruction > 1:
+        if self.pair.decide == "ratings" and self.pair.pairs_wanted > 1:
             raise ConfigError(
                 f"[pair] pairs_per_instruction = {self.pair.pairs_per_instruction} needs the pairwise "
                 "verdicts: the ratings decide one pair per instruction",

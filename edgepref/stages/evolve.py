@@ -1,8 +1,8 @@
 """Stage 2, EvolQuality: rewrite responses into better ones along one criterion each.
 
 Reads  Record.instruction, Record.completions with source "pool" (optionally only some members):
-       with `pick` "own" (the default) one per instruction, the evolving model's own completion
-       (or, if it wrote none, the first pool member's); with "all" every one.
+       with `pick` "all" (the default) every one; with "own" one per instruction, the evolving
+       model's own completion (or, if it wrote none, the first pool member's).
 Adds   Completion rows with source "evol": id "<parent>+evol<k>", `parent_id` (the completion
        rewritten, so chains keep their lineage), `criterion` (drawn with a seeded RNG from the
        record id, parent and step, never a global RNG), the evolving model and its sampling.

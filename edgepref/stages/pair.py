@@ -302,7 +302,7 @@ def pick_pairs(record: Record, cfg: PairConfig, layout: str | None = None) -> tu
         sides = [ranked.get(c) or RankedCompletion(record.completion(c), None, None, "") for c in (better, worse)]
         pairs.append(_pair_row(record, cfg, layout, len(pairs), *sides, confidence=abs(margin),
                                decided_by="+".join(judges), agreement=agreement))
-        if len(pairs) == cfg.pairs_per_instruction:
+        if len(pairs) == cfg.pairs_wanted:
             break
     return pairs, None
 

@@ -12,6 +12,7 @@ The chain (cascade.py) is a list of deciders, each a judge or a panel; each deci
 above its threshold and passes the rest on. A one-judge decider asks about one candidate pair
 per record at a time, in candidate order, and stops for a record as soon as it has decided
 `pair.pairs_per_instruction` of its pairs: a pair decided early saves the checks of the others.
+A later decider (a dearer judge) checks only the records that have no pair yet.
 It takes the records a few at a time (RECORDS_AT_ONCE), so that a record's later checks find
 the prefixes its earlier ones saved in the engine (the instruction, each response shown first).
 A panel asks all its judges about every pending pair (its margin is their mean). What a
@@ -131,7 +132,7 @@ class Pending:
         if self.pairs is not None:
             return
         self.pairs = {}
-        self.wanted = ctx.cfg.pair.pairs_per_instruction
+        self.wanted = ctx.cfg.pair.pairs_wanted
         for r in records:
             r.judge_info.pop("verdict", None)  # verdicts of an earlier check are made again
             r.judge_info.pop("verdicts", None)
@@ -142,12 +143,19 @@ class Pending:
             for note in (f"verdicts: {ctx.chain.describe()}", *ctx.chain.notes):
                 ctx.notice(note, VerifyStage.kind)
 
-    def open(self, limit: int | None = None) -> dict[str, list[tuple[str, str]]]:
-        """The undecided candidates of the records that still want a pair (at most `limit` each)."""
-        return {rid: list(p)[:limit] for rid, p in self.pairs.items() if p and self.decided[rid] < self.wanted}
+    def want(self, later: bool) -> int:
+        """How many decided pairs a record wants from a decider: `pairs_per_instruction` from the
+        chain's first, one from a later (dearer) one, which is there to give an instruction the
+        pair the first could not."""
+        return 1 if later else self.wanted
 
-    def size(self, limit: int | None = None) -> int:
-        return sum(map(len, self.open(limit).values()))
+    def open(self, limit: int | None = None, later: bool = False) -> dict[str, list[tuple[str, str]]]:
+        """The undecided candidates of the records that still want a pair (at most `limit` each)."""
+        want = self.want(later)
+        return {rid: list(p)[:limit] for rid, p in self.pairs.items() if p and self.decided[rid] < want}
+
+    def size(self, limit: int | None = None, later: bool = False) -> int:
+        return sum(map(len, self.open(limit, later).values()))
 
     def closest_first(self, records: dict[str, Record], earlier: list[Decider]) -> None:
         """Order each record's undecided candidates by how close the earlier deciders came to
@@ -188,23 +196,25 @@ class VerifyStage(Stage):
 
     def total(self, records: list[Record], ctx: StageContext) -> int:
         self.pending.start(records, ctx)
-        return self.pending.size(self._limit(ctx))  # at most: a record stops once decided
+        later = ctx.chain.active.index(self.decider) > 0
+        return self.pending.size(self._limit(ctx), later)  # at most: a record stops once decided
 
     def run(self, records: list[Record], backend: Backend | None, ctx: StageContext, on_result) -> None:
         by_id = {r.id: r for r in records}
         place = ctx.chain.active.index(self.decider)
         path = ctx.read_path(self.decider.models[0])
-        limit = self._limit(ctx)
-        if place and self.model == self.decider.models[0]:
+        limit, later = self._limit(ctx), place > 0
+        want = self.pending.want(later)
+        if later and self.model == self.decider.models[0]:
             self.pending.closest_first(by_id, ctx.chain.active[:place])
         if len(self.decider.models) == 1:  # one candidate per record at a time, until decided
-            todo = list(self.pending.open(limit).items())
+            todo = list(self.pending.open(limit, later).items())
             rounds = _Rounds(on_result)
             for start in range(0, len(todo), RECORDS_AT_ONCE):
                 chunk = todo[start:start + RECORDS_AT_ONCE]
                 for k in range(max((len(pairs) for _, pairs in chunk), default=0)):
                     items = [(by_id[rid], *pairs[k]) for rid, pairs in chunk
-                             if k < len(pairs) and self.pending.decided[rid] < self.pending.wanted]
+                             if k < len(pairs) and self.pending.decided[rid] < want]
                     if not items:
                         break
                     margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=rounds.callback(),
@@ -212,7 +222,7 @@ class VerifyStage(Stage):
                     rounds.next_round()
                     self._settle(items, margins, place, path)
             return
-        items = [(by_id[rid], *pair) for rid, pairs in self.pending.open(limit).items() for pair in pairs]
+        items = [(by_id[rid], *pair) for rid, pairs in self.pending.open(limit, later).items() for pair in pairs]
         got = self.pending.margins.setdefault(self.decider.name, [])
         margins = verify(items, self.model, backend, ctx.cfg.judge, on_result=on_result, on_error=ctx.error)
         got.append({(r.id, x, y): m for (r, x, y), m in zip(items, margins) if m is not None})

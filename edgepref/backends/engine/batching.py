@@ -63,7 +63,7 @@ with `forget` and `read_prompt`).
         """Queue a job per sample of each request; a request that cannot run fails at once."""
         for i, req in enumerate(call.requests):
             try:
-                prompt, trace, choices = self._tokens(req)
+                prompt, bounds, trace, choices = self._tokens(req)
             except EngineError as exc:
                 call.fail(i, [], exc.message)
                 continue
@@ -71,8 +71,6 @@ with `forget` and `read_prompt`).
             if problem:
                 call.fail(i, prompt, problem)
                 continue
-            bounds = (self.template.bounds(req.messages, prompt, req.marks)
-                      if self.split_reads and req.marks and req.sampling.max_tokens <= 0 else ())
             call.enqueue(i, prompt, self._seed_of(req), trace, choices, bounds)
 
     def run(self, call: Call) -> None:
@@ -83,12 +81,14 @@ with `forget` and `read_prompt`).
             if any(s.job for s in self.slots):
                 self._step(call)
 
-    def _tokens(self, req: ChatRequest) -> tuple[list[int], dict[int, str], dict[int, str]]:
-        """A request's prompt tokens and the first tokens of its traced and choice candidates."""
-        prompt = self.template.tokens(req.messages, req.prefill)
+    def _tokens(self, req: ChatRequest) -> tuple[list[int], tuple[int, ...], dict[int, str], dict[int, str]]:
+        """A request's prompt tokens, the bounds a split read decodes it by (a read's marks, when
+        reads are split), and the first tokens of its traced and choice candidates."""
+        split = self.split_reads and req.sampling.max_tokens <= 0
+        prompt, bounds = self.template.prompt(req.messages, req.prefill, req.marks if split else ())
         trace = self.template.candidate_tokens(req.trace_choices)
         choices = self.template.candidate_tokens(req.choices, spellings=True)
-        return prompt, trace, choices
+        return prompt, bounds, trace, choices
 
     def _seed_of(self, req: ChatRequest) -> int:
         return req.sampling.seed if req.sampling.seed is not None else self.seed
@@ -239,7 +239,7 @@ with `forget` and `read_prompt`).
             return
         follow = Job(req, parent.req_index, parent.sample, [], 0, {}, {}, follows=result)
         try:
-            follow.prompt, follow.trace_tokens, follow.choice_tokens = self._tokens(req)
+            follow.prompt, _, follow.trace_tokens, follow.choice_tokens = self._tokens(req)  # runs in its slot, never split
             follow.error = self._too_long(follow.prompt)
         except EngineError as exc:
             follow.error = exc.message

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
-from .scheduler import common_prefix
+from .scheduler import block_len, common_prefix
 
 # Bytes of saved prefixes an engine keeps (least recently used dropped first): for the 0.5B judge
 # about 12 KiB a token, so some 40,000 prompt tokens; the 1.5B about 28 KiB a token.
@@ -49,7 +49,7 @@ def next_block(n_past: int, n: int, bounds: Sequence[int], block: int) -> int:
     segment, or the prompt, whichever comes first."""
     start = max((b for b in bounds if b <= n_past), default=0)
     end = min((b for b in bounds if n_past < b < n), default=n)
-    return min(block - (n_past - start) % block, end - n_past)
+    return block_len(n_past - start, end - n_past, block)
 
 
 def below(bounds: Sequence[int], p: int) -> tuple[int, ...]:

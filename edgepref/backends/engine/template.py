@@ -77,25 +77,16 @@ class ChatTemplate:
     def tokens(self, messages: list[dict[str, str]], prefill: str = "") -> list[int]:
         """The prompt tokens: the rendered messages and the prefill, where only the template's
         markup makes control tokens (see the module docstring)."""
+        return self.prompt(messages, prefill)[0]
+
+    def prompt(self, messages: list[dict[str, str]], prefill: str = "",
+               marks: Sequence[int] = ()) -> tuple[list[int], tuple[int, ...]]:
+        """The prompt tokens (as `tokens`) and the positions of `marks` in them (as `bounds`),
+        from one rendering of the messages."""
         body = self.render(messages)
-        text = body + prefill
-        # Templates that write the BOS themselves must not get a second one.
-        add_bos = self.model.add_bos and not (self.bos_text and text.startswith(self.bos_text))
         spans = self.content_spans(messages, body)
-        if spans is None:
-            contents = [m.get("content") for m in messages] + [prefill]
-            if any(self._first_control(c) for c in contents if isinstance(c, str)):
-                raise EngineError(
-                    "a message holds a control token's text and this model's chat template changes "
-                    "message text as it renders it, so markup and text cannot be told apart",
-                    "remove the control-token text from the input, or use a model whose chat template "
-                    "writes messages unchanged",
-                )
-            return self.model.tokenize(text, add_special=add_bos, parse_special=True)
-        spans.append((len(body), len(text)))
-        if not any(self._controls_over(text, span) for span in spans):
-            return self.model.tokenize(text, add_special=add_bos, parse_special=True)
-        return self.tokens_apart(text, spans, add_bos)
+        prompt = self._tokenize(messages, prefill, body, spans)
+        return prompt, self._bounds(messages, body, spans, prompt, marks)
 
     def bounds(self, messages: list[dict[str, str]], prompt: list[int], marks: Sequence[int]) -> tuple[int, ...]:
         """The prompt positions of `marks` (character offsets into the last message's content):
@@ -106,7 +97,32 @@ class ChatTemplate:
         if not marks:
             return ()
         body = self.render(messages)
-        spans = self.content_spans(messages, body)
+        return self._bounds(messages, body, self.content_spans(messages, body), prompt, marks)
+
+    def _tokenize(self, messages: list[dict[str, str]], prefill: str, body: str,
+                  spans: list[Span] | None) -> list[int]:
+        text = body + prefill
+        # Templates that write the BOS themselves must not get a second one.
+        add_bos = self.model.add_bos and not (self.bos_text and text.startswith(self.bos_text))
+        if spans is None:
+            contents = [m.get("content") for m in messages] + [prefill]
+            if any(self._first_control(c) for c in contents if isinstance(c, str)):
+                raise EngineError(
+                    "a message holds a control token's text and this model's chat template changes "
+                    "message text as it renders it, so markup and text cannot be told apart",
+                    "remove the control-token text from the input, or use a model whose chat template "
+                    "writes messages unchanged",
+                )
+            return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+        spans = [*spans, (len(body), len(text))]
+        if not any(self._controls_over(text, span) for span in spans):
+            return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+        return self.tokens_apart(text, spans, add_bos)
+
+    def _bounds(self, messages: list[dict[str, str]], body: str, spans: list[Span] | None,
+                prompt: list[int], marks: Sequence[int]) -> tuple[int, ...]:
+        if not marks:
+            return ()
         content = messages[-1].get("content")
         if not spans or not isinstance(content, str) or body[spans[-1][0]:spans[-1][1]] != content:
             return ()
