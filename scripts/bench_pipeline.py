@@ -188,7 +188,7 @@ def compare_variants(args, names: list[str]) -> dict:
         cache = args.shared_cache / "cache" if args.shared_cache else None
         wall, cpu, result = timed_run(instructions(args), cfg, cache_dir=cache)
         pairs = len(result.pairs)
-        prompts = len({p.id.split("-")[0] for p in result.pairs})  # instructions with a pair
+        prompts = result.summary.instructions_paired  # instructions with a pair
         rows[name] = {
             "judge_mode": cfg.judge.mode, "evolve_pick": cfg.evolve.pick, "candidates": cfg.pair.candidates,
             "pairs_per_instruction": cfg.pair.pairs_wanted, "split_reads": cfg.engine.split_reads,

@@ -348,6 +348,24 @@ def test_the_surest_decided_candidate_is_written_with_no_scores() -> None:
     assert PairConfig().pairs_wanted == 3 and PairConfig(decide="ratings").pairs_wanted == 1
 
 
+def test_try_shows_every_pair_an_instruction_wrote(capsys) -> None:
+    from types import SimpleNamespace
+
+    from edgepref.stages.config import PipelineConfig
+    from edgepref.ui.display import render_try
+
+    record = with_verdicts(
+        unrated([("a", "one"), ("b", "two"), ("c", "three")]),
+        ("a:0", "c:0", -0.4, ("big",), 1), ("b:0", "c:0", 0.3, ("small",), 0),
+    )
+    cfg = PipelineConfig()  # the default: up to 3 pairs per instruction
+    report = pair_records([record], cfg.pair)
+    assert [p.id for p in report.pairs] == ["u1", "u1-2"]
+    render_try(SimpleNamespace(records=[record], pairs=report.pairs, drop_reasons=report.drop_reasons), cfg)
+    out = capsys.readouterr().out
+    assert "pair: b:0 over c:0" in out and "pair: c:0 over a:0" in out and "no pair" not in out
+
+
 def test_several_pairs_never_contradict_each_other() -> None:
     # a > b, b > c, then c > a would close a cycle: it is not written
     record = with_verdicts(

@@ -147,11 +147,12 @@ def test_uncertain_pairs_are_dropped_and_counted(first_run, engines, tmp_path) -
 
 def test_candidates_are_checked_until_one_is_decided(engines, tmp_path) -> None:
     """No ratings (judge mode none): the chain checks each record's candidate pairs in order and
-    stops at the first it decides; when it decides none, it has checked them all."""
+    stops at the first it decides (one pair per instruction); when it decides none, it has
+    checked them all."""
     from edgepref.stages.pair import candidate_pairs
 
     cfg = small_config(mode="none")
-    cfg.pair.candidates = 3
+    cfg.pair.candidates, cfg.pair.pairs_per_instruction = 3, 1
     out = tmp_path / "run"
     decided = run_pipeline(INSTRUCTIONS, out, cfg, backends=engines)  # |margin| >= 0: the first decides
     assert not any(name.startswith("judge-") for name in decided.summary.stages)

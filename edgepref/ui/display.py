@@ -258,16 +258,17 @@ def render_try(result, cfg) -> None:
     """Each instruction: its candidates with model, settings, scores and reasons; the verdict."""
     from rich.panel import Panel
 
-    from ..stages.pair import record_verdicts
+    from ..stages.pair import pick_pairs, record_verdicts
 
     out = _out()
-    pairs = {p.id: p for p in result.pairs}
     for record in result.records:
         out.rule(f"[bold]{record.instruction}")
         line = turns_line(len(record.history), record.system is not None, context_dropped(record.dropped))
         if line:
             out.print(Text(line, style="dim"))
-        pair, reason = pairs.get(record.id), result.drop_reasons.get(record.id)
+        written, _ = pick_pairs(record, cfg.pair)  # what the pair stage wrote, surest first
+        reason = result.drop_reasons.get(record.id)
+        pair = written[0] if written else None
         for c in record.completions:
             ratings = [r for r in record.ratings if r.completion_id == c.id]
             scores = "  ".join(
@@ -308,10 +309,10 @@ def render_try(result, cfg) -> None:
             rule = f"a judge of the chain calibrated for {cfg.pair.target_agreement:.0%} agreement was sure"
         else:
             rule = "a judge of the chain was surer than its noise floor"
-        if pair:
-            out.print(f"[bold]pair:[/] {pair.completion_chosen}{_score(pair.score_chosen)} over "
-                      f"{pair.completion_rejected}{_score(pair.score_rejected)}; {rule}")
-        else:
+        for p in written:
+            out.print(f"[bold]pair:[/] {p.completion_chosen}{_score(p.score_chosen)} over "
+                      f"{p.completion_rejected}{_score(p.score_rejected)}; {rule}")
+        if not written:
             out.print(f"[bold]no pair:[/] {reason} ({rule})")
 
 

@@ -12,7 +12,7 @@ The page carries REPORT_MARKER in its head: `write_report` replaces a file only 
 page, or the report.html of a run directory (a name the run directory's layout owns), never a
 file of the user's or one the report is made from, unless told to overwrite.
 
-Which record was dropped for what is recomputed with the pair stage (`pair.pick_pair`) from the
+Which record was dropped for what is recomputed with the pair stage (`pair.pick_pairs`) from the
 records and the run's [pair] settings: the pair stage needs no model, so this is what the run
 decided.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..core.errors import EdgeprefError, InputError
 from ..stages.config import PairConfig
-from ..stages.pair import pick_pair, rank_completions
+from ..stages.pair import pick_pairs, rank_completions
 from ..core.records import Record
 from ..data.rundir import PAIRS, RECORDS, REPORT, RUN, RunDir, refuse_inputs_inside
 from ..runs.summary import completions_per_model
@@ -112,13 +112,17 @@ def _prompt_turns(prompt) -> dict:
 
 
 def instruction_rows(view: RunView) -> list[dict]:
-    """One row per instruction: its pair or why it has none, and every candidate with its ratings.
-    A conversation's row also has its own system prompt, the earlier turns, and how many turns
-    were dropped to fit the context (the page shows them collapsed under the instruction)."""
+    """One row per instruction: its pairs (the surest in the columns, how many in `pairs`) or
+    why it has none, and every candidate with its ratings and the pairs it is chosen and rejected
+    in. A conversation's row also has its own system prompt, the earlier turns, and how many
+    turns were dropped to fit the context (the page shows them collapsed under the instruction)."""
     pairs = {p.get("id"): p for p in view.pairs}
     rows = []
     for record in view.records:
-        pair, reason = pick_pair(record, view.pair_cfg)
+        picked, reason = pick_pairs(record, view.pair_cfg)
+        pair = picked[0] if picked else None
+        chosen_in = Counter(p.completion_chosen for p in picked)
+        rejected_in = Counter(p.completion_rejected for p in picked)
         written = pairs.get(record.id)
         ranked = {r.completion.id: r for r in rank_completions(record, view.pair_cfg.score)}
         candidates = []
@@ -133,11 +137,13 @@ def instruction_rows(view: RunView) -> list[dict]:
                 "text": c.text, "note": c.note,
                 "role": ("chosen" if pair and c.id == pair.completion_chosen else
                          "rejected" if pair and c.id == pair.completion_rejected else ""),
+                "chosen_in": chosen_in[c.id], "rejected_in": rejected_in[c.id],
             })
         rows.append({
             "id": record.id, "instruction": record.instruction,
             "system": record.system, "history": record.history, "turns_dropped": _context_dropped(record),
             "status": "pair" if written or pair else reason or "no pair",
+            "pairs": len(picked) or int(bool(written)),
             "model_chosen": pair.model_chosen if pair else None,
             "model_rejected": pair.model_rejected if pair else None,
             "score_chosen": _rounded(pair.score_chosen) if pair else None,
@@ -148,7 +154,7 @@ def instruction_rows(view: RunView) -> list[dict]:
         })
     if not view.records:  # pairs without records: show what the pairs carry
         rows = [{"id": p.get("id"), "instruction": _text(p.get("prompt")), **_prompt_turns(p.get("prompt")),
-                 "turns_dropped": 0, "status": "pair",
+                 "turns_dropped": 0, "status": "pair", "pairs": 1,
                  "model_chosen": p.get("model_chosen"), "model_rejected": p.get("model_rejected"),
                  "score_chosen": p.get("score_chosen"), "score_rejected": p.get("score_rejected"),
                  "margin": p.get("margin"), "confidence": p.get("confidence"), "dropped": [],
