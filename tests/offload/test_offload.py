@@ -166,7 +166,7 @@ def test_a_saved_prefix_loads_on_the_device() -> None:
         assert engine.n_gpu_layers > 0
         engine.chat(reqs[:1])
         loaded = engine.chat(reqs[1:])[0]  # a call of its own: the cache starts empty, the prefix is loaded
-        bound = engine.template.bounds(reqs[1].messages, engine.template.tokens(reqs[1].messages), reqs[1].marks)[-1]
+        bound = engine.template.prompt(reqs[1].messages, "", reqs[1].marks)[1][-1]
     with Engine(SMOL, n_slots=1, n_ctx=1024, n_gpu_layers=ALL_LAYERS) as engine:
         fresh = engine.chat(reqs[1:])[0]
     assert loaded.cached_prompt_tokens == bound and fresh.cached_prompt_tokens == 0

@@ -81,23 +81,16 @@ class ChatTemplate:
 
     def prompt(self, messages: list[dict[str, str]], prefill: str = "",
                marks: Sequence[int] = ()) -> tuple[list[int], tuple[int, ...]]:
-        """The prompt tokens (as `tokens`) and the positions of `marks` in them (as `bounds`),
-        from one rendering of the messages."""
+        """The prompt tokens (as `tokens`) and the positions of `marks` (character offsets into
+        the last message's content) in them: for each, the fewest leading tokens whose text
+        reaches it (a token across a mark goes before the bound). A function of the messages
+        alone, so prompts that share the text up to a mark, and its tokens, share the bound. No
+        bounds when the template changes the content or the tokens do not spell the rendered
+        text. One rendering of the messages gives both."""
         body = self.render(messages)
         spans = self.content_spans(messages, body)
         prompt = self._tokenize(messages, prefill, body, spans)
         return prompt, self._bounds(messages, body, spans, prompt, marks)
-
-    def bounds(self, messages: list[dict[str, str]], prompt: list[int], marks: Sequence[int]) -> tuple[int, ...]:
-        """The prompt positions of `marks` (character offsets into the last message's content):
-        for each, the fewest leading tokens of `prompt` whose text reaches it (a token across a
-        mark goes before the bound). A function of the messages alone, so prompts that share the
-        text up to a mark, and its tokens, share the bound. Empty when the template changes the
-        content or the tokens do not spell the rendered text."""
-        if not marks:
-            return ()
-        body = self.render(messages)
-        return self._bounds(messages, body, self.content_spans(messages, body), prompt, marks)
 
     def _tokenize(self, messages: list[dict[str, str]], prefill: str, body: str,
                   spans: list[Span] | None) -> list[int]:
