@@ -19,13 +19,15 @@ read them), so it does slightly less work per judge call; the pairwise check rea
 log-probabilities from the first generated token's top log-probabilities, with a second `Llama`
 of the judge's file loaded with `logits_all=True` (llama-cpp-python gives log-probabilities
 only then; it computes the output layer for every prompt token). Prints both, the
-ratio, our yield with drop reasons, and the judge's wall time split into the UltraFeedback
+ratio, our yield (the instructions that gave a pair, as a share, and the pairs per instruction)
+with drop reasons, and the judge's wall time split into the UltraFeedback
 ratings and the pairwise check of chosen/rejected (with the ratio of the two together to the
 ratings alone, which is what the judge cost before the check), and per stage the prompt tokens
 decoded, the prompt tokens reused from the KV cache and the tokens generated, with the decoded
 prompt tokens per written pair and per instruction and the peak RSS of the edgepref run; writes
-JSON with `pairs_per_min`, `baseline_pairs_per_min`, `ratio`, `yield`, `judge_seconds`,
-`prompt_tokens`, `peak_rss_mb`.
+JSON with `pairs_per_min`, `baseline_pairs_per_min`, `ratio`, `instructions_with_pair`,
+`instructions_with_pair_share`, `mean_pairs_per_instruction`, `judge_seconds`, `prompt_tokens`,
+`peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -179,8 +181,9 @@ def timed_run(batch, cfg, backends=None, keep: Path | None = None, cache_dir: Pa
 
 
 def compare_variants(args, names: list[str]) -> dict:
-    """Each variant on the same instructions, one after the other in this process: pairs, yield,
-    wall and CPU time, pairs per CPU-minute, each against the first variant."""
+    """Each variant on the same instructions, one after the other in this process: pairs, the
+    instructions with a pair and the pairs per instruction, wall and CPU time, pairs per
+    CPU-minute, each against the first variant."""
     rows = {}
     for name in names:
         cfg = bench_config(args.max_tokens, **{"mode": None, **VARIANTS[name]})
@@ -188,12 +191,10 @@ def compare_variants(args, names: list[str]) -> dict:
         cache = args.shared_cache / "cache" if args.shared_cache else None
         wall, cpu, result = timed_run(instructions(args), cfg, cache_dir=cache)
         pairs = len(result.pairs)
-        prompts = result.summary.instructions_paired  # instructions with a pair
         rows[name] = {
             "judge_mode": cfg.judge.mode, "evolve_pick": cfg.evolve.pick, "candidates": cfg.pair.candidates,
-            "pairs_per_instruction": cfg.pair.pairs_wanted, "split_reads": cfg.engine.split_reads,
-            "pairs": pairs, "instructions_with_pair": prompts,
-            "yield": round(prompts / max(1, args.instructions), 3),
+            "pairs_wanted": cfg.pair.pairs_wanted, "split_reads": cfg.engine.split_reads,
+            "pairs": pairs, **yield_figures(result.summary),
             "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
             "pairs_per_min": round(pairs / (wall / 60), 2), "pairs_per_cpu_min": round(pairs / (cpu / 60), 2),
             "dropped": result.summary.pairs_dropped, "stage_seconds": stage_seconds(result.summary),
@@ -201,7 +202,7 @@ def compare_variants(args, names: list[str]) -> dict:
             "verdicts_asked": sum(len(r.judge_info.get("verdicts", [])) for r in result.records),
         }
         r = rows[name]
-        print(f"{name:<16} {pairs:>3} pairs, {prompts}/{args.instructions} instructions ({r['yield']:.0%}) "
+        print(f"{name:<16} {pairs:>3} pairs, {yield_text(r, result.summary.instructions)} "
               f"in {wall:.0f} s wall / {cpu:.0f} s CPU = {r['pairs_per_cpu_min']:.2f} pairs/CPU-min "
               f"({r['pairs_per_min']:.2f}/min)  decided by {r['decided_by']}  verdicts asked {r['verdicts_asked']}"
               f"  stages {r['stage_seconds']}", flush=True)
@@ -210,12 +211,32 @@ def compare_variants(args, names: list[str]) -> dict:
         r = rows[name]
         r["ratio_cpu"] = round(r["pairs_per_cpu_min"] / max(first["pairs_per_cpu_min"], 1e-9), 2)
         r["ratio_wall"] = round(r["pairs_per_min"] / max(first["pairs_per_min"], 1e-9), 2)
-        print(f"{name} against {names[0]}: yield {r['yield']:.0%} vs {first['yield']:.0%}, pairs per CPU-minute "
+        print(f"{name} against {names[0]}: instructions with a pair {r['instructions_with_pair_share']:.0%} "
+              f"vs {first['instructions_with_pair_share']:.0%}, pairs per instruction "
+              f"{r['mean_pairs_per_instruction']:g} vs {first['mean_pairs_per_instruction']:g}, pairs per CPU-minute "
               f"{r['ratio_cpu']:.2f}x, per wall minute {r['ratio_wall']:.2f}x")
     if args.shared_cache:
         print("(a shared request cache: later variants replayed what earlier ones computed; their times are "
               "not comparable, only their pairs)")
     return {"instructions": args.instructions, "skip": args.skip, "input": str(args.input), "variants": rows}
+
+
+def yield_figures(summary) -> dict:
+    """A run's yield, from its summary, as two figures under their own names: the instructions
+    that got at least one written pair (a count, and a share of the instructions) and the mean
+    written pairs per instruction (above 1 when instructions get several pairs; not the
+    `pairs_per_instruction` setting, the most it may write, which a variant row calls
+    `pairs_wanted`)."""
+    n = max(1, summary.instructions)
+    return {"instructions_with_pair": summary.instructions_paired,
+            "instructions_with_pair_share": round(summary.instructions_paired / n, 3),
+            "mean_pairs_per_instruction": round(summary.pairs / n, 3)}
+
+
+def yield_text(figures: dict, instructions: int) -> str:
+    return (f"{figures['instructions_with_pair']} of {instructions} instructions gave a pair "
+            f"({figures['instructions_with_pair_share']:.0%}), "
+            f"{figures['mean_pairs_per_instruction']:g} pairs per instruction")
 
 
 def stage_seconds(summary) -> dict:
@@ -299,7 +320,7 @@ def main() -> None:
         "seconds": round(ours_s, 1),
         "pairs": len(ours.pairs),
         "pairs_per_min": round(len(ours.pairs) / (ours_s / 60), 2),
-        "yield": round(len(ours.pairs) / max(1, args.instructions), 3),
+        **yield_figures(ours.summary),
         "dropped": ours.summary.pairs_dropped,
         "evolutions_dropped": ours.summary.evolutions_dropped,
         "request_errors": ours.summary.request_errors,
@@ -329,7 +350,7 @@ def main() -> None:
               f"  (stages: {stage_seconds(base.summary)})")
         print(f"ratio (pairs/min): {report['ratio']:.2f}x   wall-time ratio: {report['seconds_ratio']:.2f}x")
     drops = ", ".join(f"{k} {v}" for k, v in sorted(ours.summary.pairs_dropped.items())) or "none"
-    print(f"yield     : {report['yield']:.0%} of instructions gave a pair (dropped: {drops})")
+    print(f"yield     : {yield_text(report, ours.summary.instructions)} (dropped: {drops})")
     j = report["judge_seconds"]
     print(f"judge     : ratings {j['ratings']:.1f} s + pairwise check {j['check']:.1f} s = {j['total']:.1f} s "
           f"({j['ratio_to_ratings']:.2f}x the ratings alone)")

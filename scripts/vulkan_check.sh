@@ -9,12 +9,13 @@
 # What it does:
 #   1. Debian packages (as root with apt; otherwise it checks and names what is missing):
 #      vulkan-tools libvulkan-dev glslc spirv-headers from bookworm, and mesa-vulkan-drivers from
-#      bookworm-backports (Mesa 25; bookworm's own 22.3 is older than we tested).
+#      bookworm-backports (Mesa 25; bookworm's own 22.3 is older than we tested), added if missing
+#      from the archive this machine's apt sources name for bookworm (its mirror, local or not).
 #   2. Vulkan headers: bookworm's 1.3.239 are older than ggml-vulkan.cpp needs (it uses
 #      vk::LayerSettingEXT, 1.3.272+). We take the headers from Debian trixie's libvulkan-dev
-#      package, downloaded with a private apt state (the machine's apt sources stay as they
-#      are) and unpacked into the build cache; only its include/ is used, and the build links
-#      bookworm's own loader (libvulkan.so.1). No llama.cpp source is patched.
+#      package, downloaded from that same archive with a private apt state (the machine's apt
+#      sources stay as they are) and unpacked into the build cache; only its include/ is used,
+#      and the build links bookworm's own loader (libvulkan.so.1). No llama.cpp source is patched.
 #   3. A llama-cpp-python wheel with GGML_VULKAN=on, built once and kept in
 #      $EDGEPREF_BUILD_CACHE (default ~/.cache/edgepref-build), keyed by version and flags; pip's
 #      own wheel cache is bypassed so a Vulkan wheel never stands in for a plain CPU install.
@@ -41,6 +42,64 @@ libdir="/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 
+# The URI this machine's own apt sources take Debian's main archive from: the first `deb` entry
+# whose suites include SUITE itself (bookworm; not bookworm-security, not bookworm-updates), in
+# one-line files (/etc/apt/sources.list, sources.list.d/*.list: `deb [opts] URI SUITE COMP...`)
+# and deb822 files (sources.list.d/*.sources: `Types:`, `URIs:`, `Suites:`, `Enabled:`), so
+# that a machine behind a local mirror keeps using it. FILES (default: those) for tests.
+debian_mirror() {
+    local suite="$1" files=() f uri=""
+    shift
+    if [ $# = 0 ]; then
+        set -- /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources
+    fi
+    for f in "$@"; do
+        if [ -f "$f" ]; then files+=("$f"); fi
+    done
+    if [ ${#files[@]} -gt 0 ]; then
+        uri="$(awk -v suite="$suite" '
+            function has(list, word,   n, i, w) {
+                n = split(list, w); for (i = 1; i <= n; i++) if (w[i] == word) return 1; return 0
+            }
+            function stanza(   u) {
+                if (!found && has(types, "deb") && has(suites, suite) && tolower(enabled) != "no") {
+                    split(uris, u); if (u[1] != "") { print u[1]; found = 1 }
+                }
+                types = uris = suites = enabled = key = ""
+            }
+            found { exit }
+            FNR == 1 && NR > 1 && deb822 { stanza(); if (found) exit }
+            FNR == 1 { deb822 = FILENAME ~ /\.sources$/ }
+            deb822 && /^[ \t]*#/ { next }
+            deb822 && /^[ \t]*$/ { stanza(); next }
+            deb822 && /^[ \t]/ {  # a field continued on the next line
+                if (key == "types") types = types " " $0; else if (key == "uris") uris = uris " " $0
+                else if (key == "suites") suites = suites " " $0
+                next
+            }
+            deb822 {
+                key = tolower(substr($0, 1, index($0, ":") - 1)); value = substr($0, index($0, ":") + 1)
+                if (key == "types") types = value; else if (key == "uris") uris = value
+                else if (key == "suites") suites = value
+                else if (key == "enabled") { enabled = value; gsub(/[ \t]/, "", enabled) }
+                next
+            }
+            {
+                sub(/#.*/, ""); if ($1 != "deb") next
+                i = 2; if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }  # [options]
+                if ($(i + 1) == suite) { print $i; found = 1; exit }
+            }
+            END { if (deb822 && !found) stanza() }
+        ' "${files[@]}")"
+    fi
+    if [ -z "$uri" ]; then
+        echo "no apt source for Debian's $suite archive on this machine (a deb entry with suite $suite in" \
+            "/etc/apt/sources.list, sources.list.d/*.list or *.sources): add your mirror's, then run this again" >&2
+        return 1
+    fi
+    echo "$uri"
+}
+
 install_packages() {
     local missing=()
     command -v vulkaninfo >/dev/null || missing+=(vulkan-tools)
@@ -60,7 +119,9 @@ install_packages() {
     step "Debian packages: ${missing[*]:-} mesa-vulkan-drivers (bookworm-backports)"
     local list=/etc/apt/sources.list.d/edgepref-bookworm-backports.list
     if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        echo "deb http://deb.debian.org/debian bookworm-backports main" | as_root tee "$list" >/dev/null \
+        local mirror
+        mirror="$(debian_mirror bookworm)" || exit 1
+        echo "deb $mirror bookworm-backports main" | as_root tee "$list" >/dev/null \
             || { echo "need root to add bookworm-backports; run this script with sudo"; exit 1; }
     fi
     as_root apt-get update -qq
@@ -75,10 +136,11 @@ vulkan_headers() {
     local dest="$cache/vulkan-headers"
     if [ ! -f "$dest/usr/include/vulkan/vulkan.hpp" ]; then
         step "Vulkan headers from Debian trixie's libvulkan-dev (private apt state, nothing installed)" >&2
-        local tmp
+        local tmp mirror
+        mirror="$(debian_mirror bookworm)" || exit 1
         tmp="$(mktemp -d)"
         mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
-        echo "deb http://deb.debian.org/debian trixie main" > "$tmp/sources.list"
+        echo "deb $mirror trixie main" > "$tmp/sources.list"  # the same archive, the next release
         local opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=-"
                     -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache"
                     -o "APT::Sandbox::User=root" -o "Debug::NoLocking=1")

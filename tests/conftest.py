@@ -93,6 +93,80 @@ def judge15_engine(session_env: Path):
     yield engine
     engine.close()
 
+# ---------------------------------------------------------------- engines of in-process runs
+#
+# A run (run_pipeline, or the CLI through CliRunner) loads its models through ModelHost, which
+# opens a new engine per model and stage and closes it after: a CLI test would load qwen, smollm2
+# and qwen again. In this test process, ModelHost.open_engine lends an engine from a pool keyed
+# by everything the engine is built with (model file, context, slots, seed, blocks, read path,
+# GPU layers; not the thread count, which changes no number), opened by the real open_engine on
+# first use and kept loaded for the whole run: the same settings give the same arithmetic, so a
+# run computes what it would compute on a fresh engine. Runs in subprocesses load their own.
+# A test marked `fresh_engines` gets engines of its own, closed by its host as in a user's run.
+
+
+class Lent:
+    """A pooled engine lent to one ModelHost: its close() leaves the engine loaded."""
+
+    def __init__(self, engine) -> None:
+        object.__setattr__(self, "_engine", engine)
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._engine, name, value)
+
+
+class EnginePool:
+    def __init__(self, capacity: int = 8) -> None:
+        self.engines: dict[tuple, object] = {}
+        self.capacity, self.enabled, self.opened = capacity, True, 0
+
+    def lend(self, open_engine, host, model: str, n_ctx: int, slots: int):
+        if not self.enabled:
+            return open_engine(host, model, n_ctx, slots)
+        from edgepref.models.modelfiles import resolve_model_path
+
+        e, path = host.cfg.engine, resolve_model_path(model, host.registry)
+        key = (str(path), path.stat().st_size, n_ctx, slots, host.cfg.seed, e.gpu_layers, e.prompt_block,
+               e.read_block, e.reads_alone, e.split_reads)
+        if key not in self.engines:
+            if len(self.engines) >= self.capacity:  # the least recently lent goes
+                self.engines.pop(next(iter(self.engines))).close()
+            self.engines[key] = open_engine(host, model, n_ctx, slots)
+            self.opened += 1
+        self.engines[key] = self.engines.pop(key)  # most recently lent last
+        return Lent(self.engines[key])
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_pool(session_env: Path) -> Iterator[EnginePool]:
+    from edgepref.runs.hosting import ModelHost
+
+    pool = EnginePool()
+    real = ModelHost.open_engine
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ModelHost, "open_engine", lambda host, *args: pool.lend(real, host, *args))
+        yield pool
+    pool.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines_marker(request: pytest.FixtureRequest, engine_pool: EnginePool) -> Iterator[None]:
+    engine_pool.enabled = request.node.get_closest_marker("fresh_engines") is None
+    yield
+    engine_pool.enabled = True
+
+
 # ---------------------------------------------------------------- fake files
 
 
@@ -240,3 +314,68 @@ def kill_when_cached(args: list[str], out: Path, lines: int, timeout: float, **p
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+# ---------------------------------------------------------------- one real server for the run
+#
+# `edgepref serve` with both embedded models, key required, started once for the whole test run
+# (test_remote, test_serve). A test that needs a server to die kills a KillableProxy in front of
+# it: the requests reach the real server, and the death is the proxy's socket closing.
+
+SERVER_KEY_ENV = "EDGEPREF_TEST_SERVER_KEY"
+SERVER_KEY = "test-key-not-secret"
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory: pytest.TempPathFactory, session_env: Path):
+    pytest.importorskip("fastapi", reason="needs edgepref[server] (installed by edgepref[test])")
+    from edgepref.backends.engine.serve import ServerProcess
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SERVER_KEY_ENV, SERVER_KEY)
+        srv = ServerProcess([QWEN, SMOL], tmp_path_factory.mktemp("server") / "server.log", api_key_env=SERVER_KEY_ENV)
+        yield srv
+        srv.kill()
+
+
+class KillableProxy(ThreadedHttpServer):
+    """A real HTTP server on 127.0.0.1 that passes every request (method, path, key, body) to
+    `target` (an OpenAI-style base, …/v1) and its answer back. `kill()` closes its socket, so the
+    clients see what they see when a server dies: refused connections. `port` reopens one at
+    the address of a killed proxy, as a restarted server comes back."""
+
+    def __init__(self, target: str, port: int = 0) -> None:
+        import http.server
+        import urllib.error
+        import urllib.request
+
+        base = target.rsplit("/v1", 1)[0]
+
+        class Forward(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))) or None
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                req = urllib.request.Request(base + self.path, data=body, headers=headers, method=self.command)
+                try:
+                    with urllib.request.urlopen(req, timeout=300) as resp:
+                        status, raw = resp.status, resp.read()
+                except urllib.error.HTTPError as err:
+                    status, raw = err.code, err.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = _forward
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Forward)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def kill(self) -> None:
+        self.close()

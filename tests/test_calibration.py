@@ -1,7 +1,13 @@
 """Calibrated thresholds (edgepref.judging.calibration) and the verdict chain (edgepref.judging.cascade), on
-hand-built margins whose answer follows from the binomial bound; no model."""
+hand-built margins whose answer follows from the binomial bound; the shipped figure files
+(calibration.json, self_preference.json) and the commands they record; no model."""
 
+import importlib.util
+import json
 import math
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 
@@ -125,12 +131,116 @@ def test_a_chain_that_decides_nothing_says_what_to_do(tmp_path):
 def test_by_default_each_judge_decides_above_its_noise_floor():
     """No target: each judge's threshold is the noise floor the shipped calibration measured."""
     shipped = read_calibration(None)
+    assert shipped.chain == ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] and shipped.recipe == "headings-ab"
     chain = build_chain([(m,) for m in shipped.chain], min_confidence=None, target=None, calibration_path=None,
                         recipe=shipped.recipe)
-    assert [d.threshold for d in chain.deciders] == [shipped.noise[m]["floor"] for m in shipped.chain]
+    # the floors as the file has them, read here without the reader under test
+    raw = json.loads((SHIPPED / "calibration.json").read_text())
+    assert [d.threshold for d in chain.deciders] == [raw["noise"][m]["floor"] for m in raw["chain"]]
     assert all(d.threshold > 0.05 for d in chain.deciders) and chain.target is None
     assert "its noise floor" in chain.describe()
     # a judge the calibration never measured gets the fixed fallback, said in a note
     other = build_chain([("someone-else",)], min_confidence=None, target=None, calibration_path=None,
                         recipe=shipped.recipe)
     assert other.deciders[0].threshold == 0.1 and other.notes
+
+
+# ------------------------------------------------------------- the shipped figure files
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "edgepref" / "judging"
+DEV_PAIRS = "../shared/data/alpaca_eval_dev/judge_pairs.jsonl"
+# a key that names a time; a string that holds a date, a temporary directory or a request cache
+WALL_CLOCK_KEY = re.compile(r"second|time|date|elapsed|duration", re.IGNORECASE)
+RUN_BOUND_TEXT = re.compile(r"/tmp/|\.cache\b|--cache-dir|\b\d{4}-\d{2}-\d{2}\b")
+
+
+def assert_nothing_run_bound(value, where: str = "") -> None:
+    """What would differ between two runs of the same command on the same machine: none of it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert not WALL_CLOCK_KEY.search(key), f"{where}/{key}"
+            assert_nothing_run_bound(item, f"{where}/{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            assert_nothing_run_bound(item, f"{where}/{i}")
+    elif isinstance(value, str):
+        assert not RUN_BOUND_TEXT.search(value), f"{where}: {value}"
+
+
+def regeneration_commands() -> list[str]:
+    return [line for line in (ROOT / "scripts" / "regenerate_figures.sh").read_text().splitlines()
+            if line and not line.startswith(("#", "set ", "cd "))]
+
+
+def edgepref_params(command: str) -> dict:
+    """Parse an `edgepref SUBCOMMAND ...` line with that subcommand's own click parser, which
+    rejects an unknown flag or a bad value; nothing runs."""
+    from edgepref.ui.cli import cli
+
+    program, name, *args = shlex.split(command)
+    assert program == "edgepref" and name in cli.commands, command
+    return cli.commands[name].make_context(f"edgepref {name}", args).params
+
+
+def test_the_shipped_calibration_records_how_to_make_it_again():
+    text = (SHIPPED / "calibration.json").read_text()
+    raw = json.loads(text)
+    assert set(raw) == {"chain", "recipe", "risk", "source", "command", "inputs", "machine", "noise", "calibrations"}
+    assert raw["inputs"] == {"pairs_file": DEV_PAIRS, "skip": 0, "limit": 114, "noise_pairs": 16}
+    assert raw["machine"]["cpu"] and "CPU" in raw["machine"]["note"]
+    for judge in raw["chain"]:
+        assert set(raw["noise"][judge]) == {"pairs", "paths", "median", "p90", "max", "floor"}
+    assert_nothing_run_bound(raw)
+    # the command is `edgepref calibrate` with these inputs, and the script that remakes the file runs it
+    params = edgepref_params(raw["command"])
+    assert (params["pairs_path"], params["skip"], params["limit"], params["noise_pairs"]) == (DEV_PAIRS, 0, 114, 16)
+    assert list(params["chain"]) == raw["chain"] and params["risk"] == raw["risk"] and params["cache_dir"] is None
+    assert sorted({t for span in params["targets"] for t in span}) == [c["target"] for c in raw["calibrations"]]
+    assert str(params["out"]) == "edgepref/judging/calibration.json"
+    assert raw["command"] in regeneration_commands()
+    # as `edgepref calibrate` writes it: read and written again, the same bytes
+    assert json.dumps(read_calibration(None).to_dict(), indent=1) + "\n" == text
+
+
+def test_a_calibration_file_records_no_time_and_no_cache_dir(tmp_path):
+    from edgepref.ui.cli.pipeline import recorded_command
+
+    cal = calibrate_chain([JudgeMargins("j", "headings-ab", "alone-512", [1.0] * 30, 0.0)], [True] * 30, 0.7, 0.1)
+    f = CalibrationFile(["j"], "headings-ab", 0.1, [cal], seconds={"j": {"alone-128": 9.5}})
+    f.write(tmp_path / "cal.json")
+    assert "seconds" not in (tmp_path / "cal.json").read_text()  # printed by the command, not written
+    assert recorded_command(["calibrate", "p.jsonl", "--cache-dir", "/tmp/c", "-q", "--cache-dir=/tmp/d",
+                             "--out", "cal.json"]) == "edgepref calibrate p.jsonl --out cal.json"
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem + "_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_self_preference_records_how_to_make_it_again():
+    from edgepref.judging.compare import shipped_self_preference
+
+    text = (SHIPPED / "self_preference.json").read_text()
+    raw = json.loads(text)
+    assert set(raw) == {"about", "command", "pairs_file", "figures"} and raw["pairs_file"] == DEV_PAIRS
+    for figure in raw["figures"]:
+        assert set(figure) == {"judge", "recipe", "pairs", "n", "share"}
+        assert 0 < figure["n"] <= figure["pairs"] and 0.0 <= figure["share"] <= 1.0
+    assert_nothing_run_bound(raw)
+    assert text == json.dumps(raw, indent=1, sort_keys=True) + "\n"  # as scripts/self_preference.py writes it
+    # the command is that script with these inputs (argparse exits on a flag it does not know)
+    program, script, *args = shlex.split(raw["command"])
+    assert program == "python" and script == "scripts/self_preference.py"
+    parsed = load_script(ROOT / script).build_parser().parse_args(args)
+    assert parsed.pairs == DEV_PAIRS and parsed.cache_dir is None
+    assert str(parsed.out) == "edgepref/judging/self_preference.json"
+    assert [(m.judge, m.pairs, r) for m in parsed.measure for r in m.recipes] == [
+        (f["judge"], f["pairs"], f["recipe"]) for f in raw["figures"]]
+    assert raw["command"] in regeneration_commands()
+    # what the run's notice reads, for the default judge and recipe among the rest
+    default = next(f for f in raw["figures"] if (f["judge"], f["recipe"]) == ("qwen2.5-coder-0.5b", "headings-ab"))
+    assert shipped_self_preference()[("qwen2.5-coder-0.5b", "headings-ab")] == (default["share"], default["n"])

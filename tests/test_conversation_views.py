@@ -172,7 +172,7 @@ def test_report_rows_carry_the_turns_and_what_was_dropped(conversation_run: Path
 def test_report_page_shows_turns_collapsed_and_escaped(tmp_path: Path) -> None:
     from edgepref.ui.report import csp_sha256, write_report
 
-    from .test_report import CHROMIUM, PAYLOAD, chromium, csp_of
+    from .test_report import PAYLOAD, chromium, csp_of, need_chromium
 
     records = conversation_records()
     records[0].system += PAYLOAD
@@ -184,8 +184,7 @@ def test_report_page_shows_turns_collapsed_and_escaped(tmp_path: Path) -> None:
     assert "oven is cold" not in page and PAYLOAD not in page
     scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
     assert len(scripts) == 1 and csp_of(page)["script-src"] == [f"'{csp_sha256(scripts[0])}'"]
-    if CHROMIUM is None:
-        pytest.skip("the page in a browser needs chromium (Debian: apt install chromium)")
+    need_chromium()
 
     dom, console, asked = chromium(f"{(out / 'report.html').resolve().as_uri()}#open=r0", tmp_path, "--dump-dom")
     assert console == "" and asked == [] and 'data-ready="yes"' in dom and "data-pwned" not in dom

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -122,8 +123,15 @@ def test_real_judge_eval_and_resume(tmp_path, qwen_engine, smol_engine) -> None:
     saved = json.loads(out.read_text())
     assert {"agreement", "agreement_ci95", "tie_rate", "parse_rate", "swap_consistency", "position_bias",
             "length_bias", "seconds_per_pair", "n"} <= set(saved)
+    cache = Path(str(out) + ".cache")  # the requests, cached beside the JSON
+    cached = {f.name: f.read_bytes() for f in cache.glob("*.jsonl")}
+    assert cached and all(cached.values())
+    served = qwen_engine.stats.requests
     again = run_eval(str(src), judges=[QWEN], recipe="score-only-expected-both", json_out=out, backends=backends,
                      self_preference_n=0)
+    # resumed: every rating came from the cache, the judge was asked nothing, the cache is unchanged
+    assert qwen_engine.stats.requests == served
+    assert {f.name: f.read_bytes() for f in cache.glob("*.jsonl")} == cached
     assert again.agreement == first.agreement and again.swap_consistency == first.swap_consistency
     assert len(read_judge_pairs(str(src), limit=2)) == 2
 

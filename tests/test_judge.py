@@ -15,8 +15,6 @@ from edgepref.judging.compare import PAIRWISE_RECIPES, compare
 from edgepref.judging.compare import request as compare_request
 from edgepref.stages.judge import bradley_terry, judge, panel_agreement, shown_orders
 from edgepref.stages.verify import verify
-from edgepref.stages.config import PairConfig
-from edgepref.stages.pair import pick_pair
 from edgepref.core.records import Completion, Rating, Record
 
 from .conftest import QWEN, SMOL
@@ -109,8 +107,11 @@ def test_panel_with_exclude_self(qwen_engine, smol_engine) -> None:
     rated = {(r.judge, r.completion_id) for r in record.ratings}
     assert (QWEN, "q:0") not in rated and (SMOL, "s:0") not in rated
     assert {(QWEN, "s:0"), (QWEN, "o:0"), (SMOL, "q:0"), (SMOL, "o:0")} <= rated
-    agreement = panel_agreement(record)  # over o:0 vs o:1, the only pair both judges rated
-    assert agreement in (0.0, 0.5, 1.0)
+    # o:0 against o:1 is the only pair both judges rated (each rating's probability-weighted
+    # score): 1 when both order it the same way, a half when both tie, else 0; counted by hand
+    value = {(r.judge, r.completion_id): r.expected for r in record.ratings}
+    d = [value[(j, "o:0")] - value[(j, "o:1")] for j in (QWEN, SMOL)]
+    assert panel_agreement(record) == (1.0 if d[0] * d[1] > 0 else 0.5 if d[0] == d[1] == 0 else 0.0)
 
 
 def test_panel_agreement_on_known_ratings() -> None:
@@ -318,7 +319,9 @@ def test_evolve_records_criterion_and_parent(qwen_engine) -> None:
         root, step = c.id.split("+evol")
         expected_parent = root if step == "1" else f"{root}+evol{int(step) - 1}"
         assert c.parent_id == expected_parent
-        assert c.criterion == pick_criterion(cfg, 5, record.id, c.parent_id, int(step))
+        # the seeded draw for (seed 5, record r, parent, step), pinned: a change of the draw shows here
+        assert c.criterion == {"m:0+evol1": "details", "m:0+evol2": "deepening", "m:1+evol1": "helpfulness",
+                               "m:1+evol2": "helpfulness"}[c.id]
         assert c.model == QWEN and c.text.strip()
 
 
@@ -354,8 +357,9 @@ def test_a_rewrite_continues_the_conversation_it_rewrites() -> None:
     cfg = EvolveConfig()
     then = continuation(record, "b", QWEN, 0, cfg, seed=3)
     req = then("  Hello.\n")
-    # the very request the stage sends for this completion, so it finds the answer in its cache
-    assert req == rewrite_request(record, record.completions[0], pick_criterion(cfg, 3, "r", "b:0", 1), cfg, 3)
+    # the very request the stage sends for this completion (the seeded draw for seed 3, record r,
+    # b:0, step 1 is "creativity"), so it finds the answer in its cache
+    assert req == rewrite_request(record, record.completions[0], "creativity", cfg, 3)
     assert [m["role"] for m in req.messages] == ["user", "assistant", "user"]
     assert req.messages[:2] == [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hello."}]
     assert req.messages[2]["content"].startswith("Write an improved version of your answer. Make it")
@@ -388,7 +392,9 @@ def test_criterion_draw_is_seeded_and_covers_all() -> None:
     cfg = EvolveConfig()
     draws = {pick_criterion(cfg, 0, f"r{i}", "c", 1) for i in range(60)}
     assert draws == set(cfg.criteria)
-    assert pick_criterion(cfg, 0, "r1", "c", 1) == pick_criterion(cfg, 0, "r1", "c", 1)
+    # pinned draws: the same seed and ids give the same criterion in every process; the seed moves it
+    assert pick_criterion(cfg, 0, "r1", "c", 1) == "helpfulness" and pick_criterion(cfg, 1, "r1", "c", 1) == "deepening"
+    assert pick_criterion(cfg, 3, "r", "b:0", 1) == "creativity"
 
 
 def test_two_orders_of_a_pair_share_the_instructions_prefix(qwen_engine) -> None:
@@ -431,11 +437,11 @@ def test_a_verdicts_reads_mark_where_each_response_starts(name: str) -> None:
 
 def test_marks_are_part_of_a_reads_identity() -> None:
     from edgepref.backends.cache import request_key
-    from edgepref.core.records import content_key
 
     req = compare_request(PAIRWISE_RECIPES["headings-ab"], QUESTION, "Paris.", "Lyon.", ("A", "B"))
     plain = ChatRequest(req.messages, req.sampling, choices=req.choices)
     assert request_key("verify", "m", req) != request_key("verify", "m", plain)
-    # a request without marks keeps the key it had before marks existed (caches stay valid)
-    assert request_key("verify", "m", plain) == content_key(
-        "verify", "m", plain.messages, {**plain.sampling.__dict__}, 1, None, "", list(plain.choices), [])
+    # a request without marks keeps the key it had before marks existed, and both keys are pinned:
+    # a change of the hashing would make every user's request cache miss
+    assert request_key("verify", "m", plain) == "af9497999f51625f"
+    assert request_key("verify", "m", req) == "fce24ae57ba62a9a"

@@ -1,7 +1,8 @@
 """`edgepref serve` against what a careless or hostile client sends: bodies that are not JSON or
 have wrong fields, a model id it does not serve, a missing key, a bad or busy port. Each is a
 clear answer (400, 422, 404, 401) or a one-line error, and no traceback reaches the client, the
-server's log or the terminal. The server is the real one, on 127.0.0.1, serving smollm2."""
+server's log or the terminal. The server is the real one, on 127.0.0.1, serving both embedded
+models (the test run's one server, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,24 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SMOL
+from .conftest import QWEN, SERVER_KEY, SERVER_KEY_ENV, SMOL
 from edgepref.backends.engine.serve import ServerProcess, free_port
 from edgepref.models.modelfiles import resolve_model_path
 
 pytest.importorskip("fastapi", reason="needs edgepref[server] (installed by edgepref[test])")
 
-KEY_ENV = "EDGEPREF_TEST_SERVE_KEY"
-KEY = "serve-test-key"
+KEY_ENV, KEY = SERVER_KEY_ENV, SERVER_KEY
 CHAT = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> ServerProcess:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(KEY_ENV, KEY)
-        srv = ServerProcess([SMOL], tmp_path_factory.mktemp("serve") / "server.log", api_key_env=KEY_ENV)
-        yield srv
-        srv.kill()
+def server(real_server) -> ServerProcess:
+    """The test run's one real server (tests/conftest.py): both embedded models, key required."""
+    return real_server
 
 
 def post(url: str, body: bytes, key: str | None = KEY, path: str = "/chat/completions") -> tuple[int, dict]:
@@ -65,7 +62,7 @@ def test_bad_bodies_and_unknown_models_get_clear_answers(server: ServerProcess) 
     assert status == 422 and "max_tokens" in answer["error"]["message"]
     status, answer = post(url, json.dumps({**CHAT, "model": "gpt-4"}).encode())
     assert status == 404 and "'gpt-4' is not served" in answer["error"]["message"]
-    assert SMOL in answer["error"]["message"]
+    assert SMOL in answer["error"]["message"] and QWEN in answer["error"]["message"]
     status, answer = post(url, json.dumps({"model": "nope", "prompt": "x"}).encode(), path="/completions")
     assert status == 404
     # a grammar that does not parse (llama-cpp-python's server would crash on it)

@@ -15,7 +15,7 @@ from edgepref.core.errors import ConfigError, InputError
 from edgepref.data.inputs import parse_shard, read_instructions, shard_index
 from edgepref.data.merge import merge_runs
 
-from .test_cli_pipeline import FAST
+from .test_cli_pipeline import FAST, FAST_RUN
 
 
 def write_input(path: Path, n: int, extra: list[bytes] = ()) -> Path:
@@ -53,7 +53,7 @@ def shard_runs(tmp_path_factory):
     outs = []
     for i in range(2):
         out = tmp / f"out-{i}"
-        result = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(out), *FAST])
+        result = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(out), *FAST_RUN])
         assert result.exit_code == 0, result.output
         outs.append(out)
     return tmp, outs
@@ -125,7 +125,7 @@ def one_row_shards(tmp_path_factory):
     results = {}
     for i in range(2):
         results[i] = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(tmp / f"out-{i}"),
-                                              *FAST])
+                                              *FAST_RUN])
     return tmp, src, results
 
 
@@ -161,7 +161,7 @@ def test_a_shard_of_an_input_with_no_usable_instruction_still_fails(tmp_path) ->
     src = tmp_path / "in.jsonl"
     src.write_text('{"instruction": ""}\nnot json\n')
     for i in range(2):
-        result = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(tmp_path / f"o{i}"), *FAST])
+        result = CliRunner().invoke(cli, ["run", str(src), "--shard", f"{i}/2", "--out", str(tmp_path / f"o{i}"), *FAST_RUN])
         assert result.exit_code == 1 and "no usable instructions" in result.output, result.output
         result = CliRunner().invoke(cli, ["complete", str(src), "--shard", f"{i}/2", "--out",
                                           str(tmp_path / f"c{i}.jsonl"), *FAST])
@@ -178,7 +178,7 @@ def test_merge_refuses_shards_of_different_inputs(one_row_shards, tmp_path) -> N
     copy.parent.mkdir()
     shutil.copy(src, copy)
     for name, source in (("other-1", other), ("copy-1", copy)):
-        result = CliRunner().invoke(cli, ["run", str(source), "--shard", "1/2", "--out", str(tmp_path / name), *FAST])
+        result = CliRunner().invoke(cli, ["run", str(source), "--shard", "1/2", "--out", str(tmp_path / name), *FAST_RUN])
         assert result.exit_code == 0, result.output
     with pytest.raises(ConfigError) as info:
         merge_runs([tmp / "out-0", tmp_path / "other-1"], tmp_path / "m")

@@ -1,7 +1,7 @@
 """The wheel carries everything the code reads: built from a copy of this tree, installed into a
 fresh venv, it answers `edgepref --version` and `edgepref models list` and reads every packaged
-file (models file, shipped calibration, prompt templates, report page). A file left out of the
-wheel fails here, not on a user's machine.
+file (models file, shipped calibration and self-preference figures, prompt templates, report
+page). A file left out of the wheel fails here, not on a user's machine.
 
 The fresh venv holds the wheel alone; its dependencies (llama-cpp-python takes minutes to build)
 are borrowed from the running interpreter's site-packages through a .pth line, which sys.path
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READ_EVERY_FILE = """
 import json, jinja2, edgepref
 from edgepref.judging.calibration import read_calibration
+from edgepref.judging.compare import shipped_self_preference
 from edgepref.models.registry import load_registry
 from edgepref.prompts import PACKAGE_PROMPTS_DIR
 from edgepref.ui.report import PAGE
@@ -35,6 +36,7 @@ print(json.dumps({
     "file": edgepref.__file__,
     "models": len(load_registry().entries),
     "recipe": read_calibration(None).recipe,
+    "self_preference": len(shipped_self_preference()),
     "templates": templates,
     "parsed": all(env.get_template(name) is not None for name in templates),
     "page": jinja2.Environment().parse(PAGE.read_text()) is not None,
@@ -45,7 +47,7 @@ print(json.dumps({
 def leftovers(directory: str, names: list[str]) -> set[str]:
     """What a checkout holds beside its sources: builds, venvs, caches, run outputs."""
     skip = {n for n in names if n in {".git", "build", "__pycache__", ".pytest_cache", "gpu_carry", ".gpu_build"}
-            or n.endswith(".egg-info") or n.startswith(".venv") or n == ".vulkan-venv"}
+            or n.endswith((".egg-info", ".cache")) or n.startswith(".venv") or n == ".vulkan-venv"}
     if Path(directory) == ROOT:
         skip |= {n for n in names if n.startswith("out") and (ROOT / n).is_dir()}
     return skip
@@ -62,10 +64,11 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = work.glob("edgepref-*.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True)
+    # this interpreter's pip installs into the new venv: no pip of its own to set up there
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, capture_output=True)
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     borrowed = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
@@ -89,4 +92,4 @@ def test_the_installed_wheel_runs_and_reads_its_files(fresh_venv: Path, tmp_path
     assert Path(seen["file"]).is_relative_to(fresh_venv), seen["file"]  # the wheel's code, not this tree's
     shipped = sorted(p.name for p in (ROOT / "edgepref" / "prompts").glob("*.jinja2"))
     assert seen["templates"] == shipped and seen["parsed"]
-    assert seen["models"] > 2 and seen["recipe"] and seen["page"]
+    assert seen["models"] > 2 and seen["recipe"] and seen["page"] and seen["self_preference"] > 0

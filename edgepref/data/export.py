@@ -141,7 +141,7 @@ Type: preference (DPO).
 - rejected by model: {json.dumps(stats['rejected_by_model'])}
 - seed: {cfg.get('seed')}
 
-Generated offline with llama.cpp by [edgepref](https://pypi.org/project/edgepref/).
+Generated offline with llama.cpp by edgepref.
 """
 
 

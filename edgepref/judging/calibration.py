@@ -211,9 +211,16 @@ class CalibrationFile:
     risk: float
     calibrations: list[Calibration] = field(default_factory=list)
     source: str = ""
-    command: str = ""
+    command: str = ""  # the command that wrote it, without where it cached its requests
     # judge -> its noise floor measurement (evaljudge.noise_floor)
     noise: dict = field(default_factory=dict)
+    # what it was calibrated on: pairs_file, skip, limit, noise_pairs
+    inputs: dict = field(default_factory=dict)
+    # the machine the noise floors were measured on: cpu (its model name; None: unknown), note
+    machine: dict = field(default_factory=dict)
+    # judge -> numerical path -> seconds per pair of its noise measurement; printed, never
+    # written: the file holds no wall-clock figure, so the same command writes the same bytes
+    seconds: dict = field(default_factory=dict, compare=False)
 
     def at(self, target: float) -> Calibration:
         for c in self.calibrations:
@@ -228,7 +235,7 @@ class CalibrationFile:
 
     def to_dict(self) -> dict:
         return {"chain": self.chain, "recipe": self.recipe, "risk": self.risk, "source": self.source,
-                "command": self.command, "noise": self.noise,
+                "command": self.command, "inputs": self.inputs, "machine": self.machine, "noise": self.noise,
                 "calibrations": [c.to_dict() for c in self.calibrations]}
 
     @classmethod
@@ -236,7 +243,8 @@ class CalibrationFile:
         try:
             return cls(raw["chain"], raw["recipe"], raw["risk"],
                        [Calibration.from_dict(c) for c in raw["calibrations"]],
-                       raw.get("source", ""), raw.get("command", ""), raw.get("noise", {}))
+                       raw.get("source", ""), raw.get("command", ""), raw.get("noise", {}),
+                       raw.get("inputs", {}), raw.get("machine", {}))
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"not a calibration file: missing {exc}",
                               "make one with `edgepref calibrate PAIRS --out FILE`") from None

@@ -24,9 +24,11 @@ log-odds still differ by how much the content moved them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Sequence
 
 from ..backends.base import Backend, ChatRequest, ChatResult, Sampling
@@ -276,22 +278,23 @@ def panel_margin(verdicts: Sequence[Verdict]) -> float | None:
     return sum(good) / len(good) if good else None
 
 
-# How often a judge preferred its own greedy answer to the better response of a dev pair
-# (AlpacaEval's strong-model answers), measured by `edgepref eval-judge` on the first 40 dev
-# pairs with each recipe (the 1.5B on the first 16): (judge, recipe) -> (share, n).
-SELF_PREFERENCE: dict[tuple[str, str], tuple[float, int]] = {
-    ("qwen2.5-coder-0.5b", "headings-ab"): (0.175, 40),
-    ("qwen2.5-coder-0.5b", "contrast-ab"): (0.35, 40),
-    ("qwen2.5-coder-0.5b", "repeat-ab"): (0.225, 40),
-    ("qwen2.5-coder-0.5b", "criteria-ab"): (0.30, 40),
-    ("qwen2.5-coder-1.5b", "headings-ab"): (0.3125, 16),
-}
+SELF_PREFERENCE_FILE = "self_preference.json"  # in the package; written by scripts/self_preference.py
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_self_preference() -> dict[tuple[str, str], tuple[float, int]]:
+    """How often a judge preferred its own greedy answer to the better response of a dev pair
+    (AlpacaEval's strong-model answers), as the shipped self_preference.json records it (its
+    "command" made it): (judge, recipe) -> (share, n)."""
+    text = resources.files("edgepref.judging").joinpath(SELF_PREFERENCE_FILE).read_text(encoding="utf-8")
+    return {(f["judge"], f["recipe"]): (f["share"], f["n"])
+            for f in json.loads(text)["figures"] if f["share"] is not None}
 
 
 def self_preference_notice(judge: str, recipe: str) -> str:
     text = (f"{judge} judges completions it wrote itself; models tend to prefer their own answers "
             "(self-preference).")
-    measured = SELF_PREFERENCE.get((judge, recipe))
+    measured = shipped_self_preference().get((judge, recipe))
     if measured:
         share, n = measured
         text += (f" Measured with recipe {recipe}: it preferred its own answer to a strong model's in "

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from ..backends.base import Backend
 from ..stages.config import JudgeConfig
 from ..core.errors import ConfigError, EdgeprefError, InputError
+from ..core.machine import cpu_model
 from ..data.inputs import iter_jsonl_rows, rows_from_datasets
 from ..backends.base import ChatRequest, Sampling
 from ..judging.compare import PAIRWISE_RECIPES
@@ -427,6 +428,11 @@ NOISE_PATHS = ({"split_reads": False}, {"split_reads": False, "read_block": 128}
                {"reads_alone": False, "slots": 16, "prompt_block": 32})
 
 
+NOISE_MACHINE_NOTE = ("The noise floors (and the margins) depend on the CPU they were computed on: llama.cpp's "
+                      "kernels round differently on another, where they are an estimate; `edgepref calibrate "
+                      "--noise-pairs N` there measures its own.")
+
+
 def chain_margins(runner, models: list[str], pairs: list[JudgePair], recipe: str) -> dict[str, list[float | None]]:
     """Each judge's pairwise margin of response_a over response_b on every pair (None: no verdict)."""
     out = {}
@@ -540,7 +546,9 @@ def run_calibrate(
 ) -> CalibrationFile:
     """Calibrate a verdict chain on labelled pairs (see edgepref.judging.calibration) for each target:
     every judge's margins on every pair, its noise floor on the first `noise_pairs`, then the
-    thresholds. Requests are cached (`cache_dir`, default beside `out`), so a rerun resumes."""
+    thresholds. Requests are cached (`cache_dir`, default beside `out`), so a rerun resumes.
+    The file records the command, its inputs and the CPU, and no time: the noise paths' seconds
+    per pair are in the returned file's `seconds`, not written, so a rerun writes the same bytes."""
     from ..stages.config import load_config
     from .pipeline import Runner
     from .settings import apply_overrides
@@ -561,9 +569,13 @@ def run_calibrate(
     floors = {m: noise_floor(cfg, cache_dir, m, pairs[:noise_pairs], recipe, margins[m][:noise_pairs],
                              path[m], on_event, backends) if noise_pairs > 0 else {"pairs": 0, "floor": 0.0}
               for m in models}
+    seconds = {m: floor.pop("seconds_per_pair", {}) for m, floor in floors.items()}
     labels_a = [p.label == "a" for p in pairs]
     source = f"{pairs_path}, pairs {skip + 1}-{skip + len(pairs)}"
-    cal_file = CalibrationFile(chain, recipe, risk, source=source, command=command, noise=floors)
+    cal_file = CalibrationFile(chain, recipe, risk, source=source, command=command, noise=floors,
+                               inputs={"pairs_file": str(pairs_path), "skip": skip, "limit": limit,
+                                       "noise_pairs": noise_pairs},
+                               machine={"cpu": cpu_model(), "note": NOISE_MACHINE_NOTE}, seconds=seconds)
     # a panel ("a+b") decides with its judges' mean margin, above the larger of their noise floors
     deciders = [JudgeMargins(name, recipe, path[group(name)[0]], _mean_margins([margins[m] for m in group(name)]),
                              max(floors[m]["floor"] for m in group(name))) for name in chain]

@@ -40,8 +40,6 @@ class ModelHost:
     def get(self, model: str, n_ctx: int, slots: int | None = None) -> Backend:
         """The backend of `model`, loading it if needed. `slots` (default: the config's) sizes a
         new engine's KV cache; a stage of reads asks for one, as reads decode one prompt at a time."""
-        from ..backends.engine import Engine
-
         if model in self.provided:
             return self.provided[model]
         entry = self.registry.remote(model)
@@ -54,16 +52,21 @@ class ModelHost:
         if self.current and self.current[0] == model and self.current[1] >= n_ctx:
             return self.engine
         self.close()
-        e = self.cfg.engine
-        path = resolve_model_path(model, self.registry)
-        self.engine = Engine(
-            path, n_ctx=n_ctx, n_slots=slots or e.slots, n_threads=e.threads, n_gpu_layers=e.gpu_layers,
-            seed=self.cfg.seed, prompt_block=e.prompt_block, read_block=e.read_block,
-            reads_alone=e.reads_alone, split_reads=e.split_reads,
-        )
+        self.engine = self.open_engine(model, n_ctx, slots or self.cfg.engine.slots)
         self.engine.name = model
         self.current = (model, n_ctx)
         return self.engine
+
+    def open_engine(self, model: str, n_ctx: int, slots: int):
+        """A new local engine for `model` with the run's engine settings; the host closes it."""
+        from ..backends.engine import Engine
+
+        e = self.cfg.engine
+        return Engine(
+            resolve_model_path(model, self.registry), n_ctx=n_ctx, n_slots=slots, n_threads=e.threads,
+            n_gpu_layers=e.gpu_layers, seed=self.cfg.seed, prompt_block=e.prompt_block, read_block=e.read_block,
+            reads_alone=e.reads_alone, split_reads=e.split_reads,
+        )
 
     def close(self) -> None:
         if self.engine is not None:

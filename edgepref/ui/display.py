@@ -470,3 +470,10 @@ def render_calibration(cal_file) -> None:
         agree = "-" if cal.agreement is None else f"{cal.agreement:.1%}"
         table.add_row(f"{cal.target:g}", "[bold]chain[/bold]", "", "", str(cal.pairs), "", agree, f"{cal.coverage:.1%}")
     out.print(table)
+    for judge, paths in cal_file.seconds.items():
+        if paths:  # paths replayed from the cache are not timed
+            times = ", ".join(f"{path} {s:.2f}" for path, s in paths.items())
+            out.print(f"noise floor of {judge}, seconds per pair (not written to the file): {times}")
+    cpu = cal_file.machine.get("cpu")
+    if any(n.get("pairs") for n in cal_file.noise.values()):
+        out.print(f"noise floors measured on {cpu or 'a CPU that does not name itself'}: on another CPU they are an estimate")

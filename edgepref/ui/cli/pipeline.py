@@ -280,6 +280,23 @@ class TargetSpan(click.ParamType):
         return [round(a + k / 100, 2) for k in range(int(round((b - a) * 100)) + 1)]
 
 
+def recorded_command(args: list[str], unrecorded: tuple[str, ...] = ("--cache-dir",),
+                     quiet: tuple[str, ...] = ("-q", "--quiet")) -> str:
+    """The command as a file records it: `edgepref` and its arguments, less where it cached its
+    requests and whether it printed progress, which change nothing in what it writes."""
+    import shlex
+
+    kept, skip_next = [], False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in unrecorded:
+            skip_next = True
+        elif arg not in quiet and arg.partition("=")[0] not in unrecorded:
+            kept.append(arg)
+    return shlex.join(["edgepref", *kept])
+
+
 @cli.command("calibrate")
 @click.argument("pairs_path", metavar="PAIRS")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -312,7 +329,6 @@ def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, c
       edgepref calibrate my_labelled_pairs.jsonl --target 0.75 --out calibration.json
       edgepref run instructions.jsonl --out out --calibration calibration.json --target-agreement 0.75
     """
-    import shlex
     import sys
 
     from ...runs.evaljudge import run_calibrate
@@ -320,6 +336,6 @@ def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, c
     cal_file = run_calibrate(pairs_path, targets=sorted({t for span in targets for t in span}), risk=risk, out=out, chain=list(chain), skip=skip,
                              limit=limit, noise_pairs=noise_pairs, cache_dir=cache_dir, config_file=config_file,
                              models_file=models_file, on_event=None if quiet else display.StageProgress(quiet),
-                             command="edgepref " + shlex.join(sys.argv[1:]))
+                             command=recorded_command(sys.argv[1:]))
     display.render_calibration(cal_file)
     display.render_path(str(out))
