@@ -71,12 +71,12 @@ def qwen_backend(urls: list[str], **kw) -> ServerBackend:
 
 def greedy_config() -> PipelineConfig:
     cfg = PipelineConfig(
-        pool=[PoolMember(QWEN, temperature=0.0, max_tokens=20), PoolMember(SMOL, temperature=0.0, max_tokens=20)],
+        pool=[PoolMember(QWEN, temperature=0.0, max_tokens=28), PoolMember(SMOL, temperature=0.0, max_tokens=28)],
         # the judge's own answer rewritten (a follow-up turn locally, a request of its own on the
         # server): each extra greedy text is one more place where a near-tie can part the two
         # paths (as the ratings below may), and a server rewrites any answer the same way
-        evolve=EvolveConfig(num_evolutions=1, temperature=0.0, max_tokens=20, pick="own"),
-        judge=JudgeConfig(models=[QWEN], n_ctx=2048, mode="rationale", max_rationale_chars=40),  # compared below
+        evolve=EvolveConfig(num_evolutions=1, temperature=0.0, max_tokens=28, pick="own"),
+        judge=JudgeConfig(models=[QWEN], n_ctx=2048, mode="rationale"),  # ratings compared below
     )
     # One sequence, each prompt decoded in one call: the same arithmetic as the server's
     # one-at-a-time Llama (llama.cpp's kernels round differently for other batch shapes).
