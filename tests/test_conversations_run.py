@@ -46,17 +46,27 @@ def small_config(**pair) -> PipelineConfig:
     )
 
 
+# Five of the examples, one of each shape: OpenAI style with a system message (conv-01) and
+# without one (conv-02), ShareGPT style with a system turn (conv-03), and a `system` column in
+# either style (conv-05, conv-06)
+SHAPES = ("conv-01", "conv-02", "conv-03", "conv-05", "conv-06")
+N = len(SHAPES)
+
+
 @pytest.fixture(scope="module")
 def conversation_run(tmp_path_factory, qwen_engine, smol_engine):
     out = tmp_path_factory.mktemp("conversations")
+    src = out.parent / "shapes.jsonl"
+    src.write_text("".join(line for line in EXAMPLES.read_text().splitlines(keepends=True)
+                           if json.loads(line)["id"] in SHAPES))
     backends = {QWEN: Recording(qwen_engine), SMOL: Recording(smol_engine)}
-    result = run_pipeline(str(EXAMPLES), out, small_config(), backends=backends)
+    result = run_pipeline(str(src), out, small_config(), backends=backends)
     return out, result, backends
 
 
 def test_every_stage_sees_the_earlier_turns(conversation_run) -> None:
     _, result, backends = conversation_run
-    assert len(result.records) == 8 and all(r.history for r in result.records)
+    assert [r.id for r in result.records] == list(SHAPES) and all(r.history for r in result.records)
     for record in result.records:
         first_turn = record.history[0]["content"]
         # the pool continues the conversation: its request holds every turn, then the instruction
@@ -79,7 +89,7 @@ def test_every_stage_sees_the_earlier_turns(conversation_run) -> None:
         for child in (c for c in record.completions if c.source == "evol"):
             req = rewrite_request(record, record.completion(child.parent_id), child.criterion, cfg.evolve, cfg.seed)
             assert req.messages[:-2] == record.chat() and req.messages[-2]["role"] == "assistant"
-    assert result.summary.evolutions_kept >= 1 and result.summary.continued_requests == 8
+    assert result.summary.evolutions_kept >= 1 and result.summary.continued_requests == N
     # the verdict prompt shows the earlier turns before the responses
     verdicts = [m for m in qwen_prompts if "The conversation so far:" in m[-1]["content"]]
     assert verdicts and all("The last user message" in m[-1]["content"] for m in verdicts)
@@ -87,7 +97,7 @@ def test_every_stage_sees_the_earlier_turns(conversation_run) -> None:
 
 def test_pairs_are_trl_conversations(conversation_run) -> None:
     out, result, _ = conversation_run
-    assert len(result.pairs) == 8
+    assert len(result.pairs) == N
     by_id = {r.id: r for r in result.records}
     for row in map(json.loads, (out / "pairs.jsonl").read_text().splitlines()):
         record = by_id[row["id"]]
@@ -96,11 +106,11 @@ def test_pairs_are_trl_conversations(conversation_run) -> None:
         assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
     systems = [r for r in result.records if r.system]
-    assert len(systems) >= 3  # the example file has system messages and a system column
+    assert len(systems) == 4  # a system message in either style, and a system column in either
     import datasets
 
     ds = datasets.load_dataset("json", data_files=str(out / "pairs.jsonl"), split="train")
-    assert len(ds) == 8 and isinstance(ds[0]["prompt"], list)
+    assert len(ds) == N and isinstance(ds[0]["prompt"], list)
 
 
 def test_a_standard_layout_is_refused_for_conversations(qwen_engine, smol_engine, tmp_path) -> None:

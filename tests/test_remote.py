@@ -76,7 +76,7 @@ def greedy_config() -> PipelineConfig:
         # server): each extra greedy text is one more place where a near-tie can part the two
         # paths (as the ratings below may), and a server rewrites any answer the same way
         evolve=EvolveConfig(num_evolutions=1, temperature=0.0, max_tokens=28, pick="own"),
-        judge=JudgeConfig(models=[QWEN], n_ctx=2048, mode="rationale"),  # ratings compared below
+        judge=JudgeConfig(models=[QWEN], n_ctx=2048, mode="rationale", max_rationale_chars=40),  # compared below
     )
     # One sequence, each prompt decoded in one call: the same arithmetic as the server's
     # one-at-a-time Llama (llama.cpp's kernels round differently for other batch shapes).
