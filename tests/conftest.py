@@ -281,12 +281,13 @@ def write_models_file(config_dir: Path) -> Callable[[str, Path | None], Path]:
 
 
 class ThreadedHttpServer:
-    """A real HTTP server on a free loopback port, answering with `handler` in a daemon thread;
+    """A real HTTP server on 127.0.0.1 (a free port, or `port`), answering with `handler` in a daemon thread;
     `url` is its OpenAI-style base (…/v1)."""
 
-    def __init__(self, handler) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    def __init__(self, handler, port: int = 0) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -372,10 +373,7 @@ class KillableProxy(ThreadedHttpServer):
 
             do_GET = do_POST = _forward
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Forward)
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(Forward, port)
 
     def kill(self) -> None:
         self.close()
