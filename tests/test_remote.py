@@ -316,7 +316,7 @@ def test_cli_run_with_the_judge_on_a_server(server, tmp_path) -> None:
 
     from edgepref.ui.cli import cli
 
-    from .test_cli_pipeline import FAST
+    from .test_cli_pipeline import FAST, FAST_RUN
 
     src = tmp_path / "in.jsonl"
     src.write_text('{"instruction": "Name a bird."}\n{"instruction": "Name a fruit."}\n')
@@ -327,7 +327,7 @@ def test_cli_run_with_the_judge_on_a_server(server, tmp_path) -> None:
     )
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["run", str(src), "--out", str(out), "--config", str(config),
-                                      "--judge", "judge-on-server", "--candidates", "1", *FAST])
+                                      "--judge", "judge-on-server", "--candidates", "1", *FAST_RUN])
     assert result.exit_code == 0, result.output
     run = json.loads((out / "run.json").read_text())
     assert run["judges"] == ["judge-on-server"]
@@ -395,6 +395,13 @@ def test_429_and_5xx_are_retried_with_backoff() -> None:
         # A server that keeps failing one request: that request fails (reported, not cached),
         # while the endpoint stays in service for the others.
         assert not res.ok and "HTTP 500" in res.error
+        # 501 and 505 describe the server, not its load: one call, no retry, the request fails.
+        for code in (501, 505):
+            flaky.failures, flaky.calls = [code], 0
+            backend = ServerBackend("flaky", [flaky.url], retries=3, backoff=0.01)
+            (res,) = backend.chat(prompts(1))
+            assert not res.ok and f"HTTP {code}" in res.error and flaky.calls == 1
+            assert backend.endpoint_stats()[0]["retries"] == 0
     finally:
         flaky.close()
 
@@ -404,7 +411,7 @@ def test_cli_run_stops_when_its_server_dies_and_resumes_without_duplicates(tmp_p
     import sys
     import time
 
-    from .test_cli_pipeline import FAST
+    from .test_cli_pipeline import FAST_RUN
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"instruction": f"Name a {w}."}) + "\n"
@@ -415,7 +422,7 @@ def test_cli_run_stops_when_its_server_dies_and_resumes_without_duplicates(tmp_p
                       f'api_key_env = "{KEY_ENV}"\n')
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "edgepref", "run", str(src), "--out", str(out), "--config", str(config),
-           "--judge", "remote-judge", "--candidates", "1", *FAST]
+           "--judge", "remote-judge", "--candidates", "1", *FAST_RUN]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     judge_cache = out / "cache" / "judge-remote-judge.jsonl"
     deadline = time.time() + 300

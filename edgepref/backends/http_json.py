@@ -18,8 +18,12 @@ class AuthError(EdgeprefError):
     """A server refused the API key (HTTP 401/403)."""
 
 
+PERMANENT_5XX = (501, 505)
+
+
 class Retryable(Exception):
-    """Worth another try: 429, 5xx, a connection that failed (`connection`), an answer that is not JSON."""
+    """Worth another try: 429, 5xx but 501 and 505, a connection that failed (`connection`), an answer
+    that is not JSON."""
 
     def __init__(self, message: str, wait: float | None = None, connection: bool = False):
         super().__init__(message)
@@ -47,7 +51,9 @@ def request_json(method: str, url: str, body: dict | None, headers: dict[str, st
                 f"{url} refused the request with HTTP {exc.code}: {detail}",
                 f"this model sends {where}; set api_key_env in its model entry and export that variable",
             ) from None
-        if exc.code == 429 or exc.code >= 500:
+        # 501 (Not Implemented) and 505 (HTTP Version Not Supported) say what the server is, not
+        # how it is doing: the same request gets the same answer, so it fails at once.
+        if exc.code == 429 or (exc.code >= 500 and exc.code not in PERMANENT_5XX):
             raise Retryable(f"HTTP {exc.code}: {detail}", _retry_after(exc)) from None
         if exc.code == 404 and body is not None and "model" in detail.lower():
             raise ModelNotFoundError(

@@ -9,7 +9,7 @@ How requests travel:
     engine) is one HTTP call. Every endpoint has `max_in_flight` worker threads pulling from one
     shared queue, so a faster server simply takes more work.
   - Connection errors, timeouts, HTTP 429 and 5xx are retried on the same endpoint with
-    exponential backoff (429 honours Retry-After). A sample that still fails because the endpoint
+    exponential backoff (429 honours Retry-After; 501 and 505 are not retried). A sample that still fails because the endpoint
     cannot be reached (or times out) goes back to the queue and that endpoint is taken out of
     this call; the others carry on. One that still gets 429/5xx fails alone (reported, not
     cached, so a rerun tries it again). When no endpoint is left, `chat` raises `EndpointsDownError` after every
