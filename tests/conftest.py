@@ -288,7 +288,8 @@ class ThreadedHttpServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # a short poll: shutdown() waits for the loop to look up (0.5 s by default, in every test)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -315,6 +316,53 @@ def kill_when_cached(args: list[str], out: Path, lines: int, timeout: float, **p
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+# ---------------------------------------------------------------- one reference run
+#
+# A small real run through the CLI (rationale ratings, rewrites, the report), made once for the
+# test run and read by the report and review tests; a test that changes it works on a copy
+# (`reference_run.copy(tmp_path)`), and may run `command` again on that copy.
+
+REFERENCE_INSTRUCTIONS = ["Name two uses of copper.", "Give one tip for sleeping well.", "What is a haiku?"]
+# min_confidence 0: every checked pair is written, whatever the margins on this machine (the
+# verdict chain's noise floors can leave three instructions without a pair, and the page's
+# chosen/rejected view needs one)
+REFERENCE_CONFIG = ('[evolve]\nmax_tokens = 32\n[judge]\nmode = "rationale"\nmax_rationale_chars = 60\n'
+                    '[pair]\nmin_confidence = 0.0\n')
+
+
+class ReferenceRun:
+    def __init__(self, root: Path):
+        self.src, self.config, self.out = root / "in.jsonl", root / "cfg.toml", root / "out"
+
+    def command(self, out: Path) -> list[str]:
+        """The CLI arguments of the run, writing into `out`."""
+        return ["run", str(self.src), "--out", str(out), "--report", "--config", str(self.config),
+                "--max-tokens", "32", "--slots", "4", "-q"]
+
+    def copy(self, tmp_path: Path) -> Path:
+        target = tmp_path / "run"
+        shutil.copytree(self.out, target)
+        return target
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgepref.ui.cli import cli
+
+    pytest.importorskip("matplotlib", reason="needs edgepref[report] (installed by edgepref[test])")
+    ref = ReferenceRun(tmp_path_factory.mktemp("reference"))
+    ref.src.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in REFERENCE_INSTRUCTIONS))
+    ref.config.write_text(REFERENCE_CONFIG)
+    result = CliRunner().invoke(cli, ref.command(ref.out))
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+    return ref
 
 
 # ---------------------------------------------------------------- one real server for the run

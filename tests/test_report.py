@@ -20,26 +20,13 @@ from edgepref.ui.cli import cli
 from edgepref.core.errors import InputError
 from edgepref.ui.report import csp_sha256, load_run_dir, write_report
 
+from .conftest import REFERENCE_INSTRUCTIONS
+
 pytest.importorskip("matplotlib", reason="needs edgepref[report] (installed by edgepref[test])")
 
-INSTRUCTIONS = ["Name two uses of copper.", "Give one tip for sleeping well.", "What is a haiku?"]
-# min_confidence 0: every checked pair is written, whatever the margins on this machine (the
-# verdict chain's noise floors can leave three instructions without a pair, and the page's
-# chosen/rejected view needs one)
-CONFIG = '[evolve]\nmax_tokens = 32\n[judge]\nmode = "rationale"\nmax_rationale_chars = 60\n[pair]\nmin_confidence = 0.0\n'
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("report")
-    src, cfg, out = tmp / "in.jsonl", tmp / "cfg.toml", tmp / "out"
-    src.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in INSTRUCTIONS))
-    cfg.write_text(CONFIG)
-    result = CliRunner().invoke(cli, ["run", str(src), "--out", str(out), "--report", "--config", str(cfg),
-                                      "--max-tokens", "32", "--slots", "4", "-q"])
-    assert result.exit_code == 0, result.output
-    assert "report.html" in result.output
-    return out
+def run_dir(reference_run) -> Path:
+    return reference_run.out
 
 
 def page_rows(page: str) -> list[dict]:
@@ -53,7 +40,7 @@ def test_report_numbers_match_the_run(run_dir: Path) -> None:
     pairs = [json.loads(line) for line in (run_dir / "pairs.jsonl").read_text().splitlines()]
     summary = run["summary"]
     rows = page_rows(page)
-    assert len(rows) == summary["instructions"] == len(INSTRUCTIONS)
+    assert len(rows) == summary["instructions"] == len(REFERENCE_INSTRUCTIONS)
     written = [r for r in rows if r["status"] == "pair"]
     assert sum(r["pairs"] for r in written) == summary["pairs"] == len(pairs)
     assert re.search(rf'id="n-pairs">{summary["pairs"]}<', page)
@@ -107,7 +94,7 @@ def test_report_of_partial_and_broken_run_directories(run_dir: Path, tmp_path: P
     assert any("no run.json" in p for p in problems)
     assert any("no pairs.jsonl yet" in p for p in problems)
     assert any(f"records.jsonl line {len(text.splitlines()) + 1}" in p for p in problems)
-    assert len(page_rows(page)) == len(INSTRUCTIONS)
+    assert len(page_rows(page)) == len(REFERENCE_INSTRUCTIONS)
 
     # pairs only, run.json unreadable
     pairs_only = tmp_path / "pairs-only"
@@ -193,7 +180,7 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     svgs = re.findall(r"<svg\b.*?</svg>", dom, re.S)
     assert len(svgs) >= 3 and all(svg.count("<path") >= 3 for svg in svgs)  # drawn, not empty
     all_rows = dom.count('<tr class="row"')
-    assert all_rows == len(INSTRUCTIONS)
+    assert all_rows == len(REFERENCE_INSTRUCTIONS)
     assert f"{all_rows} of {all_rows} instructions shown" in dom
 
     rows = page_rows((run_dir / "report.html").read_text(encoding="utf-8"))

@@ -28,6 +28,7 @@ from ..core.errors import EdgeprefError, InputError
 from ..core.files import read_jsonl, write_jsonl_atomic, write_text_atomic
 from ..core.paths import hub_offline
 from .rundir import PAIR_FIELDS, PAIRS, pairs_source
+from .review import match, read_decisions, review_counts, reviewed_pairs
 from .trainers import TRAINER_LAYOUTS, TrainerLayout, one_trl_layout, trainer_rows
 
 # file types of `edgepref export`: TRL's layout through `datasets`, then the trainers' own layouts
@@ -48,16 +49,24 @@ class RunOutput:
     pairs: list[dict]
     run: dict = field(default_factory=dict)  # run.json: config and summary, when present
     source: Path | None = None
+    review: dict | None = None  # a person's review applied to `pairs` (review.review_counts)
 
 
 def load_run(path: str | Path) -> RunOutput:
-    """The pairs of a run directory or a pairs file, with the run's run.json when there is one."""
+    """The pairs of a run directory or a pairs file, with the run's run.json when there is one.
+    A run directory that a person reviewed (review.jsonl) gives the reviewed pairs: swapped ones
+    flipped, dropped ones left out, each with `reviewed`."""
     run_dir, pairs_file = pairs_source(path)
     pairs = list(read_jsonl(pairs_file))
     if pairs and not PAIR_FIELDS <= set(pairs[0]):
         raise InputError(f"{pairs_file} does not look like pairs (needs prompt, chosen, rejected)")
     run, _ = run_dir.read_run()
-    return RunOutput(pairs, run, pairs_file)
+    counts = None
+    if pairs_file == run_dir.pairs_file and run_dir.review_file.is_file():
+        decisions, _ = read_decisions(run_dir.review_file)
+        matched = match(pairs, decisions)
+        pairs, counts = reviewed_pairs(pairs, matched), review_counts(pairs, matched)
+    return RunOutput(pairs, run, pairs_file, counts)
 
 
 def filter_pairs(pairs: list[dict], min_margin: float | None = None, model: str | None = None) -> list[dict]:
@@ -130,7 +139,7 @@ Type: preference (DPO).
 3. UltraFeedback judging by {', '.join(f'`{j}`' for j in judges)}: aspect `{judge_cfg.get('aspect')}`, mode
    `{judge_cfg.get('mode')}`, both orders: {judge_cfg.get('both_orders')}, probability-weighted scores:
    {judge_cfg.get('expected')}. Answers were constrained by a GBNF grammar, so every rating parsed.
-4. Pairs: {_decision(cfg, summary)}
+4. Pairs: {_decision(cfg, summary)}{_review_line(run.review)}
 
 ## Counts
 
@@ -198,6 +207,14 @@ def _example_block(system: str | None, turns: list[dict], pair: dict) -> str:
     body = "\n\n".join(f"[{role}]\n{clipped(text)}" for role, text in messages)
     fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", body)), default=0))
     return f"{fence}text\n{body}\n{fence}"
+
+
+def _review_line(counts: dict | None) -> str:
+    if counts is None:
+        return ""
+    return (f"\n5. A person reviewed the pairs (`edgepref review`): {counts['kept']} kept, {counts['swapped']} "
+            f"swapped (chosen and rejected exchanged), {counts['dropped']} dropped, {counts['unreviewed']} not "
+            "reviewed; each row's `reviewed` says which (kept, swapped or unreviewed).")
 
 
 def _format_line(export_format: str, pair_format: str) -> str:

@@ -7,6 +7,9 @@
     DIR/cache/          one request cache per stage unit, `<unit name>.jsonl` (store.py)
     DIR/.lock           held by the run writing DIR; a second run on DIR says who holds it
     DIR/report.html     `edgepref report` / `run --report`
+    DIR/review.jsonl    a person's decisions on the pairs (`edgepref review`; review.py), never
+                        removed by a run
+    DIR/pairs.reviewed.jsonl  the pairs with those decisions applied, written again by every run
 
 `edgepref run`, `merge`, `export`, `inspect` and `report` go through `RunDir`; no other module
 spells these names.
@@ -38,12 +41,13 @@ from typing import Iterable, Iterator
 
 from ..core.errors import ConfigError, EdgeprefError, InputError
 from .inputs import iter_jsonl_rows, read_records
+from .review import match, read_decisions, review_counts, write_reviewed
 from ..core.records import Record
 from ..core.files import read_jsonl, write_jsonl_atomic, write_text_atomic
 
 RECORDS, PAIRS, ERRORS, RUN, CACHE, LOCK = "records.jsonl", "pairs.jsonl", "errors.jsonl", "run.json", "cache", ".lock"
-REPORT = "report.html"
-OUTPUTS = (RECORDS, PAIRS, ERRORS, RUN, CACHE, LOCK, REPORT)  # every name edgepref writes in DIR
+REPORT, REVIEW, REVIEWED = "report.html", "review.jsonl", "pairs.reviewed.jsonl"
+OUTPUTS = (RECORDS, PAIRS, ERRORS, RUN, CACHE, LOCK, REPORT, REVIEW, REVIEWED)  # every name edgepref writes in DIR
 PAIR_FIELDS = {"prompt", "chosen", "rejected"}
 MARKER, LAYOUT = "edgepref", 1  # run.json's {"edgepref": {"run_layout": 1}}: DIR is a run directory
 # Settings of how a run runs, not of what it asks: a rerun that changes only these resumes.
@@ -69,6 +73,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.review: dict | None = None  # the review's counts, once `write` applied one
 
     @property
     def records_file(self) -> Path:
@@ -85,6 +90,14 @@ class RunDir:
     @property
     def run_file(self) -> Path:
         return self.path / RUN
+
+    @property
+    def review_file(self) -> Path:
+        return self.path / REVIEW
+
+    @property
+    def reviewed_file(self) -> Path:
+        return self.path / REVIEWED
 
     @property
     def cache_dir(self) -> Path:
@@ -123,7 +136,8 @@ class RunDir:
     def begin(self, header: dict, overwrite: bool = False) -> None:
         """Start a run in DIR (hold the lock): compare `header` (config, judges, input) with the run
         DIR holds; the same, or nothing there: resume. Changed: raise SettingsChanged unless
-        `overwrite`, which removes the old run's outputs (not its request cache). Then write
+        `overwrite`, which removes the old run's outputs (not its request cache, nor a person's
+        review: its decisions hold only for pairs whose texts are unchanged). Then write
         run.json, so that DIR is a run directory from its first request on."""
         old, problem = self.read_run()
         changes = run_changes(old, header) if old else []
@@ -138,7 +152,7 @@ class RunDir:
                 "or pass another --out",
             )
         if changes or problem:
-            for name in (RECORDS, PAIRS, ERRORS, REPORT):
+            for name in (RECORDS, PAIRS, ERRORS, REPORT, REVIEWED):
                 (self.path / name).unlink(missing_ok=True)
         self.write_run(dict(header))
 
@@ -155,10 +169,27 @@ class RunDir:
         if pairs is not None:
             files["pairs"] = self.pairs_file
             write_jsonl_atomic(files["pairs"], pairs)
+            self.review = self.refresh_review()
+            if self.review is not None:
+                files["reviewed"] = self.reviewed_file
         named = {k: str(v) for k, v in files.items()}
         if run is not None:
+            if self.review is not None and isinstance(run.get("summary"), dict):
+                run["summary"]["review"] = self.review
             self.write_run(run, named)
         return named
+
+    def refresh_review(self) -> dict | None:
+        """pairs.reviewed.jsonl again from pairs.jsonl and review.jsonl (when a person reviewed):
+        the decisions that still match their pair's texts applied. Returns the review's counts
+        (review.review_counts: kept, swapped, dropped, ..., no_longer_matching), or None."""
+        if not self.review_file.is_file():
+            return None
+        pairs, _ = self.read_pairs()
+        decisions, _ = read_decisions(self.review_file)
+        matched = match(pairs, decisions)
+        write_reviewed(self.reviewed_file, pairs, matched)
+        return review_counts(pairs, matched)
 
     def write_run(self, run: dict, files: dict[str, str] | None = None) -> None:
         """run.json, marked as edgepref's (MARKER first), with `files` in its summary."""

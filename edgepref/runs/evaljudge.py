@@ -48,6 +48,7 @@ from .hosting import read_path
 from ..stages.judge import judge
 from ..core.records import Completion, Record, content_key
 from .summary import UnitOutcome, run_failures
+from .review import labelled_pairs
 
 # name -> (judge mode, score key, both orders)
 RATING_RECIPES: dict[str, tuple[str, str, bool]] = {
@@ -115,7 +116,11 @@ class EvalReport:
 
 
 def read_judge_pairs(source: str, limit: int | None = None) -> list[JudgePair]:
-    if source.endswith(".jsonl"):
+    """Labelled pairs from a JSONL file, a dataset, or a reviewed run directory (its kept and
+    swapped pairs, review.labelled_pairs)."""
+    if Path(source).is_dir():
+        rows = labelled_pairs(source)
+    elif source.endswith(".jsonl"):
         rows = []
         for n, row, problem in iter_jsonl_rows(Path(source)):
             if problem:

@@ -36,6 +36,7 @@ from ..models.modelfiles import availability
 from ..stages.pair import PairReport, PairStage, pair_layout
 from ..data.conversations import fit_history
 from ..core.records import Record
+from ..data.review import describe_counts
 from ..data.rundir import ERRORS, RunDir, input_identity, refuse_inputs_inside, texts_identity
 from ..stages.base import Stage, StageStats
 from ..backends.cache import CachedBackend
@@ -336,6 +337,9 @@ class Runner:
         run = {**self._header(), "summary": asdict(summary)}
         pairs = (p.to_row() for p in report.pairs) if report is not None else None
         summary.files = self.run_dir.write((r.to_row() for r in records), self.errors, pairs, run)
+        summary.review = self.run_dir.review
+        if summary.review is not None:
+            self.notice(f"review.jsonl: {describe_counts(summary.review)}; pairs.reviewed.jsonl written")
         return summary
 
     def close(self) -> None:

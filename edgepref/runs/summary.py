@@ -58,6 +58,9 @@ class RunSummary:
     shard: list | None = None  # [index, count] when the run was one shard of its input
     endpoints: dict = field(default_factory=dict)  # model -> per-endpoint request counts
     failures: list = field(default_factory=list)  # why the run failed (run_failures); empty: it did not
+    # a person's review of DIR's pairs (edgepref review), applied to the pairs just written:
+    # kept, swapped, dropped, skipped, unreviewed, no_longer_matching (data/review.review_counts)
+    review: dict | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.errors import EdgeprefError
+from ..data.review import describe_counts
 from ..models.ggufmeta import GgufSummary
 from ..models.modelfiles import Availability
 from ..models.registry import ModelEntry
@@ -371,14 +372,18 @@ def _pair_title(prompt, show_turns: bool) -> str | Text:
     return title
 
 
-def render_pairs(pairs: list[dict], stats: dict, total: int, show_turns: bool = False) -> None:
+def render_pairs(pairs: list[dict], stats: dict, total: int, show_turns: bool = False,
+                 review: dict | None = None) -> None:
     """Pairs side by side, then the stats; a conversation's earlier turns and system prompt are
-    one line under the instruction, or (`show_turns`) each message, clipped like the rest."""
+    one line under the instruction, or (`show_turns`) each message, clipped like the rest.
+    `review`: the counts of a person's review of the run, shown with the stats (and each pair
+    says whether it was reviewed)."""
     out = _out()
     for p in pairs:
         chosen = p["chosen"] if isinstance(p["chosen"], str) else p["chosen"][-1]["content"]
         rejected = p["rejected"] if isinstance(p["rejected"], str) else p["rejected"][-1]["content"]
-        table = Table(title=_pair_title(p["prompt"], show_turns), box=box.ROUNDED, expand=True, title_justify="left")
+        table = Table(title=_pair_title(p["prompt"], show_turns), box=box.ROUNDED, expand=True, title_justify="left",
+                      caption=f"review: {p['reviewed']}" if p.get("reviewed") else None, caption_justify="left")
         table.add_column(f"chosen · {p.get('model_chosen')}{_score(p.get('score_chosen'), ' · ')}", ratio=1)
         table.add_column(f"rejected · {p.get('model_rejected')}{_score(p.get('score_rejected'), ' · ')}", ratio=1)
         table.add_row(Text(_clip(chosen)), Text(_clip(rejected)))
@@ -395,7 +400,31 @@ def render_pairs(pairs: list[dict], stats: dict, total: int, show_turns: bool = 
         summary.add_row("mean scores", f"chosen {stats['mean_score_chosen']:.2f}, rejected {stats['mean_score_rejected']:.2f}")
     summary.add_row("chosen by", ", ".join(f"{k} {v}" for k, v in stats["chosen_by_model"].items()) or "-")
     summary.add_row("rejected by", ", ".join(f"{k} {v}" for k, v in stats["rejected_by_model"].items()) or "-")
+    if review is not None:
+        summary.add_row("review", Text(describe_counts(review)))
     out.print(summary)
+
+
+def render_review(summary, headline: str | None = None) -> None:
+    """A review's counts, then each judge's agreement with the person (runs.review.ReviewSummary)."""
+    out = _out()
+    for problem in summary.problems:
+        render_warning(problem)
+    if headline:
+        out.print(Text(headline))
+    out.print(Text("review: " + summary.describe()))
+    if not summary.agreement:
+        out.print(Text("no keep or swap decision yet: agreement needs some (edgepref review DIR)"))
+        return
+    table = Table(title="each judge's agreement with the review", box=box.SIMPLE_HEAVY, title_justify="left")
+    for name in ("judge", "pairs", "agreement", "95% interval", "dropped", "scope"):
+        table.add_column(name, justify="left" if name in ("judge", "scope") else "right")
+    for row in summary.agreement:
+        share = "-" if row.share is None else f"{row.share:.0%}"
+        interval = "-" if row.ci95 is None else f"{row.ci95[0]:.0%}-{row.ci95[1]:.0%}"
+        scope = f"{row.scope} (biased: not a random sample)" if row.biased else f"{row.scope} (unbiased)"
+        table.add_row(Text(row.judge), str(row.verdicts), share, interval, str(row.dropped), scope)
+    out.print(table)
 
 
 def render_merge(report) -> None:

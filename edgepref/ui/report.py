@@ -32,6 +32,7 @@ from ..core.errors import EdgeprefError, InputError
 from ..stages.config import PairConfig
 from ..stages.pair import pick_pairs, rank_completions
 from ..core.records import Record
+from ..data.review import STATUS, match, read_decisions, review_counts
 from ..data.rundir import PAIRS, RECORDS, REPORT, RUN, RunDir, refuse_inputs_inside
 from ..runs.summary import completions_per_model
 
@@ -51,6 +52,8 @@ class RunView:
     pairs: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     pair_cfg: PairConfig = field(default_factory=PairConfig)
+    review: dict | None = None  # a person's review (review.review_counts), when DIR has one
+    reviewed: dict = field(default_factory=dict)  # pair id -> "kept" | "swapped" | "dropped"
 
 
 def load_run_dir(directory: str | Path) -> RunView:
@@ -77,6 +80,12 @@ def load_run_dir(directory: str | Path) -> RunView:
         view.problems += bad
     else:
         view.problems.append(f"no {PAIRS} yet: the run has not reached the pair stage")
+    if run_dir.review_file.is_file():
+        decisions, bad = read_decisions(run_dir.review_file)
+        view.problems += bad
+        matched = match(view.pairs, decisions)
+        view.review = review_counts(view.pairs, matched)
+        view.reviewed = {pid: STATUS[d.decision] for pid, d in matched.applied.items() if d.decision in STATUS}
     raw = view.run.get("config", {}).get("pair", {})
     known = {f.name for f in fields(PairConfig)}
     try:
@@ -150,7 +159,7 @@ def instruction_rows(view: RunView) -> list[dict]:
             "score_rejected": _rounded(pair.score_rejected) if pair else None,
             "margin": _rounded(pair.margin) if pair else None,
             "confidence": pair.confidence if pair else None,
-            "dropped": record.dropped, "candidates": candidates,
+            "dropped": record.dropped, "candidates": candidates, "reviewed": view.reviewed.get(record.id),
         })
     if not view.records:  # pairs without records: show what the pairs carry
         rows = [{"id": p.get("id"), "instruction": _text(p.get("prompt")), **_prompt_turns(p.get("prompt")),
@@ -158,6 +167,7 @@ def instruction_rows(view: RunView) -> list[dict]:
                  "model_chosen": p.get("model_chosen"), "model_rejected": p.get("model_rejected"),
                  "score_chosen": p.get("score_chosen"), "score_rejected": p.get("score_rejected"),
                  "margin": p.get("margin"), "confidence": p.get("confidence"), "dropped": [],
+                 "reviewed": view.reviewed.get(p.get("id")),
                  "candidates": [{"id": p.get("completion_chosen"), "model": p.get("model_chosen"), "role": "chosen",
                                  "text": _text(p.get("chosen")), "score": p.get("score_chosen"), "ratings": [],
                                  "source": "", "rationale": p.get("rationale_chosen")},
@@ -214,6 +224,7 @@ def overview(view: RunView, rows: list[dict]) -> dict:
         "min_margin": view.pair_cfg.min_margin,
         "stages": stage_rows(summary),
         "wall_seconds": summary.get("wall_seconds"),
+        "review": view.review,
         "settings": cfg,
     }
 

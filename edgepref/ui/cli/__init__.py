@@ -5,6 +5,7 @@
     models.py    models list/path/pull/info, serve
     pipeline.py  run, complete/evolve/judge/pair, try, eval-judge
     output.py    inspect, export, merge
+    review.py    review (the terminal screen itself is ui/review.py)
 
 Adding a command: decorate a function with `@cli.command()` in the module it belongs to, give
 its docstring a `\\b` "Example:" block (tests check every --help has one), and reuse the shared
@@ -13,10 +14,10 @@ options. If a body does more than parse, call and render, the work belongs in th
 
 from __future__ import annotations
 
-from . import models, output, pipeline
+from . import models, output, pipeline, review
 from .root import cli
 
-COMMAND_MODULES = (models, pipeline, output)  # importing each registers its commands on `cli`
+COMMAND_MODULES = (models, pipeline, output, review)  # importing each registers its commands on `cli`
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ def inspect(path: Path, min_margin, model, limit, show_turns: bool) -> None:
     """Show pairs side by side, with stats.
 
     Each pair's instruction, chosen vs rejected, scores and reasons, then stats of all pairs.
+    A run that a person reviewed (`edgepref review`) shows its reviewed pairs and the review's counts.
     A pair from a conversation has one line under its instruction that counts the earlier turns
     (and says when there is a system prompt); --turns shows them.
 
@@ -36,7 +37,8 @@ def inspect(path: Path, min_margin, model, limit, show_turns: bool) -> None:
 
     run = load_run(path)
     pairs = filter_pairs(run.pairs, min_margin, model)
-    display.render_pairs(pairs[:limit], pair_stats(pairs), total=len(run.pairs), show_turns=show_turns)
+    display.render_pairs(pairs[:limit], pair_stats(pairs), total=len(run.pairs), show_turns=show_turns,
+                         review=run.review)
 
 
 @cli.command()

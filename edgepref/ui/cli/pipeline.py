@@ -322,11 +322,13 @@ def calibrate(pairs_path, out, targets, risk, chain, noise_pairs, skip, limit, c
     judge of the chain is that sure.
 
     PAIRS has instruction, response_a, response_b and label (a or b) columns, like the pairs you
-    will generate (calibrate on your own domain).
+    will generate (calibrate on your own domain); or PAIRS is a run directory you reviewed
+    (`edgepref review`): its kept and swapped pairs are the labels.
 
     \b
     Example:
       edgepref calibrate my_labelled_pairs.jsonl --target 0.75 --out calibration.json
+      edgepref calibrate out/ --judge qwen2.5-coder-0.5b --noise-pairs 8 --out mine.json
       edgepref run instructions.jsonl --out out --calibration calibration.json --target-agreement 0.75
     """
     import sys
