@@ -91,7 +91,9 @@ def greedy_config() -> PipelineConfig:
 
 
 def test_pipeline_on_a_server_matches_the_local_engine(server, tmp_path):
-    instructions = ["Name two uses of copper.", "Give one tip for sleeping well."]
+    # one instruction: every stage and comparison below runs on it (a second one doubled the
+    # test's time, the slowest of the suite, and covered no other line)
+    instructions = ["Name two uses of copper."]
     local = run_pipeline(instructions, tmp_path / "local", greedy_config())
     cfg = greedy_config()
     cfg.models = {m: {"endpoints": [server.url], "api_key_env": KEY_ENV} for m in (QWEN, SMOL)}
@@ -101,7 +103,7 @@ def test_pipeline_on_a_server_matches_the_local_engine(server, tmp_path):
     assert set(remote.summary.endpoints) == {QWEN, SMOL}
     # Locally the rewrites run in place; the server client has no follow-up turns, so the evolve
     # stage sends them itself.
-    assert local.summary.continued_requests == 2 and remote.summary.continued_requests == 0
+    assert local.summary.continued_requests == 1 and remote.summary.continued_requests == 0
     for a, b in zip(local.records, remote.records):
         assert [(c.id, c.text) for c in a.completions] == [(c.id, c.text) for c in b.completions]
         ra = {r.completion_id: r for r in a.ratings}

@@ -46,7 +46,7 @@ def test_write_then_read_back(tmp_path) -> None:
     records, bad = run_dir.read_records()
     assert [r.id for r in records] == ["r1"] and bad == []
     pairs, bad = run_dir.read_pairs()
-    assert len(pairs) == 1 and bad == [f"{PAIRS} line 2: not a pair (left out)"]
+    assert len(pairs) == 1 and bad == [f"{PAIRS} line 2: not a pair (no prompt, chosen, rejected) (left out)"]
     run_dir.run_file.write_text("{torn")
     assert run_dir.read_run()[0] == {} and RUN in run_dir.read_run()[1]
 

@@ -182,7 +182,7 @@ def test_merge_refuses_shards_of_different_inputs(one_row_shards, tmp_path) -> N
         assert result.exit_code == 0, result.output
     with pytest.raises(ConfigError) as info:
         merge_runs([tmp / "out-0", tmp_path / "other-1"], tmp_path / "m")
-    assert "shard of another input" in info.value.message
+    assert "made from another input" in info.value.message
     assert str(src.resolve()) in info.value.message and str(other.resolve()) in info.value.message
     result = CliRunner().invoke(cli, ["merge", str(tmp / "out-0"), str(tmp_path / "other-1"), "--out",
                                       str(tmp_path / "m")])

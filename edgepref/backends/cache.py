@@ -54,6 +54,18 @@ def _result_row(key: str, result: ChatResult) -> dict:
     }
 
 
+def _usable(row: dict) -> bool:
+    """Whether a cache row read back has what `_result_from_row` reads, of the right types."""
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    gens = row.get("generations")
+    return (isinstance(row.get("key"), str) and count(row.get("prompt_tokens")) and isinstance(gens, list)
+            and bool(gens) and all(isinstance(g, dict) and isinstance(g.get("text"), str)
+                                   and count(g.get("completion_tokens")) and isinstance(g.get("finish_reason"), str)
+                                   and isinstance(g.get("choice_trace", []), list) for g in gens))
+
+
 def _result_from_row(req: ChatRequest, row: dict) -> ChatResult:
     gens = [
         Generation(
@@ -86,7 +98,8 @@ class CachedBackend:
         self.cache_path = Path(cache_path)
         self._open = open_backend
         repair_torn_tail(self.cache_path)
-        self._rows = {row["key"]: row for row in read_jsonl(self.cache_path) if "key" in row}
+        # a row damaged on disk (cut, edited, of another shape) is not an answer: its request is redone
+        self._rows = {row["key"]: row for row in read_jsonl(self.cache_path) if _usable(row)}
         self.hits = 0
         self.misses = 0
         self.prefetched = 0  # hits on answers that `prefetch` recorded (not resumed work)

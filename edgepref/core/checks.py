@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import operator
 from dataclasses import fields, is_dataclass
 from functools import cache
@@ -97,6 +98,9 @@ def _fits(value: Any, hint: Any, limits: Any) -> bool:
     return True
 
 
+_ITEM_WORDS = {str: "text", int: "integers", float: "numbers", dict: "tables", bool: "true or false"}
+
+
 def _describe(hint: Any, limits: Any, value: Any = None) -> str:
     """What a field allows, in words: "an integer >= 1 and <= 256", "a list of text". The C int
     ceiling is named only to a value above it."""
@@ -106,7 +110,9 @@ def _describe(hint: Any, limits: Any, value: Any = None) -> str:
     if get_origin(hint) is list:
         item = get_args(hint)[0]
         text = "a non-empty list" if limits.get("nonempty") else "a list"
-        text += f" of {item.__name__} tables" if is_dataclass(item) else " of text"
+        item, _ = _optional(item)
+        text += (f" of {item.__name__} tables" if is_dataclass(item) else
+                 f" of {_ITEM_WORDS.get(item, 'values')}")
         text += f", each one of: {', '.join(choices)}" if choices else ""
     elif get_origin(hint) is dict:
         text = "a table of tables"
@@ -151,3 +157,45 @@ def field_type(cls: type, name: str) -> tuple[Any, Any]:
     """(type, limits) of field `name` of config dataclass `cls`, for checking one value."""
     spec = next(f for f in fields(cls) if f.name == name)
     return _type_hints(cls)[name], spec.metadata
+
+
+def check_path(name: str, value: Any, optional: bool = False) -> None:
+    """Raise ConfigError unless `value` is a path (a non-empty str or an os.PathLike), or None
+    when `optional`. `name` is the argument as the caller wrote it ("out_dir")."""
+    if value is None and optional:
+        return
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+        return
+    raise ConfigError(f"{name} = {show_value(value)}: expected a path (a str or a pathlib.Path)"
+                      + (", or None" if optional else ""))
+
+
+def check_path_list(name: str, value: Any) -> list:
+    """A list (or tuple) of paths, as a list; a single path is refused (iterating it would give
+    its characters), as is anything else."""
+    if isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} = {show_value(str(value))}: expected a list of paths, got one path",
+                          f"pass [{show_value(str(value))}]")
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name} = {show_value(value)}: expected a list of paths")
+    for i, item in enumerate(value):
+        check_path(f"{name}[{i}]", item)
+    return list(value)
+
+
+def dataclass_problem(obj: Any, where: str = "") -> str | None:
+    """Why a dataclass built from data read back (a records.jsonl row) has a field of the wrong
+    type, or None; dataclasses inside lists are checked too. Types only, no limits."""
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), _type_hints(type(obj))[f.name]
+        name = f"{where}{f.name}"
+        if not _fits(value, hint, {}):
+            return f"{name} is {show_value(value)}, not {_describe(hint, {})}"
+        items = value if isinstance(value, list) else []
+        for i, item in enumerate(items):
+            if is_dataclass(item):
+                problem = dataclass_problem(item, f"{name}[{i}].")
+                if problem:
+                    return problem
+    return None
+

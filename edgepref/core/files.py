@@ -63,19 +63,21 @@ def repair_torn_tail(path: Path) -> int:
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
-    """Rows of a JSONL file; a torn last line is skipped (call repair_torn_tail before appending)."""
+    """The JSON objects of a JSONL file; a torn last line is skipped (call repair_torn_tail
+    before appending), and so is a line damaged on disk (not UTF-8, not JSON, not an object)."""
     if not path.is_file():
         return
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
                 return
-            line = line.strip()
-            if line:
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line damaged on disk: its request is simply redone
+            try:
+                line = raw.decode("utf-8").strip()
+                row = json.loads(line) if line else None
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                continue  # a line damaged on disk: its request is simply redone
+            if isinstance(row, dict):
+                yield row
 
 
 class JsonlAppender:

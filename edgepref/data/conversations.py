@@ -2,7 +2,9 @@
 and what it becomes on a `Record` (see the contract on `Record.history` and `Record.system`).
 
 Two spellings are read, the ones the trainers' datasets use:
-- OpenAI / TRL: `[{"role": "system" | "user" | "assistant", "content": str}, ...]`
+- OpenAI / TRL: `[{"role": "system" | "user" | "assistant", "content": str}, ...]`; a content given
+  as text parts (`[{"type": "text", "text": str}, ...]`, as exported chats often are) is their
+  texts joined with a blank line, and a part of another type (an image) refuses the row
 - ShareGPT (LLaMA-Factory, axolotl): `[{"from": "system" | "human" | "gpt", "value": str}, ...]`
   (`user` and `assistant` are accepted in `from` too).
 A string value is read as JSON text first: that is how a CSV cell carries the column.
@@ -70,6 +72,29 @@ def parse_conversation(value: object, column: str = "messages") -> tuple[Convers
     return Conversation(instruction=dialogue[-1]["content"], history=dialogue[:-1], system=system), None
 
 
+TEXT_PART_TYPES = ("text", "input_text", "output_text")  # OpenAI's chat and responses spellings
+
+
+def show_type(value: object) -> str:
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def _join_text_parts(parts: list, where: str) -> tuple[str | None, str | None]:
+    """OpenAI-style content given as parts, `[{"type": "text", "text": ...}, ...]`: their texts
+    joined with a blank line, or why it cannot be read (a part of another type, an image)."""
+    texts = []
+    for i, part in enumerate(parts, start=1):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in TEXT_PART_TYPES or not isinstance(part.get("text"), str):
+            what = f"of type {kind!r}" if isinstance(kind, str) else f"{show_type(part)} without a type"
+            return None, (f"{where} content part {i} is {what}, not text: the models here read text only "
+                          "(drop the part, or the row)")
+        texts.append(part["text"].strip())
+    if not texts:
+        return None, f"{where} has an empty list of content parts"
+    return "\n\n".join(t for t in texts if t), None
+
+
 def _parse_turn(turn: object, n: int) -> tuple[dict | None, str | None]:
     """One message as {"role", "content"} with the role normalised, or why it is not one. A key
     whose value is None counts as absent: an Arrow struct column that mixes both spellings has
@@ -90,6 +115,10 @@ def _parse_turn(turn: object, n: int) -> tuple[dict | None, str | None]:
     content = turn.get(content_key_)
     if content is None:
         return None, f"turn {n} ({role}) has no {content_key_!r}"
+    if isinstance(content, list):
+        content, problem = _join_text_parts(content, f"turn {n} ({role})")
+        if problem:
+            return None, problem
     if not isinstance(content, str):
         return None, f"turn {n} ({role}) {content_key_!r} is a {type(content).__name__}, not text"
     text = content.strip()

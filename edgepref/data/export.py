@@ -24,10 +24,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.checks import check_path
 from ..core.errors import EdgeprefError, InputError
-from ..core.files import read_jsonl, write_jsonl_atomic, write_text_atomic
+from ..core.files import write_jsonl_atomic, write_text_atomic
 from ..core.paths import hub_offline
-from .rundir import PAIR_FIELDS, PAIRS, pairs_source
+from .rundir import PAIRS, pairs_source, run_json_problem
 from .review import match, read_decisions, review_counts, reviewed_pairs
 from .trainers import TRAINER_LAYOUTS, TrainerLayout, one_trl_layout, trainer_rows
 
@@ -50,23 +51,34 @@ class RunOutput:
     run: dict = field(default_factory=dict)  # run.json: config and summary, when present
     source: Path | None = None
     review: dict | None = None  # a person's review applied to `pairs` (review.review_counts)
+    problems: list[str] = field(default_factory=list)  # lines of the pairs file left out, and why
 
 
 def load_run(path: str | Path) -> RunOutput:
     """The pairs of a run directory or a pairs file, with the run's run.json when there is one.
-    A run directory that a person reviewed (review.jsonl) gives the reviewed pairs: swapped ones
-    flipped, dropped ones left out, each with `reviewed`."""
+    A line that is not a pair (not UTF-8, not JSON, not an object, a field missing or of the
+    wrong type) is left out and said in `problems`; a file with no pair at all but such lines is
+    refused. A run directory that a person reviewed (review.jsonl) gives the reviewed pairs:
+    swapped ones flipped, dropped ones left out, each with `reviewed`."""
+    check_path("path", path)
     run_dir, pairs_file = pairs_source(path)
-    pairs = list(read_jsonl(pairs_file))
-    if pairs and not PAIR_FIELDS <= set(pairs[0]):
-        raise InputError(f"{pairs_file} does not look like pairs (needs prompt, chosen, rejected)")
-    run, _ = run_dir.read_run()
+    pairs, problems = run_dir.read_pairs(pairs_file)
+    if problems and not pairs:
+        raise InputError(f"{pairs_file} holds no pair: {problems[0]}" + (
+            f" (and {len(problems) - 1} more lines like it)" if len(problems) > 1 else ""),
+            "pass a pairs.jsonl written by edgepref (prompt, chosen and rejected on each line), or its run directory")
+    run, run_problem = run_dir.read_run()
+    run_problem = run_problem or run_json_problem(run)
+    if run_problem:
+        run = {}
+        if pairs_file == run_dir.pairs_file:
+            problems.append(f"{run_problem}: the dataset card leaves out the run's settings")
     counts = None
     if pairs_file == run_dir.pairs_file and run_dir.review_file.is_file():
         decisions, _ = read_decisions(run_dir.review_file)
         matched = match(pairs, decisions)
         pairs, counts = reviewed_pairs(pairs, matched), review_counts(pairs, matched)
-    return RunOutput(pairs, run, pairs_file, counts)
+    return RunOutput(pairs, run if isinstance(run, dict) else {}, pairs_file, counts, problems)
 
 
 def filter_pairs(pairs: list[dict], min_margin: float | None = None, model: str | None = None) -> list[dict]:
@@ -103,19 +115,21 @@ def _mean(values) -> float | None:
 def dataset_card(run: RunOutput, export_format: str = "jsonl", trainers: dict[str, str] | None = None) -> str:
     """The README.md card of an export in `export_format`; `trainers` maps each format of
     TRAINER_LAYOUTS written beside it to the lines of that trainer's config that train on it."""
-    cfg = run.run.get("config", {})
-    summary = run.run.get("summary", {})
-    pool = cfg.get("pool", [])
-    judges = run.run.get("judges") or cfg.get("judge", {}).get("models", [])
+    # run.json is read back: a table that is not one (an edited or damaged file) counts as absent
+    cfg = _table(run.run, "config")
+    summary = _table(run.run, "summary")
+    pool = [m for m in cfg.get("pool") or [] if isinstance(m, dict)] if isinstance(cfg.get("pool"), list) else []
+    judges = run.run.get("judges") or _table(cfg, "judge").get("models", [])
+    judges = [str(j) for j in judges] if isinstance(judges, list) else []
     # what the export writes: a run that mixes the two layouts is written conversational (one_trl_layout)
     fmt = "standard" if all(isinstance(p.get("prompt"), str) for p in run.pairs) else "conversational"
     stats = pair_stats(run.pairs)
     pool_lines = "\n".join(
-        f"- `{m['model']}` (temperature {m.get('temperature')}, top_p {m.get('top_p')}, "
+        f"- `{m.get('model')}` (temperature {m.get('temperature')}, top_p {m.get('top_p')}, "
         f"{m.get('n', 1)} completion(s), system prompt: {json.dumps(m.get('system_prompt'))})"
         for m in pool
     ) or "- (unknown)"
-    judge_cfg = cfg.get("judge", {})
+    judge_cfg = _table(cfg, "judge")
     return f"""---
 tags:
 - dpo
@@ -133,7 +147,7 @@ Type: preference (DPO).
 
 1. Model pooling: every instruction was answered by each pool member:
 {pool_lines}
-2. EvolQuality: {cfg.get('evolve', {}).get('num_evolutions', 0)} rewrite(s) per completion along a criterion drawn
+2. EvolQuality: {_table(cfg, 'evolve').get('num_evolutions', 0)} rewrite(s) per completion along a criterion drawn
    with a seeded RNG (helpfulness, relevance, deepening, creativity, details); evolved
    responses were judged like the others.
 3. UltraFeedback judging by {', '.join(f'`{j}`' for j in judges)}: aspect `{judge_cfg.get('aspect')}`, mode
@@ -243,8 +257,18 @@ def trainer_usage(fmt: str, to: str | Path) -> str | None:
     return layout.usage(Path(to) / layout.data_name) if layout else None
 
 
+def _table(parent: dict, key: str) -> dict:
+    value = parent.get(key) if isinstance(parent, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _risk_kept(summary: dict) -> str:
+    risk = summary.get("risk")
+    return f"{1 - risk:g}" if isinstance(risk, (int, float)) and not isinstance(risk, bool) else "?"
+
+
 def _decision(cfg: dict, summary: dict) -> str:
-    pair, judge = cfg.get("pair", {}), cfg.get("judge", {})
+    pair, judge = _table(cfg, "pair"), _table(cfg, "judge")
     if pair.get("decide", "ratings") == "pairwise":
         if pair.get("min_confidence") is not None:
             rule = (f"each judge of the chain ({summary.get('verdict_chain') or judge.get('models')}) decided the pairs\n"
@@ -256,7 +280,7 @@ def _decision(cfg: dict, summary: dict) -> str:
             expected = summary.get("expected_agreement")
             rule = (f"each judge of the chain ({summary.get('verdict_chain')}) decided the pairs above its threshold,\n"
                     f"   calibrated so that what it decides agrees with strong labels at least "
-                    f"{pair.get('target_agreement')} of the time\n   with probability {1 - (summary.get('risk') or 0):g}"
+                    f"{pair.get('target_agreement')} of the time\n   with probability {_risk_kept(summary)}"
                     + (f"; expected agreement of these pairs: {expected}" if expected is not None else ""))
         return (f"the ratings (ranked by `{pair.get('score')}`, strategy `{pair.get('strategy')}`) shortlisted two\n"
                 f"   completions; a pairwise judge (recipe `{judge.get('recipe')}`: both showing orders, log-odds)\n"

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.checks import check_path, dataclass_problem
 from ..core.errors import InputError
 from ..core.records import Record
 from .conversations import (
@@ -82,6 +83,21 @@ def parse_shard(spec: str) -> tuple[int, int]:
             "shards count from 0: with 4 machines use --shard 0/4 ... --shard 3/4",
         )
     return i, n
+
+
+def as_shard(value: object, name: str = "shard") -> tuple[int, int] | None:
+    """A shard given to the Python API: None, "I/N" (as --shard), or (I, N) with 0 <= I < N."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_shard(value)
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        i, n = value
+        if n >= 1 and 0 <= i < n:
+            return i, n
+    raise InputError(f"{name} = {value!r}: expected (I, N) or \"I/N\" with 0 <= I < N",
+                     "shards count from 0: with 4 machines use (0, 4) ... (3, 4)")
 
 
 def shard_index(text: str, count: int) -> int:
@@ -236,6 +252,13 @@ def read_instructions(
     deterministic shares (after shuffle and limit)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"--limit {limit!r}: expected an integer >= 1", "leave --limit out to read every row")
+    check_path("source", source)
+    for name, value in (("column", column), ("messages_column", messages_column), ("split", split)):
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{name} = {value!r}: expected a column name (a str) or None")
+    if not isinstance(shuffle, bool) or isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"shuffle = {shuffle!r}, seed = {seed!r}: expected a bool and an integer")
+    shard = as_shard(shard)
     source = str(source)
     path = Path(source)
     refuse_missing_local_path(source)
@@ -378,9 +401,11 @@ def _record_from_row(row: dict) -> tuple[Record | None, str | None]:
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             return None, f"{key} is not a list of objects"
     try:
-        return Record.from_row(row), None
+        record = Record.from_row(row)
     except (TypeError, ValueError) as exc:  # a completion or rating without a field it needs
         return None, str(exc)
+    problem = dataclass_problem(record)  # a field of the wrong type, anywhere in the row
+    return (None, problem) if problem else (record, None)
 
 
 def is_records_file(path: Path) -> bool:

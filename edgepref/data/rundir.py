@@ -22,7 +22,7 @@ What a run may write over (the user's files are never among them):
     (`check_writable`).
   - No input may live at or under one of the names above inside DIR (`refuse_inputs_inside`).
   - A run on a run directory made with other settings or another input stops and says what
-    changed; with `overwrite` the old records, pairs, errors and report are removed first and
+    changed (unless the earlier run did no work: no records, no pairs, no cached answer); with `overwrite` the old records, pairs, errors and report are removed first and
     the request cache stays (it is keyed by the settings, so only answers that still apply are
     replayed). Settings of how a run runs (threads, slots, offload, endpoints) are not changes.
 """
@@ -43,7 +43,7 @@ from ..core.errors import ConfigError, EdgeprefError, InputError
 from .inputs import iter_jsonl_rows, read_records
 from .review import match, read_decisions, review_counts, write_reviewed
 from ..core.records import Record
-from ..core.files import read_jsonl, write_jsonl_atomic, write_text_atomic
+from ..core.files import write_jsonl_atomic, write_text_atomic
 
 RECORDS, PAIRS, ERRORS, RUN, CACHE, LOCK = "records.jsonl", "pairs.jsonl", "errors.jsonl", "run.json", "cache", ".lock"
 REPORT, REVIEW, REVIEWED = "report.html", "review.jsonl", "pairs.reviewed.jsonl"
@@ -140,7 +140,11 @@ class RunDir:
         review: its decisions hold only for pairs whose texts are unchanged). Then write
         run.json, so that DIR is a run directory from its first request on."""
         old, problem = self.read_run()
-        changes = run_changes(old, header) if old else []
+        # a run that stopped before its first answer (a server down, a model that would not
+        # load) left run.json and nothing else: the next command starts afresh, whatever it asks
+        worked = self.did_work() or "merged_from" in old
+        changes = run_changes(old, header) if old and worked else []
+        problem = problem if worked else None
         if problem and not overwrite:
             raise SettingsChanged(f"{self.path}: {problem}", "pass --overwrite to start the run in it again")
         if changes and not overwrite:
@@ -155,6 +159,12 @@ class RunDir:
             for name in (RECORDS, PAIRS, ERRORS, REPORT, REVIEWED):
                 (self.path / name).unlink(missing_ok=True)
         self.write_run(dict(header))
+
+    def did_work(self) -> bool:
+        """Whether a run in DIR got anywhere: records or pairs written, or an answer in its request cache."""
+        if self.records_file.is_file() or self.pairs_file.is_file():
+            return True
+        return self.cache_dir.is_dir() and any(f.is_file() and f.stat().st_size for f in self.cache_dir.iterdir())
 
     # ------------------------------------------------------------ writing
 
@@ -233,31 +243,137 @@ class RunDir:
         if not self.run_file.is_file():
             return {}, None
         try:
-            return json.loads(self.run_file.read_text(encoding="utf-8")), None
-        except (ValueError, UnicodeDecodeError) as exc:
+            run = json.loads(self.run_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return {}, f"{RUN} is not readable JSON ({exc})"
+        except OSError as exc:
+            return {}, f"{RUN} cannot be read ({exc.strerror or exc})"
+        if not isinstance(run, dict):
+            return {}, f"{RUN} is a JSON {type(run).__name__}, not an object"
+        return run, None
 
     def read_records(self) -> tuple[list[Record], list[str]]:
         """The records and a line per row left out."""
         records, bad = read_records(self.records_file)
         return records, [f"{RECORDS} line {p.row}: {p.reason} (left out)" for p in bad]
 
-    def record_rows(self) -> Iterator[dict]:
-        return read_jsonl(self.records_file)
-
-    def error_rows(self) -> Iterator[dict]:
-        return read_jsonl(self.errors_file)
-
     def read_pairs(self, file: Path | None = None) -> tuple[list[dict], list[str]]:
-        """The pairs (of DIR, or of a pairs file) and a line per row that is not one."""
+        """The pairs (of DIR, or of a pairs file) and a line per row that is not one (its file
+        and line number, and why: not UTF-8, not JSON, not an object, `pair_problem`)."""
         file = file or self.pairs_file
         pairs, problems = [], []
         for n, row, problem in iter_jsonl_rows(file):
-            if problem or not PAIR_FIELDS <= set(row):
-                problems.append(f"{file.name} line {n}: {problem or 'not a pair'} (left out)")
+            problem = problem or pair_problem(row)
+            if problem:
+                problems.append(f"{file.name} line {n}: {problem} (left out)")
             else:
                 pairs.append(row)
         return pairs, problems
+
+    def read_rows(self, file: Path, need_id: bool = True) -> tuple[list[dict], list[str]]:
+        """The rows of one of DIR's JSONL files (records, errors) and a line per row left out:
+        not UTF-8, not JSON, not an object, or (`need_id`) without a string id."""
+        rows, problems = [], []
+        if not file.is_file():
+            return rows, problems
+        for n, row, problem in iter_jsonl_rows(file):
+            if problem is None and need_id and not (isinstance(row.get("id"), str) and row["id"]):
+                problem = "no id (a non-empty string)"
+            if problem:
+                problems.append(f"{self.path / file.name} line {n}: {problem} (left out)")
+            else:
+                rows.append(row)
+        return rows, problems
+
+    def lock_holder(self) -> str | None:
+        """Who holds DIR's lock (a run writing DIR), or None when nobody does."""
+        try:
+            import fcntl
+        except ImportError:
+            return None
+        lock = self.path / LOCK
+        if not lock.is_file():
+            return None
+        with open(lock, "a+", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                return fh.read().strip() or "another process"
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
+
+# the fields of a pairs row that edgepref reads besides its texts: absent, null, or of this type
+PAIR_PROVENANCE = (
+    *((k, str, "a string") for k in ("id", "model_chosen", "model_rejected", "rationale_chosen",
+                                      "rationale_rejected", "completion_chosen", "completion_rejected",
+                                      "decided_by", "reviewed")),
+    *((k, (int, float), "a number") for k in ("score_chosen", "score_rejected", "margin", "confidence",
+                                               "agreement")),
+)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _counts(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _number(n) for k, n in v.items())
+
+
+# what the readers of run.json (the report, export's card) take from it: key -> check, where
+# absent or null is always allowed
+RUN_JSON_SHAPE = {
+    "config": lambda v: isinstance(v, dict) and all(isinstance(v.get(t, {}), dict)
+                                                     for t in ("evolve", "judge", "pair", "engine", "models")),
+    "judges": lambda v: isinstance(v, list) and all(isinstance(j, str) for j in v),
+    "input": lambda v: isinstance(v, dict),
+    "summary": lambda v: isinstance(v, dict) and all(
+        v.get(k) is None or check(v[k]) for k, check in RUN_SUMMARY_SHAPE.items()),
+}
+RUN_SUMMARY_SHAPE = {
+    **{k: _number for k in ("instructions", "pairs", "expected_agreement", "target_agreement", "risk",
+                            "coverage", "wall_seconds", "mean_margin", "mean_confidence")},
+    **{k: _counts for k in ("completions_per_model", "pairs_dropped", "decided_by")},
+    "verdict_chain": lambda v: isinstance(v, str),
+    # the counters the report's stage table reads from each stage unit
+    "stages": lambda v: isinstance(v, dict) and all(isinstance(st, dict) and all(
+        st.get(k) is None or _number(st[k])
+        for k in ("seconds", "completion_tokens", "continued_tokens", "prompt_decoded", "prompt_cached"))
+        for st in v.values()),
+}
+
+
+def run_json_problem(run: dict) -> str | None:
+    """Why run.json (read back) does not have the shape edgepref wrote, or None."""
+    for key, check in RUN_JSON_SHAPE.items():
+        if run.get(key) is not None and not check(run[key]):
+            return f"{RUN}'s {key} is not what edgepref writes"
+    return None
+
+
+def _is_text_or_messages(value: object) -> bool:
+    if isinstance(value, str):
+        return True
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value))
+
+
+def pair_problem(row: dict) -> str | None:
+    """Why a row read back from a pairs file is not a pair edgepref wrote, or None: prompt,
+    chosen and rejected are text, or lists of {role, content} messages; an id is a string."""
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+    if missing:
+        return f"not a pair (no {', '.join(missing)})"
+    for key in ("prompt", "chosen", "rejected"):
+        if not _is_text_or_messages(row[key]):
+            return f"{key} is {type(row[key]).__name__ if row[key] is not None else 'null'}, not text or a message list"
+    for key, kinds, what in PAIR_PROVENANCE:
+        if row.get(key) is not None and (not isinstance(row[key], kinds) or isinstance(row[key], bool)):
+            return f"{key} is {type(row[key]).__name__}, not {what}"
+    return None
 
 
 def pairs_source(path: str | Path) -> tuple[RunDir, Path]:

@@ -57,6 +57,13 @@ class ModelHost:
         self.current = (model, n_ctx)
         return self.engine
 
+    def check_model(self, model: str) -> None:
+        """Raise ModelNotFoundError (with the fix) unless `model` can run: a backend was given for
+        it, it runs on servers, or its file is here. Loads nothing and downloads nothing."""
+        if model in self.provided or self.registry.remote(model) is not None:
+            return
+        resolve_model_path(model, self.registry)
+
     def open_engine(self, model: str, n_ctx: int, slots: int):
         """A new local engine for `model` with the run's engine settings; the host closes it."""
         from ..backends.engine import Engine

@@ -27,7 +27,8 @@ from ..judging.calibration import read_calibration
 from ..judging.cascade import Chain, build_chain, check_chain, default_groups, group
 from ..stages.complete import CompleteStage
 from ..stages.config import PipelineConfig
-from ..core.errors import EdgeprefError
+from ..core.checks import check_path, show_value
+from ..core.errors import ConfigError, EdgeprefError, InputError
 from ..stages.evolve import EvolveStage
 from .hosting import ModelHost, model_identity, read_path, strongest_available_model
 from ..data.inputs import InputBatch
@@ -252,6 +253,7 @@ class Runner:
         `batch.shard` set and no records the run is an empty shard, a success, unless
         `input_has_instructions` is False (the whole input has none)."""
         self.source = source
+        self.preflight(batch.records)  # before DIR is touched: a mistyped model leaves nothing behind
         if self.run_dir is None:
             return self._run_all(batch, input_has_instructions)
         self.run_dir.check_writable()  # before the lock file is made in DIR
@@ -259,6 +261,30 @@ class Runner:
             self.run_dir.begin({**self._header(), "summary": asdict(summarize(batch.records, None, batch, self))},
                                overwrite)
             return self._run_all(batch, input_has_instructions)
+
+    def preflight(self, records: list[Record]) -> None:
+        """What can be refused before anything is written or loaded: a pair layout that cannot
+        hold the input, ratings that the decision needs and the run does not make, a chain with
+        no judge that may decide, a model that is not known or not here."""
+        if records:
+            pair_layout(records, self.cfg.pair)
+        self.cfg.check_ratings_made()
+        if self.cfg.pair.decide == "pairwise":
+            check_chain(self.chain)
+        for model in self.models_needed():
+            self.host.check_model(model)
+
+    def models_needed(self) -> list[str]:
+        """Every model the run's stages will ask for, in the order they first do."""
+        cfg = self.cfg
+        needed = [m.model for m in cfg.pool]
+        if cfg.evolve.num_evolutions > 0:
+            needed.append(self.evolve_model)
+        if cfg.judge.mode != "none":
+            needed += self.judges
+        if cfg.pair.decide == "pairwise":
+            needed += [m for d in self.chain.deciders for m in d.models]
+        return list(dict.fromkeys(needed))
 
     def _run_all(self, batch: InputBatch, input_has_instructions: bool | None = None) -> RunResult:
         records = batch.records
@@ -273,10 +299,6 @@ class Runner:
                 f"no usable instructions ({len(batch.problems)} problem rows)",
                 f"see {ERRORS} for each row and its reason" if self.run_dir else "check the input",
             )
-        pair_layout(records, self.cfg.pair)  # a layout that cannot hold the input: before any model runs
-        self.cfg.check_ratings_made()
-        if self.cfg.pair.decide == "pairwise":
-            check_chain(self.chain)  # before any model runs
         self._fit_conversations(records)
         report = PairReport()
         try:
@@ -368,10 +390,12 @@ def run_pipeline(
     result) when the run wrote its files but failed. `cache_dir` puts the request cache elsewhere
     than DIR/cache (several runs may share one).
     """
-    from ..data.inputs import read_instructions, take_shard
+    from ..data.inputs import as_shard, read_instructions, take_shard
     from ..core.records import content_key
 
-    cfg = cfg or PipelineConfig()
+    cfg = check_run_arguments(source, out_dir, cfg, on_event, backends, overwrite, cache_dir)
+    if "shard" in input_options:
+        input_options["shard"] = as_shard(input_options["shard"])
     identity, whole = None, None
     if isinstance(source, InputBatch):
         batch = source
@@ -396,6 +420,31 @@ def run_pipeline(
     finally:
         runner.close()
 
+
+
+def check_run_arguments(source, out_dir, cfg, on_event, backends, overwrite, cache_dir) -> PipelineConfig:
+    """run_pipeline's arguments checked at the door, each error naming the argument; the config."""
+    if isinstance(source, list):
+        bad = next((i for i, t in enumerate(source) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise InputError(f"source[{bad}] = {show_value(source[bad])}: a list of instructions holds strings",
+                             "pass instruction texts, or a path to a file of rows")
+    elif not isinstance(source, InputBatch):
+        check_path("source", source)
+    check_path("out_dir", out_dir, optional=True)
+    check_path("cache_dir", cache_dir, optional=True)
+    if cfg is None:
+        cfg = PipelineConfig()
+    elif not isinstance(cfg, PipelineConfig):
+        raise ConfigError(f"cfg = {show_value(cfg)}: expected a PipelineConfig",
+                          "build one with PipelineConfig(...), config_from_dict(a_dict) or load_config(path)")
+    if on_event is not None and not callable(on_event):
+        raise ConfigError(f"on_event = {show_value(on_event)}: expected a function of one Event")
+    if backends is not None and not (isinstance(backends, dict) and all(isinstance(k, str) for k in backends)):
+        raise ConfigError(f"backends = {show_value(backends)}: expected a dict of model name -> Backend")
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite = {show_value(overwrite)}: expected true or false")
+    return cfg
 
 
 def stage_commands() -> dict[str, str]:

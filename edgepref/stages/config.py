@@ -24,6 +24,7 @@ A config file looks like:
 from __future__ import annotations
 
 import difflib
+import os
 import inspect
 import sys
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -35,7 +36,7 @@ import jinja2.meta
 
 from ..judging.compare import PAIRWISE_RECIPES
 from ..backends.engine.core import DEFAULT_PROMPT_BLOCK, DEFAULT_READ_BLOCK, DEFAULT_SLOTS, Engine
-from ..core.checks import C_INT_MAX, check_fields, show_value
+from ..core.checks import C_INT_MAX, check_fields, check_path, show_value
 from ..core.errors import ConfigError
 from ..prompts import EVOL_CRITERIA, JUDGE_ASPECTS
 
@@ -92,6 +93,10 @@ class PoolMember:
     n: int = field(default=1, metadata={"ge": 1, "le": C_INT_MAX})
     # completion ids start with it; defaults to the model name
     label: str | None = field(default=None, metadata=NONEMPTY)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):  # PoolMember(Path("my-model.gguf")), as a name is
+            self.model = os.fspath(self.model)
 
     @property
     def name(self) -> str:
@@ -343,6 +348,8 @@ def config_from_dict(raw: dict, base: PipelineConfig | None = None) -> PipelineC
     before it is returned; anything wrong is a ConfigError naming the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config is a table of settings, not {show_value(raw)}")
+    if base is not None and not isinstance(base, PipelineConfig):
+        raise ConfigError(f"base = {show_value(base)}: expected a PipelineConfig or None")
     cfg = base or PipelineConfig()
     raw = dict(raw)
     sections = {"evolve": EvolveConfig, "judge": JudgeConfig, "pair": PairConfig, "engine": EngineConfig}
@@ -372,8 +379,11 @@ def config_from_dict(raw: dict, base: PipelineConfig | None = None) -> PipelineC
 
 def load_config(path: str | Path | None = None, base: PipelineConfig | None = None) -> PipelineConfig:
     """`path`'s TOML over `base` (default: PipelineConfig()); a ConfigError names the file."""
+    if base is not None and not isinstance(base, PipelineConfig):
+        raise ConfigError(f"base = {show_value(base)}: expected a PipelineConfig or None")
     if path is None:
         return (base or PipelineConfig()).validate()
+    check_path("path", path)
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

@@ -7,7 +7,9 @@ Adds   Completion rows with source "evol": id "<parent>+evol<k>", `parent_id` (t
        rewritten, so chains keep their lineage), `criterion` (drawn with a seeded RNG from the
        record id, parent and step, never a global RNG), the evolving model and its sampling.
 Drops  into Record.dropped with the reason: empty rewrites, rewrites that mostly talk about
-       the rewrite ("talk": lead-ins and closing notes are stripped first), rewrites identical to their input,
+       the rewrite ("talk": lead-ins and closing notes are stripped first, an announcement such as
+       "Here's an improved version:" with whatever opens the text before it), rewrites that ask
+       instead of answering ("request": "Please provide the original answer."), rewrites identical to their input,
        and near-copies of it (similarity above `similarity_threshold`, the pool's rule that the
        completions of one instruction are not near-copies): a pair of a response and its
        near-copy teaches nothing, and the judge cannot tell them apart.
@@ -68,6 +70,26 @@ _TALK = re.compile(
       | \b(?:happy|glad|delighted)\s+to\s+help\b""",
     re.IGNORECASE | re.VERBOSE,
 )
+# A sentence that asks instead of answering: a rewrite that is a request for the answer it was
+# given ("Sure, please provide the original answer.", "Could you share the text?").
+_REQUEST = re.compile(
+    r"""\b(?:please\s+(?:provide|share|give|send|paste|clarify|specify|let\s+me\s+know)
+      | (?:could|can|would)\s+you\s+(?:please\s+)?(?:provide|share|give|send|paste|clarify|specify|tell\s+me)
+      | i\s+(?:would\s+)?need\s+(?:the|more|your|some)\b
+      | (?:what|which)\s+is\s+the\s+original)""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# An announcement of the rewrite that ends in a colon ("Here's an improved version:"), wherever
+# it falls in the opening lines: what comes before it is a lead-in too.
+_ANNOUNCE = re.compile(
+    r"""(?:here\s+is|here[’']s|here\s+are|below\s+is)\s+(?:the|an?|my|your)\b[^\n:]{0,100}?
+        \b(?:response|answer|version|rewrite|revision)s?\b[^\n:]{0,160}:[ \t]*\n?""",
+    re.IGNORECASE | re.VERBOSE,
+)
+MAX_LEAD_IN = 300  # characters before an announcement that may still be a lead-in
+# the model speaking of itself or to the user, which an answer's own first sentence rarely does
+_SPEAKS = re.compile(r"\b(?:happy|glad|delighted)\s+to\b|\bI(?:[’']d|[’']ll|\s+would|\s+will|\s+can)\b",
+                     re.IGNORECASE)
 # A lead-in sentence: a pleasantry, or talk about the rewrite that ends the line or a colon.
 _LEAD_SENTENCE = re.compile(r"^[^\n]{0,300}?(?:[.!?:](?=\s)|[.!?:]?\s*\n|:\s*$)")
 _PLEASANTRY = re.compile(r"^\s*(?:(?:sure|certainly|of\s+course|absolutely|okay|ok|great|yes)\s*[!,.]"
@@ -78,11 +100,17 @@ def _sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?:])\s+|\n+", text) if s.strip()]
 
 
-def talk_share(text: str) -> float:
-    """The share of the text's characters in sentences that talk about the rewrite."""
+def talk_share(text: str, pattern: re.Pattern = _TALK) -> float:
+    """The share of the text's characters in sentences that talk about the rewrite (or, with
+    `pattern`, match another kind of sentence)."""
     sentences = _sentences(text)
     total = sum(len(s) for s in sentences)
-    return sum(len(s) for s in sentences if _TALK.search(s)) / total if total else 0.0
+    return sum(len(s) for s in sentences if pattern.search(s)) / total if total else 0.0
+
+
+def request_share(text: str) -> float:
+    """The share of the text's characters in sentences that ask for something instead of answering."""
+    return talk_share(text, _REQUEST)
 
 
 def strip_leaked_headings(text: str) -> str:
@@ -92,6 +120,11 @@ def strip_leaked_headings(text: str) -> str:
     ("This version adds ...")."""
     previous = None
     text = text.strip()
+    announced = _ANNOUNCE.search(text[: MAX_LEAD_IN + 200])
+    if announced and announced.start() <= MAX_LEAD_IN and text[announced.end():].strip():
+        before = text[: announced.start()]
+        if not before.strip() or _PLEASANTRY.match(before) or _TALK.search(before) or _SPEAKS.search(before):
+            text = text[announced.end():].strip()  # "Sure, I'd be happy to ... Here's an improved version:"
     while previous != text:
         previous = text
         text = _LEAKED_HEADING.sub("", text, count=1).strip()
@@ -198,12 +231,14 @@ MAX_TALK_SHARE = 0.5
 
 
 def drop_reason(text: str, parent: str, similarity_threshold: float = 1.0) -> tuple[str | None, float]:
-    """Why a rewrite of `parent` is not kept ("empty", "talk", "identical", "near_copy") or None,
+    """Why a rewrite of `parent` is not kept ("empty", "talk", "request", "identical", "near_copy") or None,
     and its similarity to the parent."""
     if not text:
         return "empty", 0.0
     if talk_share(text) > MAX_TALK_SHARE:
         return "talk", 0.0
+    if request_share(text) > MAX_TALK_SHARE:
+        return "request", 0.0
     if normalise_text(text) == normalise_text(parent):
         return "identical", 1.0
     score = similarity(text, parent)

@@ -302,19 +302,25 @@ def render_try(result, cfg) -> None:
             who = ", ".join(verdict["decided_by"]) or "no judge was sure"
             out.print(f"[bold]pairwise check:[/] margins of {verdict['x']} over {verdict['y']}: {asked} "
                       f"(decided by {who})")
+        # (why a pair was written, what a pair needs): the rule of the run's decision
         if cfg.pair.decide != "pairwise":
-            rule = f"score margin ≥ {cfg.pair.min_margin}, ranked by {cfg.pair.score}"
+            rule = (f"score margin ≥ {cfg.pair.min_margin}, ranked by {cfg.pair.score}",
+                    f"a score margin of at least {cfg.pair.min_margin}")
         elif cfg.pair.min_confidence is not None:
-            rule = f"pairwise |margin| ≥ {cfg.pair.min_confidence}"
+            rule = (f"pairwise |margin| ≥ {cfg.pair.min_confidence}",
+                    f"a pairwise |margin| of at least {cfg.pair.min_confidence}")
         elif cfg.pair.target_agreement is not None:
-            rule = f"a judge of the chain calibrated for {cfg.pair.target_agreement:.0%} agreement was sure"
+            rule = (f"a judge of the chain calibrated for {cfg.pair.target_agreement:.0%} agreement was sure",
+                    f"a judge of the chain calibrated for {cfg.pair.target_agreement:.0%} agreement to be sure")
         else:
-            rule = "a judge of the chain was surer than its noise floor"
+            rule = ("a judge of the chain was surer than its noise floor",
+                    "a judge of the chain surer than its noise floor")
         for p in written:
             out.print(f"[bold]pair:[/] {p.completion_chosen}{_score(p.score_chosen)} over "
-                      f"{p.completion_rejected}{_score(p.score_rejected)}; {rule}")
+                      f"{p.completion_rejected}{_score(p.score_rejected)}; {rule[0]}")
         if not written:
-            out.print(f"[bold]no pair:[/] {reason} ({rule})")
+            out.print(f"[bold]no pair:[/] {escape(str(reason))} (a pair needs {rule[1]}; no candidate pair had it)"
+                      if reason in ("uncertain", "small_margin") else f"[bold]no pair:[/] {escape(str(reason))}")
 
 
 def _score(score: float | None, sep: str = " ") -> str:
@@ -442,6 +448,8 @@ def render_merge(report) -> None:
                        + "; run them and merge again")
     for d in report.runs_without_pairs:
         render_warning(f"{d} has no pairs.jsonl (did that run finish?)")
+    for problem in report.problems:
+        render_warning(problem)
 
 
 def render_eval(report) -> None:

@@ -33,7 +33,7 @@ from ..stages.config import PairConfig
 from ..stages.pair import pick_pairs, rank_completions
 from ..core.records import Record
 from ..data.review import STATUS, match, read_decisions, review_counts
-from ..data.rundir import PAIRS, RECORDS, REPORT, RUN, RunDir, refuse_inputs_inside
+from ..data.rundir import PAIRS, RECORDS, REPORT, RUN, RunDir, refuse_inputs_inside, run_json_problem
 from ..runs.summary import completions_per_model
 
 PAGE = Path(__file__).with_name("report.html.jinja2")
@@ -65,7 +65,9 @@ def load_run_dir(directory: str | Path) -> RunView:
         raise InputError(f"{directory} has no {RUN}, {RECORDS} or {PAIRS}",
                          f"run the pipeline first: edgepref run INPUT --out {directory}")
     view.run, problem = run_dir.read_run()
+    problem = problem or run_json_problem(view.run)
     if problem:
+        view.run = {}
         view.problems.append(f"{problem}; settings and timings are not shown")
     elif not run_dir.run_file.is_file():
         view.problems.append(f"no {RUN} (the run has not finished): settings, timings and drop counts "
@@ -86,7 +88,7 @@ def load_run_dir(directory: str | Path) -> RunView:
         matched = match(view.pairs, decisions)
         view.review = review_counts(view.pairs, matched)
         view.reviewed = {pid: STATUS[d.decision] for pid, d in matched.applied.items() if d.decision in STATUS}
-    raw = view.run.get("config", {}).get("pair", {})
+    raw = (view.run.get("config") or {}).get("pair") or {}
     known = {f.name for f in fields(PairConfig)}
     try:
         view.pair_cfg = PairConfig(**{k: v for k, v in raw.items() if k in known})
@@ -204,16 +206,16 @@ def stage_rows(summary: dict) -> list[dict]:
 
 def overview(view: RunView, rows: list[dict]) -> dict:
     """The run at a glance; counts come from run.json's summary when there is one."""
-    summary = view.run.get("summary", {})
-    cfg = view.run.get("config", {})
+    summary = view.run.get("summary") or {}
+    cfg = view.run.get("config") or {}
     drops = Counter(r["status"] for r in rows if r["status"] != "pair")
     return {
         "instructions": summary.get("instructions", len(view.records) or len(rows)),
         "candidates": summary.get("completions_per_model") or completions_per_model(view.records),
         "pairs": len(view.pairs),
         "dropped": summary.get("pairs_dropped") or dict(drops),
-        "judges": view.run.get("judges") or cfg.get("judge", {}).get("models", []),
-        "recipe": cfg.get("judge", {}).get("recipe"),
+        "judges": view.run.get("judges") or (cfg.get("judge") or {}).get("models", []),
+        "recipe": (cfg.get("judge") or {}).get("recipe"),
         "decide": view.pair_cfg.decide,
         "min_confidence": view.pair_cfg.min_confidence,
         "verdict_chain": summary.get("verdict_chain"),
@@ -250,7 +252,7 @@ def build_report(view: RunView) -> str:
     return page.render(
         title=f"edgepref report: {view.directory.name}", directory=str(view.directory),
         problems=view.problems, overview=overview(view, rows), plots=draw_plots(view, rows),
-        settings=json.dumps(view.run.get("config", {}), indent=1, ensure_ascii=False),
+        settings=json.dumps(view.run.get("config") or {}, indent=1, ensure_ascii=False),
         data=data, models=sorted({c["model"] for r in rows for c in r["candidates"] if c.get("model")}),
         statuses=sorted({r["status"] for r in rows}),
     )

@@ -24,6 +24,7 @@ def inspect(path: Path, min_margin, model, limit, show_turns: bool) -> None:
 
     Each pair's instruction, chosen vs rejected, scores and reasons, then stats of all pairs.
     A run that a person reviewed (`edgepref review`) shows its reviewed pairs and the review's counts.
+    A line that cannot be read back is named with its line number and left out.
     A pair from a conversation has one line under its instruction that counts the earlier turns
     (and says when there is a system prompt); --turns shows them.
 
@@ -36,6 +37,8 @@ def inspect(path: Path, min_margin, model, limit, show_turns: bool) -> None:
     from ...data.export import filter_pairs, load_run, pair_stats
 
     run = load_run(path)
+    for problem in run.problems:
+        display.render_warning(problem)
     pairs = filter_pairs(run.pairs, min_margin, model)
     display.render_pairs(pairs[:limit], pair_stats(pairs), total=len(run.pairs), show_turns=show_turns,
                          review=run.review)
@@ -59,7 +62,8 @@ def export(path: Path, fmt: str, to: Path, overwrite: bool, push_to_hub, public:
     As JSONL, Parquet or a `datasets` directory (TRL's layout), or a trainer's own: llama-factory
     (rows and their dataset_info.json entry) or axolotl (rows and the config lines to paste,
     printed too), with a README.md dataset card. Exporting again into the same --to replaces only
-    what an export wrote there and nobody changed since.
+    what an export wrote there and nobody changed since. A line of the pairs file that cannot be
+    read back (not JSON, a field missing or of the wrong type) is named and left out.
 
     \b
     Example:
@@ -69,7 +73,10 @@ def export(path: Path, fmt: str, to: Path, overwrite: bool, push_to_hub, public:
     """
     from ...data.export import export_pairs, load_run, trainer_usage
 
-    written = export_pairs(load_run(path), fmt, to, push_to_hub, private=not public, overwrite=overwrite)
+    run = load_run(path)
+    for problem in run.problems:
+        display.render_warning(problem)
+    written = export_pairs(run, fmt, to, push_to_hub, private=not public, overwrite=overwrite)
     for kind, where in written.items():
         display.render_path(f"{kind}: {where}")
     usage = trainer_usage(fmt, to)
@@ -84,11 +91,15 @@ def export(path: Path, fmt: str, to: Path, overwrite: bool, push_to_hub, public:
               "empty or an earlier merge's output (never a run's, nor a directory of other files).")
 @click.option("--allow-mixed", is_flag=True, help="Merge runs made with different settings.")
 @click.option("--report", "with_report", is_flag=True, help="Also write OUT/report.html (see `edgepref report`).")
-def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
+@click.option("--wait", is_flag=True, help="Wait for a run still writing one of DIRS to finish (default: refuse it).")
+def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool, wait: bool) -> None:
     """Merge shard outputs into one run directory.
 
-    Combines the outputs of `run --shard I/N`, each record and pair once. Shards made with other
-    settings or of another input are refused unless --allow-mixed.
+    Combines the outputs of `run --shard I/N`, each record and pair once. Runs made with other
+    settings or of another input are refused unless --allow-mixed; so is a run still writing its
+    directory (--wait waits for it), and text-prompt pairs with conversation pairs (one pairs
+    file holds one format, --allow-mixed or not). A line that cannot be read back is reported
+    with its file and line number and left out.
 
     \b
     Example:
@@ -99,7 +110,7 @@ def merge(dirs, out_dir: Path, allow_mixed: bool, with_report: bool) -> None:
     from ...data.rundir import RunDir
 
     RunDir(out_dir).check_writable(require_empty=True)
-    display.render_merge(merge_runs(list(dirs), out_dir, allow_mixed=allow_mixed))
+    display.render_merge(merge_runs(list(dirs), out_dir, allow_mixed=allow_mixed, wait=wait))
     if with_report:
         from ..report import write_report
 
