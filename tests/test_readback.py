@@ -87,7 +87,7 @@ def no_traceback(result) -> None:
         assert "error:" in result.output
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hurt=st.lists(damage(), min_size=1, max_size=3))
 def test_a_damaged_run_directory_gives_a_clear_error_or_a_reported_skip(reference_run, tmp_path_factory, hurt) -> None:
     tmp = tmp_path_factory.mktemp("damaged")
