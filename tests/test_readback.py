@@ -277,6 +277,10 @@ def test_a_rewrite_that_asks_is_dropped_and_a_lead_in_is_found_after_a_sentence(
     text = strip_leaked_headings("Sure, I'd be happy to explain how penguins swim in more depth. "
                                  "Here's an improved version:\n\nPenguins swim with their flippers.")
     assert text == "Penguins swim with their flippers."
+    # a bare refusal is no rewrite of an answer; an answer that declines something is kept
+    assert drop_reason("I'm sorry, I can't assist with that request.", "Dear Sam, ...")[0] == "refusal"
+    declining = "Dear Sam,\n\nI'm sorry, I can't attend the meeting on Friday. Could we meet next week?"
+    assert drop_reason(declining, "Dear Sam, I cannot come.")[0] is None
     # an answer whose own first sentence precedes a list announcement keeps it
     answer = "The primary colours are red, yellow and blue. Here are the answers to each part:\n1. red"
     assert strip_leaked_headings(answer) == answer and drop_reason(answer, "x")[0] is None

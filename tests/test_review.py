@@ -374,3 +374,8 @@ def test_the_python_api_checks_its_arguments(reference_run, tmp_path) -> None:
             ReviewSession(run, **{name: value})
     with pytest.raises(InputError, match="no reviewed pair to calibrate on"):
         labelled_pairs(run)
+    # a directory with pairs.jsonl alone is reviewed too (records only say who rewrote what)
+    (run / "records.jsonl").unlink()
+    session = ReviewSession(run)
+    assert len(session.queue) == len(read_jsonl(run / "pairs.jsonl"))
+    assert all(isinstance(side.model, str) for side in session.sides(session.current()))

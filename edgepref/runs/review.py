@@ -104,6 +104,9 @@ class ReviewSession:
         self.pos = next((i for i, p in enumerate(self.queue) if p["id"] not in self.matched.applied), len(self.queue))
 
     def _read_records(self) -> dict[str, Record]:
+        # records only add who rewrote what: a pairs file without them (a copy) is reviewed alone
+        if not self.run.records_file.is_file():
+            return {}
         records, _ = self.run.read_records()  # a damaged records file only costs the "rewritten" detail
         return {r.id: r for r in records}
 

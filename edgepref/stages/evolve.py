@@ -9,7 +9,8 @@ Adds   Completion rows with source "evol": id "<parent>+evol<k>", `parent_id` (t
 Drops  into Record.dropped with the reason: empty rewrites, rewrites that mostly talk about
        the rewrite ("talk": lead-ins and closing notes are stripped first, an announcement such as
        "Here's an improved version:" with whatever opens the text before it), rewrites that ask
-       instead of answering ("request": "Please provide the original answer."), rewrites identical to their input,
+       instead of answering ("request": "Please provide the original answer."), rewrites that
+       are a bare refusal ("refusal": "I'm sorry, I can't assist with that request."), rewrites identical to their input,
        and near-copies of it (similarity above `similarity_threshold`, the pool's rule that the
        completions of one instruction are not near-copies): a pair of a response and its
        near-copy teaches nothing, and the judge cannot tell them apart.
@@ -77,6 +78,13 @@ _REQUEST = re.compile(
       | (?:could|can|would)\s+you\s+(?:please\s+)?(?:provide|share|give|send|paste|clarify|specify|tell\s+me)
       | i\s+(?:would\s+)?need\s+(?:the|more|your|some)\b
       | (?:what|which)\s+is\s+the\s+original)""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# A rewrite that refuses the task it was given an answer to ("I'm sorry, I can't assist with
+# that request."): short, and nothing but the refusal.
+_REFUSAL = re.compile(
+    r"""^\W*(?:i[’']?m\s+sorry|i\s+am\s+sorry|sorry|i\s+apologi[sz]e|unfortunately)\b[^.!?\n]{0,60}?
+        \b(?:can(?:no|[’'])t|cannot|am\s+unable|am\s+not\s+able|won[’']t)\b[^\n]{0,120}$""",
     re.IGNORECASE | re.VERBOSE,
 )
 # An announcement of the rewrite that ends in a colon ("Here's an improved version:"), wherever
@@ -231,7 +239,8 @@ MAX_TALK_SHARE = 0.5
 
 
 def drop_reason(text: str, parent: str, similarity_threshold: float = 1.0) -> tuple[str | None, float]:
-    """Why a rewrite of `parent` is not kept ("empty", "talk", "request", "identical", "near_copy") or None,
+    """Why a rewrite of `parent` is not kept ("empty", "talk", "request", "refusal", "identical",
+    "near_copy") or None,
     and its similarity to the parent."""
     if not text:
         return "empty", 0.0
@@ -239,6 +248,8 @@ def drop_reason(text: str, parent: str, similarity_threshold: float = 1.0) -> tu
         return "talk", 0.0
     if request_share(text) > MAX_TALK_SHARE:
         return "request", 0.0
+    if _REFUSAL.match(text.strip()):
+        return "refusal", 0.0
     if normalise_text(text) == normalise_text(parent):
         return "identical", 1.0
     score = similarity(text, parent)
