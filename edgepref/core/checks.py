@@ -73,6 +73,13 @@ def _is_type(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def fits(value: Any, hint: Any) -> bool:
+    """Whether `value` is of type `hint` (str, int, float, bool, dict, dict[K, V], list[X],
+    X | None) as a setting's type is checked (a bool is not a number), for data read back."""
+    hint, optional = _optional(hint)
+    return optional if value is None else _is_type(value, hint)
+
+
 def _fits(value: Any, hint: Any, limits: Any) -> bool:
     hint, optional = _optional(hint)
     if value is None:

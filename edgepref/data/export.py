@@ -29,7 +29,7 @@ from ..core.errors import EdgeprefError, InputError
 from ..core.files import write_jsonl_atomic, write_text_atomic
 from ..core.paths import hub_offline
 from .rundir import PAIRS, pairs_source, run_json_problem
-from .review import match, read_decisions, review_counts, reviewed_pairs
+from .review import match_review, review_counts, reviewed_pairs
 from .trainers import TRAINER_LAYOUTS, TrainerLayout, one_trl_layout, trainer_rows
 
 # file types of `edgepref export`: TRL's layout through `datasets`, then the trainers' own layouts
@@ -75,8 +75,7 @@ def load_run(path: str | Path) -> RunOutput:
             problems.append(f"{run_problem}: the dataset card leaves out the run's settings")
     counts = None
     if pairs_file == run_dir.pairs_file and run_dir.review_file.is_file():
-        decisions, _ = read_decisions(run_dir.review_file)
-        matched = match(pairs, decisions)
+        matched, _ = match_review(pairs, run_dir.review_file)
         pairs, counts = reviewed_pairs(pairs, matched), review_counts(pairs, matched)
     return RunOutput(pairs, run if isinstance(run, dict) else {}, pairs_file, counts, problems)
 
@@ -115,11 +114,12 @@ def _mean(values) -> float | None:
 def dataset_card(run: RunOutput, export_format: str = "jsonl", trainers: dict[str, str] | None = None) -> str:
     """The README.md card of an export in `export_format`; `trainers` maps each format of
     TRAINER_LAYOUTS written beside it to the lines of that trainer's config that train on it."""
-    # run.json is read back: a table that is not one (an edited or damaged file) counts as absent
-    cfg = _table(run.run, "config")
-    summary = _table(run.run, "summary")
-    pool = [m for m in cfg.get("pool") or [] if isinstance(m, dict)] if isinstance(cfg.get("pool"), list) else []
-    judges = run.run.get("judges") or _table(cfg, "judge").get("models", [])
+    # run.json as load_run read it: of the shape edgepref writes (rundir.run_json_problem), a table
+    # possibly null
+    cfg = run.run.get("config") or {}
+    summary = run.run.get("summary") or {}
+    pool = cfg.get("pool") or []
+    judges = run.run.get("judges") or (cfg.get("judge") or {}).get("models", [])
     judges = [str(j) for j in judges] if isinstance(judges, list) else []
     # what the export writes: a run that mixes the two layouts is written conversational (one_trl_layout)
     fmt = "standard" if all(isinstance(p.get("prompt"), str) for p in run.pairs) else "conversational"
@@ -129,7 +129,7 @@ def dataset_card(run: RunOutput, export_format: str = "jsonl", trainers: dict[st
         f"{m.get('n', 1)} completion(s), system prompt: {json.dumps(m.get('system_prompt'))})"
         for m in pool
     ) or "- (unknown)"
-    judge_cfg = _table(cfg, "judge")
+    judge_cfg = cfg.get("judge") or {}
     return f"""---
 tags:
 - dpo
@@ -147,7 +147,7 @@ Type: preference (DPO).
 
 1. Model pooling: every instruction was answered by each pool member:
 {pool_lines}
-2. EvolQuality: {_table(cfg, 'evolve').get('num_evolutions', 0)} rewrite(s) per completion along a criterion drawn
+2. EvolQuality: {(cfg.get('evolve') or {}).get('num_evolutions', 0)} rewrite(s) per completion along a criterion drawn
    with a seeded RNG (helpfulness, relevance, deepening, creativity, details); evolved
    responses were judged like the others.
 3. UltraFeedback judging by {', '.join(f'`{j}`' for j in judges)}: aspect `{judge_cfg.get('aspect')}`, mode
@@ -257,18 +257,8 @@ def trainer_usage(fmt: str, to: str | Path) -> str | None:
     return layout.usage(Path(to) / layout.data_name) if layout else None
 
 
-def _table(parent: dict, key: str) -> dict:
-    value = parent.get(key) if isinstance(parent, dict) else None
-    return value if isinstance(value, dict) else {}
-
-
-def _risk_kept(summary: dict) -> str:
-    risk = summary.get("risk")
-    return f"{1 - risk:g}" if isinstance(risk, (int, float)) and not isinstance(risk, bool) else "?"
-
-
 def _decision(cfg: dict, summary: dict) -> str:
-    pair, judge = _table(cfg, "pair"), _table(cfg, "judge")
+    pair, judge = cfg.get("pair") or {}, cfg.get("judge") or {}
     if pair.get("decide", "ratings") == "pairwise":
         if pair.get("min_confidence") is not None:
             rule = (f"each judge of the chain ({summary.get('verdict_chain') or judge.get('models')}) decided the pairs\n"
@@ -280,7 +270,7 @@ def _decision(cfg: dict, summary: dict) -> str:
             expected = summary.get("expected_agreement")
             rule = (f"each judge of the chain ({summary.get('verdict_chain')}) decided the pairs above its threshold,\n"
                     f"   calibrated so that what it decides agrees with strong labels at least "
-                    f"{pair.get('target_agreement')} of the time\n   with probability {_risk_kept(summary)}"
+                    f"{pair.get('target_agreement')} of the time\n   with probability {1 - (summary.get('risk') or 0):g}"
                     + (f"; expected agreement of these pairs: {expected}" if expected is not None else ""))
         return (f"the ratings (ranked by `{pair.get('score')}`, strategy `{pair.get('strategy')}`) shortlisted two\n"
                 f"   completions; a pairwise judge (recipe `{judge.get('recipe')}`: both showing orders, log-odds)\n"

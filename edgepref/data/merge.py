@@ -6,7 +6,8 @@ nothing), keeps every error once, checks that the shards were made with the same
 from the same input (run.json's "input": its content hash, or Hub name, split and revision), and
 says which shards of 0..N-1 are missing. An empty shard (no instruction fell to it) adds
 nothing and counts as seen. Every run merged must come from the same input; a run still being
-written (its lock held) is refused; the pairs of all runs must share one prompt shape. The result is an ordinary run directory: `edgepref export`,
+written (its lock held) is refused; the pairs of all runs must share one prompt shape. The
+result is an ordinary run directory: `edgepref export`,
 `inspect` and TRL read it like any other. It is written to a new or empty directory, or over an
 earlier merge's output, never over a run's.
 """
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.checks import check_path, check_path_list
+from ..core.checks import check_path, check_path_list, fits
 from ..core.errors import ConfigError, InputError
 from .rundir import (
     RECORDS, NotARunDir, RunDir, RunDirInUse, config_changes, describe_input, input_key, refuse_inputs_inside,
@@ -143,7 +144,7 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
         summary = run.get("summary") if isinstance(run.get("summary"), dict) else {}
         shard = summary.get("shard")
         if shard:
-            if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)):
+            if not (fits(shard, list[int]) and len(shard) == 2):
                 raise InputError(f"{d}: run.json's shard is {shard!r}, not [I, N]",
                                  "rerun that shard (it resumes) to write its run.json again")
             i, n = shard
@@ -154,7 +155,7 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
             report.shards_seen.append(i)
         report.runs += 1
         rows, bad = run_dir.read_rows(run_dir.records_file)
-        report.problems += bad
+        report.problems += [f"{d}/{p}" for p in bad]
         for row in rows:
             if row["id"] in records:
                 report.duplicate_records += 1
@@ -173,7 +174,7 @@ def merge_runs(dirs: list[str | Path], out_dir: str | Path, *, allow_mixed: bool
         else:
             report.runs_without_pairs.append(str(d))
         rows, bad = run_dir.read_rows(run_dir.errors_file, need_id=False)
-        report.problems += bad
+        report.problems += [f"{d}/{p}" for p in bad]
         for row in rows:
             errors.setdefault(json.dumps(row, sort_keys=True), row)
     _check_prompt_shapes(pairs, came_from)

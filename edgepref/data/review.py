@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+from ..core.checks import fits
 from ..core.errors import InputError
 from ..core.files import JsonlAppender, write_jsonl_atomic
 from .inputs import iter_jsonl_rows
@@ -39,7 +40,7 @@ from .inputs import iter_jsonl_rows
 DECISIONS = ("keep", "swap", "drop", "skip", "undo")
 VERDICTS = ("keep", "swap", "drop")  # the decisions that change the dataset (and are measured)
 STATUS = {"keep": "kept", "swap": "swapped", "drop": "dropped"}  # a verdict as the pair's review status
-REVIEWED = {"keep": "kept", "swap": "swapped"}  # a row's `reviewed` field; dropped rows are left out
+REVIEWED = {k: v for k, v in STATUS.items() if k != "drop"}  # a row's `reviewed`; dropped rows are left out
 UNREVIEWED = "unreviewed"
 ORDERS = ("least-sure", "sample", "file")
 # what swapping a pair exchanges besides chosen and rejected
@@ -142,6 +143,12 @@ def match(pairs: list[dict], decisions: Iterable[Decision]) -> Matched:
     return out
 
 
+def match_review(pairs: list[dict], review_file: Path) -> tuple[Matched, list[str]]:
+    """The decisions of `review_file` matched against `pairs`, and its lines left out."""
+    decisions, problems = read_decisions(review_file)
+    return match(pairs, decisions), problems
+
+
 def swapped(pair: dict) -> dict:
     """The pair with chosen and rejected exchanged, and every field that belongs to a side with them."""
     row = dict(pair)
@@ -199,9 +206,8 @@ def sureness(pair: dict) -> float:
     """How sure the judges were of a pair: the pairwise margin of its decider, else the
     UltraFeedback margin; a pair with neither counts as least sure."""
     for key in ("confidence", "margin"):
-        value = pair.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if fits(pair.get(key), float):
+            return float(pair[key])
     return float("-inf")
 
 

@@ -22,8 +22,8 @@ What a run may write over (the user's files are never among them):
     (`check_writable`).
   - No input may live at or under one of the names above inside DIR (`refuse_inputs_inside`).
   - A run on a run directory made with other settings or another input stops and says what
-    changed (unless the earlier run did no work: no records, no pairs, no cached answer); with `overwrite` the old records, pairs, errors and report are removed first and
-    the request cache stays (it is keyed by the settings, so only answers that still apply are
+    changed (unless the earlier run did no work: no records, no pairs, no cached answer); with
+    `overwrite` the old records, pairs, errors and report are removed first and the request cache stays (it is keyed by the settings, so only answers that still apply are
     replayed). Settings of how a run runs (threads, slots, offload, endpoints) are not changes.
 """
 
@@ -39,16 +39,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): runs are not guarded by a lock
+    fcntl = None
+
+from ..core.checks import fits
 from ..core.errors import ConfigError, EdgeprefError, InputError
 from .inputs import iter_jsonl_rows, read_records
-from .review import match, read_decisions, review_counts, write_reviewed
+from .review import Matched, match_review, review_counts, write_reviewed
 from ..core.records import Record
 from ..core.files import write_jsonl_atomic, write_text_atomic
 
 RECORDS, PAIRS, ERRORS, RUN, CACHE, LOCK = "records.jsonl", "pairs.jsonl", "errors.jsonl", "run.json", "cache", ".lock"
 REPORT, REVIEW, REVIEWED = "report.html", "review.jsonl", "pairs.reviewed.jsonl"
 OUTPUTS = (RECORDS, PAIRS, ERRORS, RUN, CACHE, LOCK, REPORT, REVIEW, REVIEWED)  # every name edgepref writes in DIR
-PAIR_FIELDS = {"prompt", "chosen", "rejected"}
+PAIR_FIELDS = ("prompt", "chosen", "rejected")  # a pair's texts
 MARKER, LAYOUT = "edgepref", 1  # run.json's {"edgepref": {"run_layout": 1}}: DIR is a run directory
 # Settings of how a run runs, not of what it asks: a rerun that changes only these resumes.
 HOW_NOT_WHAT = ("engine.threads", "engine.gpu_layers", "engine.slots", "engine.prompt_block", "engine.read_block",
@@ -179,8 +185,9 @@ class RunDir:
         if pairs is not None:
             files["pairs"] = self.pairs_file
             write_jsonl_atomic(files["pairs"], pairs)
-            self.review = self.refresh_review()
-            if self.review is not None:
+            reviewed = self.refresh_review()
+            if reviewed is not None:
+                self.review = review_counts(*reviewed[:2])
                 files["reviewed"] = self.reviewed_file
         named = {k: str(v) for k, v in files.items()}
         if run is not None:
@@ -189,17 +196,22 @@ class RunDir:
             self.write_run(run, named)
         return named
 
-    def refresh_review(self) -> dict | None:
-        """pairs.reviewed.jsonl again from pairs.jsonl and review.jsonl (when a person reviewed):
-        the decisions that still match their pair's texts applied. Returns the review's counts
-        (review.review_counts: kept, swapped, dropped, ..., no_longer_matching), or None."""
+    def read_review(self) -> tuple[list[dict], Matched, list[str]]:
+        """The pairs, a person's decisions on them (review.jsonl) matched to their texts, and the
+        lines of either file left out."""
+        pairs, problems = self.read_pairs()
+        matched, bad = match_review(pairs, self.review_file)
+        return pairs, matched, problems + bad
+
+    def refresh_review(self) -> tuple[list[dict], Matched, list[str]] | None:
+        """pairs.reviewed.jsonl again from pairs.jsonl and review.jsonl, when a person reviewed:
+        the decisions that still match their pair's texts applied. Returns what `read_review`
+        read, or None when there is no review."""
         if not self.review_file.is_file():
             return None
-        pairs, _ = self.read_pairs()
-        decisions, _ = read_decisions(self.review_file)
-        matched = match(pairs, decisions)
-        write_reviewed(self.reviewed_file, pairs, matched)
-        return review_counts(pairs, matched)
+        reviewed = self.read_review()
+        write_reviewed(self.reviewed_file, *reviewed[:2])
+        return reviewed
 
     def write_run(self, run: dict, files: dict[str, str] | None = None) -> None:
         """run.json, marked as edgepref's (MARKER first), with `files` in its summary."""
@@ -212,19 +224,14 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold DIR/.lock while a run writes DIR; a second run stops at once and says who holds it.
         The lock is the operating system's (flock): it goes with the process, a crash included."""
-        try:
-            import fcntl
-        except ImportError:  # no flock here (Windows): runs are not guarded
+        if fcntl is None:  # no flock here (Windows): runs are not guarded
             yield
             return
         self.path.mkdir(parents=True, exist_ok=True)
         fh = open(self.path / LOCK, "a+", encoding="utf-8")
         try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
+            holder = _take_lock(fh)
+            if holder is not None:
                 raise RunDirInUse(f"{self.path} is in use by another edgepref run ({holder})",
                                   "wait for that run to finish (rerunning it then resumes), or pass another --out")
             fh.seek(0)
@@ -280,54 +287,56 @@ class RunDir:
             if problem is None and need_id and not (isinstance(row.get("id"), str) and row["id"]):
                 problem = "no id (a non-empty string)"
             if problem:
-                problems.append(f"{self.path / file.name} line {n}: {problem} (left out)")
+                problems.append(f"{file.name} line {n}: {problem} (left out)")
             else:
                 rows.append(row)
         return rows, problems
 
     def lock_holder(self) -> str | None:
         """Who holds DIR's lock (a run writing DIR), or None when nobody does."""
-        try:
-            import fcntl
-        except ImportError:
-            return None
         lock = self.path / LOCK
-        if not lock.is_file():
+        if fcntl is None or not lock.is_file():
             return None
         with open(lock, "a+", encoding="utf-8") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                return fh.read().strip() or "another process"
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        return None
+            holder = _take_lock(fh)
+            if holder is None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            return holder
+
+
+def _take_lock(fh) -> str | None:
+    """flock DIR/.lock (open as `fh`) without waiting: None when taken, else who holds it."""
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        return fh.read().strip() or "another process"
+    return None
 
 
 # the fields of a pairs row that edgepref reads besides its texts: absent, null, or of this type
-PAIR_PROVENANCE = (
-    *((k, str, "a string") for k in ("id", "model_chosen", "model_rejected", "rationale_chosen",
-                                      "rationale_rejected", "completion_chosen", "completion_rejected",
-                                      "decided_by", "reviewed")),
-    *((k, (int, float), "a number") for k in ("score_chosen", "score_rejected", "margin", "confidence",
-                                               "agreement")),
-)
+PAIR_PROVENANCE = {
+    **{k: str for k in ("id", "model_chosen", "model_rejected", "rationale_chosen", "rationale_rejected",
+                        "completion_chosen", "completion_rejected", "decided_by", "reviewed")},
+    **{k: float for k in ("score_chosen", "score_rejected", "margin", "confidence", "agreement")},
+}
 
 
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return fits(v, float)
 
 
 def _counts(v) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and _number(n) for k, n in v.items())
+    return fits(v, dict[str, float])
 
 
 # what the readers of run.json (the report, export's card) take from it: key -> check, where
 # absent or null is always allowed
 RUN_JSON_SHAPE = {
-    "config": lambda v: isinstance(v, dict) and all(isinstance(v.get(t, {}), dict)
-                                                     for t in ("evolve", "judge", "pair", "engine", "models")),
-    "judges": lambda v: isinstance(v, list) and all(isinstance(j, str) for j in v),
+    "config": lambda v: isinstance(v, dict) and all(fits(v.get(t), dict | None)
+                                                     for t in ("evolve", "judge", "pair", "engine", "models"))
+    and fits(v.get("pool"), list[dict] | None),
+    "judges": lambda v: fits(v, list[str]),
     "input": lambda v: isinstance(v, dict),
     "summary": lambda v: isinstance(v, dict) and all(
         v.get(k) is None or check(v[k]) for k, check in RUN_SUMMARY_SHAPE.items()),
@@ -336,7 +345,7 @@ RUN_SUMMARY_SHAPE = {
     **{k: _number for k in ("instructions", "pairs", "expected_agreement", "target_agreement", "risk",
                             "coverage", "wall_seconds", "mean_margin", "mean_confidence")},
     **{k: _counts for k in ("completions_per_model", "pairs_dropped", "decided_by")},
-    "verdict_chain": lambda v: isinstance(v, str),
+    "verdict_chain": lambda v: fits(v, str),
     # the counters the report's stage table reads from each stage unit
     "stages": lambda v: isinstance(v, dict) and all(isinstance(st, dict) and all(
         st.get(k) is None or _number(st[k])
@@ -364,15 +373,15 @@ def _is_text_or_messages(value: object) -> bool:
 def pair_problem(row: dict) -> str | None:
     """Why a row read back from a pairs file is not a pair edgepref wrote, or None: prompt,
     chosen and rejected are text, or lists of {role, content} messages; an id is a string."""
-    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+    missing = [k for k in PAIR_FIELDS if k not in row]
     if missing:
         return f"not a pair (no {', '.join(missing)})"
-    for key in ("prompt", "chosen", "rejected"):
+    for key in PAIR_FIELDS:
         if not _is_text_or_messages(row[key]):
             return f"{key} is {type(row[key]).__name__ if row[key] is not None else 'null'}, not text or a message list"
-    for key, kinds, what in PAIR_PROVENANCE:
-        if row.get(key) is not None and (not isinstance(row[key], kinds) or isinstance(row[key], bool)):
-            return f"{key} is {type(row[key]).__name__}, not {what}"
+    for key, hint in PAIR_PROVENANCE.items():
+        if not fits(row.get(key), hint | None):
+            return f"{key} is {type(row[key]).__name__}, not {'a string' if hint is str else 'a number'}"
     return None
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..core.checks import check_value
 from ..core.errors import InputError
 from ..core.records import Completion, Record
-from ..data.review import (Decision, Matched, ReviewLog, VERDICTS, check_pairs_reviewable, describe_counts, match,
+from ..data.review import (Decision, Matched, ReviewLog, VERDICTS, check_pairs_reviewable, describe_counts,
                            read_decisions, review_counts, review_order, select, texts_hash)
 from ..data.rundir import RunDir
 from ..judging.review_agreement import Agreement, agreement_table
@@ -88,11 +88,8 @@ class ReviewSession:
                                           ("max_margin", max_margin, float | None, None)):
             check_value(name, value, hint, limits)
         self.run = _review_dir(run_dir)
-        self.pairs, self.problems = self.run.read_pairs()
+        self.pairs, self.matched, self.problems = self.run.read_review()
         check_pairs_reviewable(self.pairs, self.run.pairs_file)
-        decisions, bad = read_decisions(self.run.review_file)
-        self.problems += bad
-        self.matched: Matched = match(self.pairs, decisions)
         chosen = select(self.pairs, decider=decider, model=model, max_margin=max_margin)
         self.queue = review_order(chosen, sample, seed)
         self.sampled = sample is not None
@@ -232,22 +229,16 @@ def apply_decisions(run_dir: str | Path, decisions_file: str | Path, reviewer: s
 def refresh_reviewed(run_dir: str | Path) -> ReviewSummary:
     """pairs.reviewed.jsonl from pairs.jsonl and review.jsonl, and the review's figures."""
     run = _review_dir(run_dir)
-    run.refresh_review()
-    return review_summary(run.path)
+    return _summary(*(run.refresh_review() or run.read_review()))
 
 
 def review_summary(run_dir: str | Path) -> ReviewSummary:
     """The counts and each judge's agreement with the person, without writing anything."""
-    run = _review_dir(run_dir)
-    pairs, matched = _pairs_and_match(run)
-    _, problems = read_decisions(run.review_file)
+    return _summary(*_review_dir(run_dir).read_review())
+
+
+def _summary(pairs: list[dict], matched: Matched, problems: list[str]) -> ReviewSummary:
     return ReviewSummary(review_counts(pairs, matched), agreement_table(pairs, matched.applied), problems)
-
-
-def _pairs_and_match(run: RunDir) -> tuple[list[dict], Matched]:
-    pairs, _ = run.read_pairs()
-    decisions, _ = read_decisions(run.review_file)
-    return pairs, match(pairs, decisions)
 
 
 def labelled_pairs(run_dir: str | Path) -> list[dict]:
@@ -257,7 +248,7 @@ def labelled_pairs(run_dir: str | Path) -> list[dict]:
     coin per pair (its texts' hash), so the labels are balanced as the judge sees them. A
     conversation's earlier turns go before its instruction, one "role: text" paragraph each."""
     run = _review_dir(run_dir)
-    pairs, matched = _pairs_and_match(run)
+    pairs, matched, _ = run.read_review()
     rows = []
     for pair in pairs:
         d = matched.applied.get(pair.get("id"))

@@ -32,7 +32,7 @@ from ..core.errors import EdgeprefError, InputError
 from ..stages.config import PairConfig
 from ..stages.pair import pick_pairs, rank_completions
 from ..core.records import Record
-from ..data.review import STATUS, match, read_decisions, review_counts
+from ..data.review import STATUS, match_review, review_counts
 from ..data.rundir import PAIRS, RECORDS, REPORT, RUN, RunDir, refuse_inputs_inside, run_json_problem
 from ..runs.summary import completions_per_model
 
@@ -83,9 +83,8 @@ def load_run_dir(directory: str | Path) -> RunView:
     else:
         view.problems.append(f"no {PAIRS} yet: the run has not reached the pair stage")
     if run_dir.review_file.is_file():
-        decisions, bad = read_decisions(run_dir.review_file)
+        matched, bad = match_review(view.pairs, run_dir.review_file)
         view.problems += bad
-        matched = match(view.pairs, decisions)
         view.review = review_counts(view.pairs, matched)
         view.reviewed = {pid: STATUS[d.decision] for pid, d in matched.applied.items() if d.decision in STATUS}
     raw = (view.run.get("config") or {}).get("pair") or {}
